@@ -1,0 +1,102 @@
+"""Array backends: where a compiled program's arrays live and which array
+module (``xp``) the op kernels are given. A registry maps names to factories:
+``numpy`` (CPU) and ``cupy`` (NVIDIA GPU)."""
+import numpy as np
+
+from .errors import BackendError
+
+_REGISTRY = {}
+_CACHE = {}
+
+
+def register_backend(name, factory):
+    """Register ``factory() -> Backend`` under ``name`` (it may raise BackendError)."""
+    _REGISTRY[name] = factory
+
+
+def get_backend(name):
+    if isinstance(name, Backend):
+        return name
+    if name not in _REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if name not in _CACHE:
+        _CACHE[name] = _REGISTRY[name]()
+    return _CACHE[name]
+
+
+def available_backends():
+    """Names of the backends that work on this machine."""
+    names = []
+    for name in sorted(_REGISTRY):
+        try:
+            get_backend(name)
+            names.append(name)
+        except BackendError:
+            pass
+    return names
+
+
+class Backend:
+    """The array module plus the transfers a program needs."""
+
+    name = "numpy"
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def asarray(self, value, dtype=None):
+        """Host or device value -> this backend's array (a copy only if needed)."""
+        return self.xp.asarray(value, dtype=dtype)
+
+    def to_host(self, array):
+        return array
+
+    def load_variable(self, var):
+        """The variable's value on this backend; kept there for the next run."""
+        value = var._value
+        if not isinstance(value, self.xp.ndarray):
+            value = var._value = self.asarray(value)
+        return value
+
+    def synchronize(self):
+        pass
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+
+    def asarray(self, value, dtype=None):
+        return self.xp.asarray(value, dtype=dtype)
+
+    def to_host(self, array):
+        return self.xp.asnumpy(array) if isinstance(array, self.xp.ndarray) else array
+
+    def synchronize(self):
+        self.xp.cuda.get_current_stream().synchronize()
+
+
+def _numpy_backend():
+    return Backend(np)
+
+
+GPU_INSTALL = "pip install 'graphdiff[gpu]' (CuPy for CUDA 12: cupy-cuda12x) on a machine with an NVIDIA GPU"
+
+
+def _cupy_backend():
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        raise BackendError(f"backend 'cupy' needs CuPy, which is not importable ({exc}); install it with: "
+                           f"{GPU_INSTALL}") from None
+    try:
+        ok = cupy.is_available()
+    except Exception:
+        ok = False
+    if not ok:
+        raise BackendError(f"backend 'cupy': CuPy is installed but no usable CUDA GPU was found; "
+                           f"it needs an NVIDIA GPU and driver ({GPU_INSTALL})")
+    return CupyBackend(cupy)
+
+
+register_backend("numpy", _numpy_backend)
+register_backend("cupy", _cupy_backend)

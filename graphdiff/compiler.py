@@ -1,0 +1,229 @@
+"""Compile a graph into a program and run it.
+
+``compile(outputs, inputs, updates)`` does, in order:
+
+1. **prune**: keep only the nodes the outputs and updates need;
+2. **simplify**: merge identical subexpressions (same op, attributes and
+   inputs) and fold constant subgraphs into constants;
+3. **order**: a topological schedule (iterative walk);
+4. **plan memory**: each intermediate is dropped right after its last reader,
+   so peak memory is what the schedule needs at once, not the whole graph;
+5. **run** the schedule with the backend's array module (NumPy or CuPy).
+
+Calling the program checks every input (``InputError`` names the input and
+expected vs given shape/dtype), runs, then applies ``updates``: all new values
+are computed from the old ones before any variable changes.
+"""
+import numpy as np
+
+from .backends import get_backend
+from .errors import GraphdiffError, InputError, ShapeError
+from .graph import ConstantOp, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
+
+
+def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True):  # noqa: A001
+    """Compile ``outputs`` (a tensor or a list) into a callable.
+
+    ``inputs`` are placeholders fed positionally (or by name as keywords);
+    ``updates`` a list of ``(variable, new_value)`` applied after each run;
+    ``training=False`` turns dropout off; ``seed`` seeds the program's random
+    generator (dropout masks); ``optimize=False`` skips merging and folding.
+    """
+    return Program(outputs, inputs, updates or [], backend, training, seed, optimize)
+
+
+class Program:
+    """A compiled graph. Call it with the input arrays; it returns the outputs
+    (a single array for a single output tensor, else a list)."""
+
+    def __init__(self, outputs, inputs, updates, backend, training, seed, optimize):
+        self.backend = get_backend(backend)
+        self.single = isinstance(outputs, Tensor)
+        self.outputs = [outputs] if self.single else list(outputs)
+        self.inputs = list(inputs)
+        self.updates = list(updates)
+        self.training = training
+        self.rng = np.random.default_rng(seed)
+        self._check_signature()
+
+        roots = self.outputs + [v for _, v in self.updates]
+        canon = _simplify(roots) if optimize else {id(n): n for n in toposort(roots)}
+        order = toposort([canon[id(r)] for r in roots])
+        self.nodes = order  # the scheduled graph, for inspection and diagrams
+
+        needed = {id(n) for n in order if isinstance(n.op, PlaceholderOp)}
+        fed = {id(p) for p in self.inputs}
+        missing = [n.name for n in order if id(n) in needed - fed]
+        if missing:
+            raise InputError(f"compile: the outputs need placeholder(s) {', '.join(map(repr, missing))}, "
+                             f"which are not among the inputs")
+        self._plan(order, [canon[id(r)] for r in roots])
+
+    # ------------------------------------------------------------------ build
+    def _check_signature(self):
+        for p in self.inputs:
+            if not isinstance(p, Tensor) or not isinstance(p.op, PlaceholderOp):
+                raise InputError(f"compile: inputs must be placeholders, got {p!r}")
+        if len({id(p) for p in self.inputs}) != len(self.inputs):
+            raise InputError("compile: an input placeholder is listed twice")
+        targets = set()
+        for pair in self.updates:
+            var, value = pair
+            if not isinstance(var, Variable):
+                raise InputError(f"compile: update targets must be variables, got {var!r}")
+            if id(var) in targets:
+                raise InputError(f"compile: variable {var.name!r} is updated twice")
+            targets.add(id(var))
+            if value.shape != var.shape:
+                raise ShapeError(f"compile: update of {var.name} {fmt_shape(var.shape)} with "
+                                 f"{value.name} {fmt_shape(value.shape)}: shapes differ")
+
+    def _plan(self, order, roots):
+        slot = {id(n): i for i, n in enumerate(order)}
+        keep = {slot[id(r)] for r in roots}
+        last_use = {}
+        for i, node in enumerate(order):
+            for inp in node.inputs:
+                last_use[slot[id(inp)]] = i
+        frees = [[] for _ in order]
+        for s, i in last_use.items():
+            if s not in keep:
+                frees[i].append(s)
+        xp = self.backend.xp
+        self._feeds = [slot[id(p)] if id(p) in slot else None for p in self.inputs]
+        self._variables = []  # (slot, variable)
+        self._constants = []  # (slot, value on this backend)
+        self._instrs = []     # (kernel, input slots, output slot, slots to free, node)
+        for i, node in enumerate(order):
+            op = node.op
+            if isinstance(op, VariableOp):
+                self._variables.append((i, node))
+            elif isinstance(op, ConstantOp):
+                self._constants.append((i, self.backend.asarray(op.value)))
+            elif isinstance(op, PlaceholderOp):
+                pass
+            else:
+                self._instrs.append((_kernel(op, xp, self), tuple(slot[id(x)] for x in node.inputs),
+                                     i, tuple(frees[i]), node))
+        self._out_slots = [slot[id(r)] for r in roots[:len(self.outputs)]]
+        self._update_slots = [(var, slot[id(r)]) for (var, _), r in zip(self.updates, roots[len(self.outputs):])]
+        self._nslots = len(order)
+
+    # ------------------------------------------------------------------ run
+    def _feed(self, args, kwargs):
+        if kwargs:
+            by_name = {p.name: k for k, p in enumerate(self.inputs)}
+            args = list(args) + [None] * (len(self.inputs) - len(args))
+            for key, value in kwargs.items():
+                if key not in by_name:
+                    raise InputError(f"unexpected input {key!r}; the inputs are "
+                                     f"{', '.join(p.name for p in self.inputs) or 'none'}")
+                if args[by_name[key]] is not None:
+                    raise InputError(f"input {key!r} given twice")
+                args[by_name[key]] = value
+        if len(args) != len(self.inputs) or any(a is None for a in args):
+            got = sum(a is not None for a in args)
+            names = ", ".join(repr(p.name) for p in self.inputs) or "no inputs"
+            raise InputError(f"expected {len(self.inputs)} input(s) ({names}), got {got}")
+        return [self._check_input(p, a) for p, a in zip(self.inputs, args)]
+
+    def _check_input(self, p, value):
+        xp = self.backend.xp
+        if not hasattr(value, "dtype"):
+            value = np.asarray(value)
+        kind, want = value.dtype.kind, p.dtype.kind
+        if want in "iub" and kind in "fc":
+            raise InputError(f"input {p.name!r}: expected {p.dtype} (integers), got {value.dtype}")
+        if kind not in "fiub":
+            raise InputError(f"input {p.name!r}: expected {p.dtype}, got {value.dtype}")
+        shape = tuple(value.shape)
+        if len(shape) != len(p.shape) or any(d is not None and d != s for d, s in zip(p.shape, shape)):
+            raise InputError(f"input {p.name!r}: expected shape {fmt_shape(p.shape)}, got {fmt_shape(shape)}")
+        if not isinstance(value, xp.ndarray) or value.dtype != p.dtype:
+            value = self.backend.asarray(value, dtype=p.dtype)
+        return value
+
+    def __call__(self, *args, **kwargs):
+        fed = self._feed(args, kwargs)
+        vals = [None] * self._nslots
+        for s, value in zip(self._feeds, fed):
+            if s is not None:
+                vals[s] = value
+        for s, var in self._variables:
+            vals[s] = self.backend.load_variable(var)
+        for s, value in self._constants:
+            vals[s] = value
+        instr = None
+        try:
+            for instr in self._instrs:
+                kernel, ins, out, frees, _ = instr
+                vals[out] = kernel(*[vals[i] for i in ins])
+                for f in frees:
+                    vals[f] = None
+        except GraphdiffError:
+            raise
+        except Exception as exc:  # a run-time shape clash (None dims) or a kernel failure
+            node = instr[4]
+            shapes = ", ".join(f"{x.name} {fmt_shape(vals[s].shape) if vals[s] is not None else '?'}"
+                               for x, s in zip(node.inputs, instr[1]))
+            raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        results = [self.backend.to_host(vals[s]) for s in self._out_slots]
+        new_values = [(var, vals[s]) for var, s in self._update_slots]
+        for var, value in new_values:  # all computed from old values; now commit
+            var._value = value if value.dtype == var.dtype else value.astype(var.dtype)
+        return results[0] if self.single else results
+
+    # ------------------------------------------------------------------ state
+    def get_rng_state(self):
+        """The random generator's state (JSON-able), for checkpoints."""
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self.rng.bit_generator.state = state
+
+
+def _kernel(op, xp, program):
+    if op.is_random:
+        def run(*arrays):
+            return op.forward(xp, *arrays, rng=program.rng, training=program.training)
+        return run
+    forward = op.forward
+
+    def run(*arrays):
+        return forward(xp, *arrays)
+    return run
+
+
+def _simplify(roots):
+    """Merge identical subexpressions and fold constant subgraphs.
+
+    Returns a map from each node's id to its canonical node: a node whose
+    op, attributes and (canonical) inputs equal an earlier one's maps to that
+    one; a deterministic node whose inputs are all constants is computed once
+    here and becomes a constant.
+    """
+    canon, table = {}, {}
+    for node in toposort(roots):
+        ins = tuple(canon[id(i)] for i in node.inputs)
+        op = node.op
+        if isinstance(op, (PlaceholderOp, VariableOp)) or op.is_random:
+            canon[id(node)] = node
+            continue
+        key = (op.key(), tuple(id(i) for i in ins))
+        if key in table:
+            canon[id(node)] = table[key]
+            continue
+        if ins and all(isinstance(i.op, ConstantOp) for i in ins):
+            value = np.asarray(op.forward(np, *[i.op.value for i in ins]))
+            new = constant(value, dtype=node.dtype, name=None)
+            new.name, new.scope, new.backward = node.name, node.scope, node.backward
+            key = (new.op.key(), ())
+            new = table.setdefault(key, new)
+        elif ins != node.inputs:
+            new = Tensor(op, ins, node.shape, node.dtype, name=node.name, scope=node.scope, backward=node.backward)
+        else:
+            new = node
+        table[key] = new
+        canon[id(node)] = new
+    return canon

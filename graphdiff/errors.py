@@ -1,0 +1,20 @@
+"""The engine's error types (contract: ``gd.ShapeError``, ``gd.InputError``, ``gd.BackendError``)."""
+
+
+class GraphdiffError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ShapeError(GraphdiffError, ValueError):
+    """A shape or dtype rule failed: raised while the graph is built (or, for
+    dimensions only known at run time, while it runs), naming the op, the nodes
+    and the shapes."""
+
+
+class InputError(GraphdiffError, ValueError):
+    """A compiled program was called with a missing, extra, mis-shaped or
+    mis-typed input, or a value assigned to a variable does not fit it."""
+
+
+class BackendError(GraphdiffError, RuntimeError):
+    """An unknown backend, or one whose library or device is missing."""

@@ -1,0 +1,255 @@
+"""Elementwise ops with NumPy broadcasting.
+
+The VJP rules are a table, one line per op (as in HIPS autograd's ``defvjp``):
+each rule takes the input(s) ``x`` (``a, b``), the output ``y`` and the
+incoming gradient ``g`` as graph nodes and returns graph nodes, so gradients
+are graphs and can be differentiated again. Broadcast inputs get their
+gradient summed back to their own shape (``sum_to``).
+"""
+import numpy as np
+
+from ..graph import Op, Tensor, apply, as_tensor, broadcast_shapes
+from .reduce import sum_to
+
+
+def _result_dtype(ufunc, *dtypes):
+    """The dtype NumPy's ufunc gives for these input dtypes (exactly NumPy's rule)."""
+    return ufunc(*[np.empty(0, d) for d in dtypes]).dtype
+
+
+def _sigmoid(xp, x):
+    return (xp.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5)  # tanh form: no overflow
+
+
+# name: (forward(xp, x), vjp(x, y, g), NumPy ufunc giving the dtype rule)
+UNARY = {
+    "neg":     (lambda xp, x: xp.negative(x), lambda x, y, g: -g,                  np.negative),
+    "exp":     (lambda xp, x: xp.exp(x),      lambda x, y, g: g * y,               np.exp),
+    "log":     (lambda xp, x: xp.log(x),      lambda x, y, g: g / x,               np.log),
+    "sqrt":    (lambda xp, x: xp.sqrt(x),     lambda x, y, g: g * 0.5 / y,         np.sqrt),
+    "tanh":    (lambda xp, x: xp.tanh(x),     lambda x, y, g: g * (1.0 - y * y),   np.tanh),
+    "sigmoid": (_sigmoid,                     lambda x, y, g: g * y * (1.0 - y),   np.tanh),
+    "abs":     (lambda xp, x: xp.abs(x),      lambda x, y, g: g * sign(x),         np.abs),
+    # ReLU's gradient is a switch: open (1) where the forward value was positive.
+    "relu":    (lambda xp, x: xp.maximum(x, 0), lambda x, y, g: g * step(y),       np.positive),
+}
+
+
+class Unary(Op):
+    def __init__(self, fn):
+        super().__init__(fn=fn)
+        self.name = fn
+
+    def describe(self):
+        return self.fn
+
+    def infer(self, x):
+        return x.shape, _result_dtype(UNARY[self.fn][2], x.dtype)
+
+    def forward(self, xp, x):
+        return UNARY[self.fn][0](xp, x)
+
+    def vjp(self, node, g, wrt):
+        return [UNARY[self.fn][1](node.inputs[0], node, g)]
+
+
+def _unary(fn):
+    def op(x, name=None):
+        return apply(Unary(fn), [as_tensor(x)], name=name)
+
+    op.__name__ = fn
+    op.__doc__ = f"Elementwise ``{fn}``."
+    return op
+
+
+neg, exp, log, sqrt, tanh, sigmoid, abs_ = (_unary(n) for n in ("neg", "exp", "log", "sqrt", "tanh", "sigmoid", "abs"))
+
+
+def relu(x, name=None):
+    """``y = max(0, x)``. Its VJP is ``dE * step(y)``: a switch decided by one
+    forward pass, open where the forward value was positive."""
+    return apply(Unary("relu"), [as_tensor(x)], name=name)
+
+
+# name: (forward(xp, a, b), vjp(a, b, y, g) -> (ga, gb), NumPy ufunc for the dtype rule)
+BINARY = {
+    "add":     (lambda xp, a, b: xp.add(a, b),      lambda a, b, y, g: (g, g),                               np.add),
+    "sub":     (lambda xp, a, b: xp.subtract(a, b), lambda a, b, y, g: (g, -g),                              np.subtract),
+    "mul":     (lambda xp, a, b: xp.multiply(a, b), lambda a, b, y, g: (g * b, g * a),                       np.multiply),
+    "div":     (lambda xp, a, b: xp.divide(a, b),   lambda a, b, y, g: (g / b, -g * y / b),                  np.divide),
+    "pow":     (lambda xp, a, b: xp.power(a, b),    lambda a, b, y, g: (g * b * a ** (b - 1.0), g * y * log(a)), np.power),
+    "maximum": (lambda xp, a, b: xp.maximum(a, b),  lambda a, b, y, g: (g * cast(a >= b, g.dtype), g * cast(a < b, g.dtype)), np.maximum),
+    "minimum": (lambda xp, a, b: xp.minimum(a, b),  lambda a, b, y, g: (g * cast(a <= b, g.dtype), g * cast(a > b, g.dtype)), np.minimum),
+}
+
+
+class Binary(Op):
+    def __init__(self, fn):
+        super().__init__(fn=fn)
+        self.name = fn
+
+    def describe(self):
+        return self.fn
+
+    def infer(self, a, b):
+        return broadcast_shapes(self, a, b), _result_dtype(BINARY[self.fn][2], a.dtype, b.dtype)
+
+    def forward(self, xp, a, b):
+        return BINARY[self.fn][0](xp, a, b)
+
+    def vjp(self, node, g, wrt):
+        a, b = node.inputs
+        if self.fn == "pow" and not wrt[1]:
+            return [sum_to(g * b * a ** (b - 1.0), a), None]  # skip log(a): a may be negative
+        ga, gb = BINARY[self.fn][1](a, b, node, g)
+        return [sum_to(ga, a) if wrt[0] else None, sum_to(gb, b) if wrt[1] else None]
+
+
+def _binary(fn, doc):
+    def op(a, b, name=None):
+        a, b = _pair(a, b)
+        return apply(Binary(fn), [a, b], name=name)
+
+    op.__name__ = fn
+    op.__doc__ = doc
+    return op
+
+
+def _pair(a, b):
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, like=a)
+    b = as_tensor(b)
+    return as_tensor(a, like=b), b
+
+
+add = _binary("add", "``a + b`` with broadcasting.")
+sub = _binary("sub", "``a - b`` with broadcasting.")
+mul = _binary("mul", "``a * b`` with broadcasting.")
+div = _binary("div", "``a / b`` with broadcasting.")
+pow = _binary("pow", "``a ** b`` with broadcasting.")  # noqa: A001 - NumPy's name
+maximum = _binary("maximum", "Elementwise ``max(a, b)``; the gradient goes to ``a`` on ties.")
+minimum = _binary("minimum", "Elementwise ``min(a, b)``; the gradient goes to ``a`` on ties.")
+
+
+# --------------------------------------------------------------------------- masks (not differentiable)
+COMPARE = {
+    "greater": np.greater, "greater_equal": np.greater_equal, "less": np.less,
+    "less_equal": np.less_equal, "equal": np.equal, "not_equal": np.not_equal,
+}
+
+
+class Compare(Op):
+    """A boolean mask; its gradient is zero for both inputs."""
+
+    differentiable = False
+
+    def __init__(self, fn):
+        super().__init__(fn=fn)
+        self.name = fn
+
+    def describe(self):
+        return self.fn
+
+    def infer(self, a, b):
+        return broadcast_shapes(self, a, b), np.dtype(bool)
+
+    def forward(self, xp, a, b):
+        return getattr(xp, self.fn)(a, b)
+
+
+def _compare(fn):
+    def op(a, b, name=None):
+        a, b = _pair(a, b)
+        return apply(Compare(fn), [a, b], name=name)
+
+    op.__name__ = fn
+    op.__doc__ = f"Elementwise ``{fn}`` mask (bool); not differentiable."
+    return op
+
+
+greater, greater_equal, less, less_equal, equal, not_equal = (_compare(n) for n in COMPARE)
+
+
+class Step(Op):
+    """``1`` where ``x > 0`` else ``0``, in x's dtype: ReLU's switch."""
+
+    name = "step"
+    differentiable = False
+
+    def infer(self, x):
+        return x.shape, x.dtype
+
+    def forward(self, xp, x):
+        return (x > 0).astype(x.dtype)
+
+
+def step(x, name=None):
+    return apply(Step(), [as_tensor(x)], name=name)
+
+
+class Sign(Op):
+    name = "sign"
+    differentiable = False
+
+    def infer(self, x):
+        return x.shape, x.dtype
+
+    def forward(self, xp, x):
+        return xp.sign(x)
+
+
+def sign(x, name=None):
+    return apply(Sign(), [as_tensor(x)], name=name)
+
+
+class Where(Op):
+    """``cond ? a : b`` elementwise; ``cond`` is a mask (no gradient)."""
+
+    name = "where"
+
+    def infer(self, cond, a, b):
+        if cond.dtype != np.bool_:
+            raise self.error(f"condition must be bool, got {cond.dtype}", cond)
+        return broadcast_shapes(self, cond, a, b), np.result_type(a.dtype, b.dtype)
+
+    def forward(self, xp, cond, a, b):
+        return xp.where(cond, a, b)
+
+    def vjp(self, node, g, wrt):
+        cond, a, b = node.inputs
+        zero = as_tensor(0.0, like=g)
+        return [None,
+                sum_to(where(cond, g, zero), a) if wrt[1] else None,
+                sum_to(where(cond, zero, g), b) if wrt[2] else None]
+
+
+def where(cond, a, b, name=None):
+    a, b = _pair(a, b)
+    return apply(Where(), [as_tensor(cond), a, b], name=name)
+
+
+class Cast(Op):
+    name = "cast"
+
+    def __init__(self, dtype):
+        super().__init__(dtype=np.dtype(dtype))
+
+    def infer(self, x):
+        return x.shape, self.dtype
+
+    def forward(self, xp, x):
+        return x.astype(self.dtype, copy=False)
+
+    def vjp(self, node, g, wrt):
+        x = node.inputs[0]
+        if x.dtype.kind != "f":
+            return [None]
+        return [cast(g, x.dtype)]
+
+
+def cast(x, dtype, name=None):
+    """Convert to ``dtype``; the gradient is cast back (none for integer inputs)."""
+    x = as_tensor(x)
+    if x.dtype == np.dtype(dtype):
+        return x
+    return apply(Cast(dtype), [x], name=name)
