@@ -14,6 +14,8 @@ Calling the program checks every input (``InputError`` names the input and
 expected vs given shape/dtype), runs, then applies ``updates``: all new values
 are computed from the old ones before any variable changes.
 """
+import functools
+
 import numpy as np
 
 from .backends import get_backend
@@ -89,6 +91,20 @@ class Program:
         for s, i in last_use.items():
             if s not in keep:
                 frees[i].append(s)
+        # Alias groups: a view (reshape, transpose, ...) shares its input's memory,
+        # so a buffer is free again only when every slot viewing it is dead.
+        root = {}
+        for i, node in enumerate(order):
+            root[i] = root[slot[id(node.inputs[0])]] if node.op.is_view and node.inputs else i
+        group_end, escaping = {}, set()
+        for i in range(len(order)):
+            r = root[i]
+            group_end[r] = max(group_end.get(r, -1), last_use.get(i, i), i)
+            if i in keep:
+                escaping.add(r)
+        self._root, self._group_end, self._escaping = root, group_end, escaping
+        self._inplace = self._plan_inplace_updates(order, slot, roots, last_use, root, group_end, keep)
+        self._plans = {}  # input shapes -> buffers per instruction (see _memory_plan)
         xp = self.backend.xp
         self._feeds = [slot[id(p)] if id(p) in slot else None for p in self.inputs]
         self._variables = []  # (slot, variable)
@@ -108,6 +124,48 @@ class Program:
         self._out_slots = [slot[id(r)] for r in roots[:len(self.outputs)]]
         self._update_slots = [(var, slot[id(r)]) for (var, _), r in zip(self.updates, roots[len(self.outputs):])]
         self._nslots = len(order)
+        self._variable_slots = {s for s, _ in self._variables}
+
+    def _plan_inplace_updates(self, order, slot, roots, last_use, root, group_end, keep):
+        """Updates whose new value can be written straight into the variable's
+        own buffer: an elementwise op (safe when ``out`` is also an input) that
+        is the variable's last reader, with no view of the old value alive and
+        the value not returned. Returns {instruction slot: variable}."""
+        inplace = {}
+        n_out = len(self.outputs)
+        outputs = {slot[id(r)] for r in roots[:n_out]}
+        for (var, _), value in zip(self.updates, roots[n_out:]):
+            v, s = slot[id(var)], slot[id(value)]
+            node = order[s]
+            if (getattr(node.op, "inplace_safe", False) and node.dtype == var.dtype and s not in outputs
+                    and v not in outputs and root[v] == v and group_end[v] <= s and root[s] == s
+                    and group_end[s] == s and s not in inplace):
+                inplace[s] = var
+        return inplace
+
+    def _memory_plan(self, shapes):
+        """Buffers for the instructions whose kernel writes into ``out``, from
+        the output shapes recorded on a first run with these input shapes.
+
+        Walking the schedule, each instruction takes a free buffer of its shape
+        and dtype, or a new one; a buffer is free again after the last reader
+        of its alias group. The same buffers then serve every later call with
+        these input shapes, so a training step allocates (and page-faults)
+        nothing large after the first."""
+        xp = self.backend.xp
+        free, plan, releases = {}, [], {}
+        for k, (_, ins, out, _, node) in enumerate(self._instrs):
+            buf = None
+            if (getattr(node.op, "supports_out", False) and out not in self._inplace
+                    and self._root[out] == out and out not in self._escaping and out in shapes):
+                key = shapes[out]
+                pool = free.get(key)
+                buf = pool.pop() if pool else xp.empty(key[0], key[1])
+                releases.setdefault(self._group_end[out], []).append((key, buf))
+            plan.append(buf)
+            for key, b in releases.pop(out, ()):
+                free.setdefault(key, []).append(b)
+        return plan
 
     # ------------------------------------------------------------------ run
     def _feed(self, args, kwargs):
@@ -153,11 +211,21 @@ class Program:
             vals[s] = self.backend.load_variable(var)
         for s, value in self._constants:
             vals[s] = value
+        signature = tuple(v.shape for v in fed)
+        plan = self._plans.get(signature)
+        record = {} if plan is None else None
         instr = None
         try:
-            for instr in self._instrs:
+            for k, instr in enumerate(self._instrs):
                 kernel, ins, out, frees, _ = instr
-                vals[out] = kernel(*[vals[i] for i in ins])
+                if plan is not None and plan[k] is not None:
+                    vals[out] = kernel(*[vals[i] for i in ins], out=plan[k])
+                elif out in self._inplace:  # an update written into the variable's own buffer
+                    vals[out] = kernel(*[vals[i] for i in ins], out=self._inplace[out]._value)
+                else:
+                    vals[out] = kernel(*[vals[i] for i in ins])
+                    if record is not None:
+                        record[out] = (vals[out].shape, vals[out].dtype)
                 for f in frees:
                     vals[f] = None
         except GraphdiffError:
@@ -168,7 +236,12 @@ class Program:
                                for x, s in zip(node.inputs, instr[1]))
             raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
                              f"{type(exc).__name__}: {exc}") from None
+        if record is not None:
+            if len(self._plans) >= 2:  # keep the plans of the two latest input shapes
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[signature] = self._memory_plan(record)
         results = [self.backend.to_host(vals[s]) for s in self._out_slots]
+        results = [r.copy() if s in self._variable_slots else r for r, s in zip(results, self._out_slots)]
         new_values = [(var, vals[s]) for var, s in self._update_slots]
         for var, value in new_values:  # all computed from old values; now commit
             var._value = value if value.dtype == var.dtype else value.astype(var.dtype)
@@ -188,11 +261,7 @@ def _kernel(op, xp, program):
         def run(*arrays):
             return op.forward(xp, *arrays, rng=program.rng, training=program.training)
         return run
-    forward = op.forward
-
-    def run(*arrays):
-        return forward(xp, *arrays)
-    return run
+    return functools.partial(op.forward, xp)
 
 
 def _simplify(roots):

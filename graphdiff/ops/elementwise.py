@@ -35,10 +35,18 @@ UNARY = {
 }
 
 
+# Unary ops that are one NumPy/CuPy ufunc call, so they can write into a
+# planned buffer (``out=``), also when ``out`` is their own input.
+UFUNC_OF = {"neg": "negative", "exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "abs": "absolute",
+            "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power",
+            "maximum": "maximum", "minimum": "minimum"}
+
+
 class Unary(Op):
     def __init__(self, fn):
         super().__init__(fn=fn)
         self.name = fn
+        self.supports_out = self.inplace_safe = fn in UFUNC_OF or fn == "relu"
 
     def describe(self):
         return self.fn
@@ -46,8 +54,12 @@ class Unary(Op):
     def infer(self, x):
         return x.shape, _result_dtype(UNARY[self.fn][2], x.dtype)
 
-    def forward(self, xp, x):
-        return UNARY[self.fn][0](xp, x)
+    def forward(self, xp, x, out=None):
+        if out is None:
+            return UNARY[self.fn][0](xp, x)
+        if self.fn == "relu":
+            return xp.maximum(x, 0, out=out)
+        return getattr(xp, UFUNC_OF[self.fn])(x, out=out)
 
     def vjp(self, node, g, wrt):
         return [UNARY[self.fn][1](node.inputs[0], node, g)]
@@ -84,6 +96,8 @@ BINARY = {
 
 
 class Binary(Op):
+    supports_out = inplace_safe = True
+
     def __init__(self, fn):
         super().__init__(fn=fn)
         self.name = fn
@@ -94,8 +108,10 @@ class Binary(Op):
     def infer(self, a, b):
         return broadcast_shapes(self, a, b), _result_dtype(BINARY[self.fn][2], a.dtype, b.dtype)
 
-    def forward(self, xp, a, b):
-        return BINARY[self.fn][0](xp, a, b)
+    def forward(self, xp, a, b, out=None):
+        if out is None:
+            return BINARY[self.fn][0](xp, a, b)
+        return getattr(xp, UFUNC_OF[self.fn])(a, b, out=out)
 
     def vjp(self, node, g, wrt):
         a, b = node.inputs
