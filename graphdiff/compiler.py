@@ -15,6 +15,7 @@ expected vs given shape/dtype), runs, then applies ``updates``: all new values
 are computed from the old ones before any variable changes.
 """
 import functools
+import time
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Program:
         self.updates = list(updates)
         self.training = training
         self.rng = np.random.default_rng(seed)
+        self._timings = None
         self._check_signature()
 
         roots = self.outputs + [v for _, v in self.updates]
@@ -215,9 +217,12 @@ class Program:
         plan = self._plans.get(signature)
         record = {} if plan is None else None
         instr = None
+        timings = self._timings
         try:
             for k, instr in enumerate(self._instrs):
                 kernel, ins, out, frees, _ = instr
+                if timings is not None:
+                    timings.append(time.perf_counter())
                 if plan is not None and plan[k] is not None:
                     vals[out] = kernel(*[vals[i] for i in ins], out=plan[k])
                 elif out in self._inplace:  # an update written into the variable's own buffer
@@ -228,6 +233,9 @@ class Program:
                         record[out] = (vals[out].shape, vals[out].dtype)
                 for f in frees:
                     vals[f] = None
+            if timings is not None:
+                self.backend.synchronize()
+                timings.append(time.perf_counter())
         except GraphdiffError:
             raise
         except Exception as exc:  # a run-time shape clash (None dims) or a kernel failure
@@ -246,6 +254,18 @@ class Program:
         for var, value in new_values:  # all computed from old values; now commit
             var._value = value if value.dtype == var.dtype else value.astype(var.dtype)
         return results[0] if self.single else results
+
+    def profile(self, *args, **kwargs):
+        """Run once (updates included) and return ``(outputs, [(node, seconds)])``:
+        the time of each scheduled op, for per-layer breakdowns. On a GPU the
+        kernels run asynchronously, so there only the total is exact."""
+        self._timings = []
+        try:
+            outputs = self(*args, **kwargs)
+            t = self._timings
+        finally:
+            self._timings = None
+        return outputs, [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
 
     # ------------------------------------------------------------------ state
     def get_rng_state(self):
