@@ -105,6 +105,7 @@ class Program:
             if i in keep:
                 escaping.add(r)
         self._root, self._group_end, self._escaping = root, group_end, escaping
+        self._escaping_outputs = {root[slot[id(r)]] for r in roots[:len(self.outputs)]}
         self._inplace = self._plan_inplace_updates(order, slot, roots, last_use, root, group_end, keep)
         self._plans = {}  # input shapes -> buffers per instruction (see _memory_plan)
         xp = self.backend.xp
@@ -124,7 +125,15 @@ class Program:
                 self._instrs.append((_kernel(op, xp, self), tuple(slot[id(x)] for x in node.inputs),
                                      i, tuple(frees[i]), node))
         self._out_slots = [slot[id(r)] for r in roots[:len(self.outputs)]]
-        self._update_slots = [(var, slot[id(r)]) for (var, _), r in zip(self.updates, roots[len(self.outputs):])]
+        # An update value that is (a view of) a leaf, or that another update
+        # also takes, is copied on commit: variables never share a buffer with
+        # each other, a constant or the caller's input (in-place steps write them).
+        self._update_slots, taken = [], set()
+        for (var, _), r in zip(self.updates, roots[len(self.outputs):]):
+            s = slot[id(r)]
+            leaf = isinstance(order[root[s]].op, (PlaceholderOp, VariableOp, ConstantOp))
+            self._update_slots.append((var, s, leaf or root[s] in taken))
+            taken.add(root[s])
         self._nslots = len(order)
         self._variable_slots = {s for s, _ in self._variables}
 
@@ -134,14 +143,13 @@ class Program:
         is the variable's last reader, with no view of the old value alive and
         the value not returned. Returns {instruction slot: variable}."""
         inplace = {}
-        n_out = len(self.outputs)
-        outputs = {slot[id(r)] for r in roots[:n_out]}
-        for (var, _), value in zip(self.updates, roots[n_out:]):
-            v, s = slot[id(var)], slot[id(value)]
+        for (var, _), value in zip(self.updates, roots[len(self.outputs):]):
+            v, s = slot.get(id(var)), slot[id(value)]
             node = order[s]
-            if (getattr(node.op, "inplace_safe", False) and node.dtype == var.dtype and s not in outputs
-                    and v not in outputs and root[v] == v and group_end[v] <= s and root[s] == s
-                    and group_end[s] == s and s not in inplace):
+            if (v is not None and getattr(node.op, "inplace_safe", False) and node.dtype == var.dtype
+                    and root[v] == v and v not in self._escaping and group_end[v] <= s
+                    and root[s] == s and s not in self._escaping_outputs and group_end[s] == s
+                    and s not in inplace):
                 inplace[s] = var
         return inplace
 
@@ -184,7 +192,11 @@ class Program:
         if len(args) != len(self.inputs) or any(a is None for a in args):
             got = sum(a is not None for a in args)
             names = ", ".join(repr(p.name) for p in self.inputs) or "no inputs"
-            raise InputError(f"expected {len(self.inputs)} input(s) ({names}), got {got}")
+            missing = [repr(p.name) for p, a in zip(self.inputs, args) if a is None]
+            if len(args) < len(self.inputs):
+                missing += [repr(p.name) for p in self.inputs[len(args):]]
+            detail = f"; missing {', '.join(missing)}" if missing else ""
+            raise InputError(f"expected {len(self.inputs)} input(s) ({names}), got {got}{detail}")
         return [self._check_input(p, a) for p, a in zip(self.inputs, args)]
 
     def _check_input(self, p, value):
@@ -250,9 +262,9 @@ class Program:
             self._plans[signature] = self._memory_plan(record)
         results = [self.backend.to_host(vals[s]) for s in self._out_slots]
         results = [r.copy() if s in self._variable_slots else r for r, s in zip(results, self._out_slots)]
-        new_values = [(var, vals[s]) for var, s in self._update_slots]
-        for var, value in new_values:  # all computed from old values; now commit
-            var._value = value if value.dtype == var.dtype else value.astype(var.dtype)
+        new_values = [(var, vals[s], copy) for var, s, copy in self._update_slots]
+        for var, value, copy in new_values:  # all computed from old values; now commit
+            var._value = value.astype(var.dtype, copy=copy or value.dtype != var.dtype)
         return results[0] if self.single else results
 
     def profile(self, *args, **kwargs):
@@ -296,8 +308,12 @@ def _simplify(roots):
     for node in toposort(roots):
         ins = tuple(canon[id(i)] for i in node.inputs)
         op = node.op
-        if isinstance(op, (PlaceholderOp, VariableOp)) or op.is_random:
+        if isinstance(op, (PlaceholderOp, VariableOp)):
             canon[id(node)] = node
+            continue
+        if op.is_random:  # never merged nor folded, but reads the merged inputs
+            canon[id(node)] = node if ins == node.inputs else Tensor(
+                op, ins, node.shape, node.dtype, name=node.name, scope=node.scope, backward=node.backward)
             continue
         key = (op.key(), tuple(id(i) for i in ins))
         if key in table:

@@ -90,6 +90,11 @@ class Op:
 
     def __init__(self, **attrs):
         self.attrs = attrs
+        # Also plain instance attributes, for speed: a lookup that falls through
+        # to __getattr__ costs about a microsecond, paid by every kernel call.
+        for k, v in attrs.items():
+            if not hasattr(type(self), k):
+                self.__dict__[k] = v
 
     def __getattr__(self, item):
         try:
@@ -345,6 +350,9 @@ def constant(value, dtype=None, name=None):
     arr = np.array(value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and np.ndim(value) == 0 and isinstance(value, float):
         arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "fiub":  # strings, objects: would fail later inside a NumPy ufunc
+        label = f"constant {name!r}" if name else "constant"
+        raise TypeError(f"{label}: unsupported dtype {arr.dtype} (numbers and booleans only)")
     op = ConstantOp(arr)
     return Tensor(op, (), arr.shape, arr.dtype, name=name)
 

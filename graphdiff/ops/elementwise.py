@@ -18,7 +18,9 @@ def _result_dtype(ufunc, *dtypes):
 
 
 def _sigmoid(xp, x):
-    return (xp.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5)  # tanh form: no overflow
+    # exp(-log(1 + exp(-x))): no overflow, and full relative precision in the
+    # small tail (the tanh form (tanh(x/2) + 1) / 2 cancels to 0 for x < -20 or so)
+    return xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
 
 
 # name: (forward(xp, x), vjp(x, y, g), NumPy ufunc giving the dtype rule)

@@ -1,4 +1,5 @@
 """Matrix products."""
+from ..errors import ShapeError
 from ..graph import Op, apply, as_tensor, broadcast_shapes, fmt_shape
 from .reduce import sum_to
 
@@ -22,8 +23,6 @@ class MatMul(Op):
             raise self.error("operands need at least 2 dimensions (use reshape for vectors)", a, b)
         ka, kb = a.shape[-1], b.shape[-2]
         if ka is not None and kb is not None and ka != kb:
-            from ..errors import ShapeError
-
             raise ShapeError(f"matmul: {a.name} {fmt_shape(a.shape)} @ {b.name} {fmt_shape(b.shape)}: "
                              f"inner dimensions {ka} != {kb}")
         if a.dtype != b.dtype:
@@ -33,7 +32,11 @@ class MatMul(Op):
             def __init__(self, t):
                 self.shape, self.ndim, self.name = t.shape[:-2], t.ndim - 2, t.name
 
-        batch = broadcast_shapes(self, _Batch(a), _Batch(b))
+        try:
+            batch = broadcast_shapes(self, _Batch(a), _Batch(b))
+        except ShapeError:  # name the operands with their full shapes, not just the batch part
+            raise self.error(f"batch dimensions {fmt_shape(a.shape[:-2])} and {fmt_shape(b.shape[:-2])} "
+                             f"do not broadcast", a, b) from None
         return batch + (a.shape[-2], b.shape[-1]), a.dtype
 
     def forward(self, xp, a, b):

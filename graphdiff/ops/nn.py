@@ -1,7 +1,8 @@
 """Softmax, cross-entropy, dropout and stop_gradient."""
 import numpy as np
 
-from ..graph import Op, apply, as_tensor, normalize_axis
+from ..errors import ShapeError
+from ..graph import Op, apply, as_tensor, fmt_shape, normalize_axis
 from .elementwise import Binary, cast, exp
 from .reduce import Count, sum
 
@@ -49,14 +50,21 @@ class Softmax(Op):
         return [node * (g - sum(g * node, self.axis, keepdims=True))]
 
 
+def _one_axis(opname, x, axis):
+    """The single axis softmax runs along (None or several axes would silently mean the first)."""
+    if not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"{opname}: {x.name} {fmt_shape(x.shape)}: axis must be one integer, got {axis!r}")
+    return normalize_axis(opname, x, axis)[0]
+
+
 def log_softmax(x, axis=-1, name=None):
     x = as_tensor(x)
-    return apply(LogSoftmax(normalize_axis("log_softmax", x, axis)[0]), [x], name=name)
+    return apply(LogSoftmax(_one_axis("log_softmax", x, axis)), [x], name=name)
 
 
 def softmax(x, axis=-1, name=None):
     x = as_tensor(x)
-    return apply(Softmax(normalize_axis("softmax", x, axis)[0]), [x], name=name)
+    return apply(Softmax(_one_axis("softmax", x, axis)), [x], name=name)
 
 
 class OneHot(Op):
@@ -153,8 +161,6 @@ def dropout(x, rate=0.5, name=None):
     Compile with ``training=False`` for evaluation (the mask is then 1)."""
     x = as_tensor(x)
     if not 0.0 <= rate < 1.0:
-        from ..errors import ShapeError
-
         raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
     mask = apply(DropoutMask(float(rate)), [x])
     return apply(Binary("mul"), [x, mask], name=name)

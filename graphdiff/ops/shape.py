@@ -93,7 +93,8 @@ class Transpose(Op):
 def transpose(x, axes=None, name=None):
     """Permute axes (default: reverse them), as ``numpy.transpose``."""
     x = as_tensor(x)
-    axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    # negative axes count from the end; out-of-range ones are left for infer() to reject (no wrap-around)
+    axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) + x.ndim * (int(a) < 0) for a in axes)
     return apply(Transpose(axes), [x], name=name)
 
 
@@ -106,8 +107,8 @@ class ExpandDims(Op):
 
     def infer(self, x):
         nd = x.ndim + len(self.axes)
-        if any(not 0 <= a < nd for a in self.axes):
-            raise self.error(f"axes {self.axes} out of range", x)
+        if any(not 0 <= a < nd for a in self.axes) or len(set(self.axes)) != len(self.axes):
+            raise self.error(f"axes {self.axes} out of range or repeated for {nd} dimensions", x)
         dims = iter(x.shape)
         return tuple(1 if i in self.axes else next(dims) for i in range(nd)), x.dtype
 
@@ -122,7 +123,7 @@ def expand_dims(x, axes, name=None):
     x = as_tensor(x)
     axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
     nd = x.ndim + len(axes)
-    return apply(ExpandDims(tuple(sorted(int(a) % nd for a in axes))), [x], name=name)
+    return apply(ExpandDims(tuple(sorted(int(a) + nd * (int(a) < 0) for a in axes))), [x], name=name)
 
 
 class Squeeze(Op):
@@ -188,7 +189,7 @@ def concatenate(xs, axis=0, name=None):
     xs = [as_tensor(x) for x in xs]
     if not xs:
         raise ValueError("concatenate: needs at least one input")
-    return apply(Concatenate(int(axis) % xs[0].ndim if xs[0].ndim else 0), xs, name=name)
+    return apply(Concatenate(int(axis) + xs[0].ndim * (int(axis) < 0)), xs, name=name)
 
 
 def split(x, indices_or_sections, axis=0):
