@@ -1,0 +1,244 @@
+"""2-D convolution and its two gradients, each a first-class op with its own VJP.
+
+Layout NCHW; weights ``(O, C // groups, kh, kw)``. The kernels (im2col + GEMM)
+live in :mod:`graphdiff.kernels.conv`; this module holds the shape rules and the
+VJP rules. The three ops close under differentiation, so grad of grad works:
+
+    conv2d(x, w)               -> VJP: conv2d_grad_input(dy, w), conv2d_grad_weight(x, dy)
+    conv2d_grad_weight(x, dy)  -> VJP: conv2d_grad_input(dy, g), conv2d(x, g)
+    conv2d_grad_input(dy, w)   -> VJP: conv2d(g, w),             conv2d_grad_weight(g, dy)
+
+(``conv2d`` is linear in ``x`` and in ``w``; the gradients are its two transposes.)
+"""
+import numpy as np
+
+from ..graph import Op, apply, as_tensor, fmt_shape
+from ..kernels import conv as _k
+from .reduce import sum as _sum
+
+
+def _pair(value, what):
+    """An int or a pair -> a pair of Python ints."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value), int(value))
+    try:
+        a, b = value
+        return (int(a), int(b))
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be an int or a pair of ints, got {value!r}") from None
+
+
+def _out(n, k, s, p):
+    """``floor((n + 2p - k) / s) + 1``, or None where ``n`` or ``k`` is unknown."""
+    return None if n is None or k is None else (n + 2 * p - k) // s + 1
+
+
+def _known_differ(a, b):
+    return a is not None and b is not None and a != b
+
+
+class _ConvBase(Op):
+    """Checks the attributes and the layout shared by the three ops."""
+
+    def _check_geometry(self, nodes, stride, padding, groups):
+        if any(s < 1 for s in stride):
+            raise self.error(f"stride must be >= 1, got {stride}", *nodes)
+        if any(p < 0 for p in padding):
+            raise self.error(f"padding must be >= 0, got {padding}", *nodes)
+        if groups < 1:
+            raise self.error(f"groups must be >= 1, got {groups}", *nodes)
+        for t in nodes:
+            if t.ndim != 4:
+                raise self.error(f"expects 4-D tensors (NCHW / OIHW); {t.name} has {t.ndim} dimensions", *nodes)
+
+    def _check_fits(self, nodes, in_size, kernel_size, padding):
+        for axis, n, k, p in zip("HW", in_size, kernel_size, padding):
+            if k is not None and k < 1:
+                raise self.error(f"kernel size must be >= 1, got {k} ({axis})", *nodes)
+            if n is not None and k is not None and k > n + 2 * p:
+                raise self.error(f"kernel {k} is larger than the padded input ({axis}: {n} + 2*{p} = {n + 2 * p})",
+                                 *nodes)
+
+    def _check_dtypes(self, *nodes):
+        dtypes = {t.dtype for t in nodes}
+        if len(dtypes) > 1 or next(iter(dtypes)).kind != "f":
+            raise self.error(f"needs float inputs of one dtype, got {', '.join(t.dtype.name for t in nodes)}",
+                             *nodes)
+
+    def _check_dy(self, dy, nodes, out_size):
+        for axis, got, want in zip("HW", dy.shape[2:], out_size):
+            if _known_differ(got, want):
+                raise self.error(f"gradient {axis} size {got} does not match the convolution's output size {want}",
+                                 *nodes)
+
+
+class Conv2d(_ConvBase):
+    """``Y_ij = sum_ab W_ab X_(i+a)(j+b)``, per example and filter, summed over the
+    filter's input channels; with stride ``s``, zero padding ``p`` and groups."""
+
+    name = "conv2d"
+
+    def __init__(self, stride, padding, groups):
+        super().__init__(stride=stride, padding=padding, groups=groups)
+
+    def infer(self, x, w, b=None):
+        nodes = (x, w) if b is None else (x, w, b)
+        self._check_geometry((x, w), self.stride, self.padding, self.groups)
+        g = self.groups
+        N, C, H, W = x.shape
+        O, Cg, kh, kw = w.shape
+        if C is not None and C % g:
+            raise self.error(f"input channels {C} are not divisible by groups={g}", *nodes)
+        if O is not None and O % g:
+            raise self.error(f"output channels {O} are not divisible by groups={g}", *nodes)
+        if C is not None and Cg is not None and Cg * g != C:
+            raise self.error(f"weight expects {Cg} * groups={g} = {Cg * g} input channels, input has {C}", *nodes)
+        if b is not None and (b.ndim != 1 or _known_differ(b.shape[0], O)):
+            raise self.error(f"bias must have shape ({O},), got {fmt_shape(b.shape)}", *nodes)
+        self._check_fits(nodes, (H, W), (kh, kw), self.padding)
+        self._check_dtypes(*nodes)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        return (N, O, _out(H, kh, sh, ph), _out(W, kw, sw, pw)), x.dtype
+
+    def forward(self, xp, x, w, b=None):
+        return _k.conv2d_forward(xp, x, w, b, self.stride, self.padding, self.groups)
+
+    def vjp(self, node, g, wrt):
+        x, w = node.inputs[:2]
+        if None in w.shape[2:]:
+            raise self.error("the gradient needs a static kernel size", x, w)
+        geometry = dict(stride=self.stride, padding=self.padding, groups=self.groups)
+        gx = conv2d_grad_input(g, w, _input_size(self, x, w), **geometry) if wrt[0] else None
+        gw = conv2d_grad_weight(x, g, w.shape[2:], **geometry) if wrt[1] else None
+        grads = [gx, gw]
+        if len(node.inputs) == 3:  # bias: broadcast over (N, H, W), so its gradient sums over them
+            grads.append(_sum(g, axis=(0, 2, 3)) if wrt[2] else None)
+        return grads
+
+
+def _input_size(op, x, *others):
+    """The static ``(H, W)`` the input gradient must restore (strides may leave
+    the last rows/columns uncovered, so it cannot be read off ``dy``)."""
+    if None in x.shape[2:]:
+        raise op.error("the gradient with respect to the input needs static spatial dimensions "
+                       "(H, W); feed a placeholder with known height and width", x, *others)
+    return tuple(x.shape[2:])
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1, name=None):
+    """2-D convolution (cross-correlation, no kernel flip), as in the slides::
+
+        Y_ij = sum_ab W_ab X_(i+a)(j+b)
+
+    for each example ``n`` and filter ``o``, summed over the input channels of
+    ``o``'s group, plus ``b[o]``. ``x`` is ``(N, C, H, W)``, ``w`` is
+    ``(O, C // groups, kh, kw)``, ``b`` is ``(O,)`` or None. With stride ``s``
+    and zero padding ``p`` on both sides (ints or ``(h, w)`` pairs) the output
+    is ``(N, O, floor((H + 2p - kh) / s) + 1, floor((W + 2p - kw) / s) + 1)``.
+    ``groups`` splits the channels into independent convolutions (AlexNet's two
+    GPU halves). Node attributes: ``stride``, ``padding`` (pairs), ``groups``.
+    """
+    x, w = as_tensor(x), as_tensor(w)
+    inputs = [x, w] if b is None else [x, w, as_tensor(b)]
+    op = Conv2d(_pair(stride, "stride"), _pair(padding, "padding"), int(groups))
+    return apply(op, inputs, name=name)
+
+
+class Conv2dGradWeight(_ConvBase):
+    """Slides' case 1, the gradient with respect to the weights::
+
+        dE/dW_lk = sum_ij dE_ij X_(i+l)(j+k)
+
+    summed over the batch (with stride: ``X_(i*s+l)(j*s+k)`` of the padded input).
+    Linear in ``x`` and in ``dy``; its VJP: wrt ``x`` the input gradient of a
+    convolution with weights ``g``, wrt ``dy`` the convolution of ``x`` with ``g``."""
+
+    name = "conv2d_grad_weight"
+    kind = "gradient"
+
+    def __init__(self, kernel_size, stride, padding, groups):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
+
+    def infer(self, x, dy):
+        self._check_geometry((x, dy), self.stride, self.padding, self.groups)
+        g, (kh, kw) = self.groups, self.kernel_size
+        N, C, H, W = x.shape
+        O = dy.shape[1]
+        if C is not None and C % g:
+            raise self.error(f"input channels {C} are not divisible by groups={g}", x, dy)
+        if O is not None and O % g:
+            raise self.error(f"output channels {O} are not divisible by groups={g}", x, dy)
+        if _known_differ(N, dy.shape[0]):
+            raise self.error("batch sizes differ", x, dy)
+        self._check_fits((x, dy), (H, W), (kh, kw), self.padding)
+        self._check_dy(dy, (x, dy), [_out(n, k, s, p) for n, k, s, p in
+                                      zip((H, W), (kh, kw), self.stride, self.padding)])
+        self._check_dtypes(x, dy)
+        return (O, None if C is None else C // g, kh, kw), x.dtype
+
+    def forward(self, xp, x, dy):
+        return _k.conv2d_grad_weight(xp, x, dy, self.kernel_size, self.stride, self.padding, self.groups)
+
+    def vjp(self, node, g, wrt):
+        x, dy = node.inputs
+        geometry = dict(stride=self.stride, padding=self.padding, groups=self.groups)
+        return [conv2d_grad_input(dy, g, _input_size(self, x, dy), **geometry) if wrt[0] else None,
+                conv2d(x, g, **geometry) if wrt[1] else None]
+
+
+def conv2d_grad_weight(x, dy, kernel_size, stride=1, padding=0, groups=1, name=None):
+    """``dE/dW`` of ``conv2d(x, w, stride, padding, groups)`` given ``dy = dE/dY``
+    (``kernel_size`` is ``w``'s ``(kh, kw)``). See :class:`Conv2dGradWeight`."""
+    op = Conv2dGradWeight(_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"),
+                          int(groups))
+    return apply(op, [as_tensor(x), as_tensor(dy)], name=name)
+
+
+class Conv2dGradInput(_ConvBase):
+    """Slides' case 2, the gradient with respect to the input: each ``X`` gathers
+    from every ``Y`` it fed, a full correlation of ``dE`` with the flipped kernel::
+
+        dE/dX_ij = sum_ab W_ab dE_(i-a)(j-b)        ((i-a), (j-b) >= 0: note the inversion of indexes)
+
+    With stride the sum runs over ``i = i'*s + a``; padding is cropped off, and
+    rows/columns no window covered get zero, hence the static ``input_size``.
+    Linear in ``dy`` and in ``w``; its VJP: wrt ``dy`` the convolution of ``g``
+    with ``w``, wrt ``w`` the weight gradient of ``g`` against ``dy``."""
+
+    name = "conv2d_grad_input"
+    kind = "gradient"
+
+    def __init__(self, input_size, stride, padding, groups):
+        super().__init__(input_size=input_size, stride=stride, padding=padding, groups=groups)
+
+    def infer(self, dy, w):
+        self._check_geometry((dy, w), self.stride, self.padding, self.groups)
+        g, (H, W) = self.groups, self.input_size
+        N, O = dy.shape[:2]
+        Cg, kh, kw = w.shape[1:]
+        if _known_differ(O, w.shape[0]):
+            raise self.error(f"gradient has {O} channels, weight has {w.shape[0]} filters", dy, w)
+        if w.shape[0] is not None and w.shape[0] % g:
+            raise self.error(f"output channels {w.shape[0]} are not divisible by groups={g}", dy, w)
+        self._check_fits((dy, w), (H, W), (kh, kw), self.padding)
+        self._check_dy(dy, (dy, w), [_out(n, k, s, p) for n, k, s, p in
+                                      zip((H, W), (kh, kw), self.stride, self.padding)])
+        self._check_dtypes(dy, w)
+        return (N, None if Cg is None else Cg * g, H, W), dy.dtype
+
+    def forward(self, xp, dy, w):
+        return _k.conv2d_grad_input(xp, dy, w, self.input_size, self.stride, self.padding, self.groups)
+
+    def vjp(self, node, g, wrt):
+        dy, w = node.inputs
+        geometry = dict(stride=self.stride, padding=self.padding, groups=self.groups)
+        return [conv2d(g, w, **geometry) if wrt[0] else None,
+                conv2d_grad_weight(g, dy, w.shape[2:], **geometry) if wrt[1] else None]
+
+
+def conv2d_grad_input(dy, w, input_size, stride=1, padding=0, groups=1, name=None):
+    """``dE/dX`` of ``conv2d(x, w, stride, padding, groups)`` given ``dy = dE/dY``,
+    for an input of spatial size ``input_size = (H, W)``. See :class:`Conv2dGradInput`."""
+    op = Conv2dGradInput(_pair(input_size, "input_size"), _pair(stride, "stride"), _pair(padding, "padding"),
+                         int(groups))
+    return apply(op, [as_tensor(dy), as_tensor(w)], name=name)
