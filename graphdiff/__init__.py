@@ -12,6 +12,7 @@ from .backends import available_backends, get_backend, register_backend
 from .compiler import Program, compile
 from .errors import BackendError, GraphdiffError, InputError, ShapeError
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
+from .nx import to_networkx, graph_stats
 from .ops import *  # noqa: F401,F403 - the op functions are the public API
 from .ops import abs, max, pow, sum  # noqa: A004 - NumPy's names, as in the DESIGN contract
 

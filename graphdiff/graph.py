@@ -354,7 +354,7 @@ def constant(value, dtype=None, name=None):
         label = f"constant {name!r}" if name else "constant"
         raise TypeError(f"{label}: unsupported dtype {arr.dtype} (numbers and booleans only)")
     op = ConstantOp(arr)
-    return Tensor(op, (), arr.shape, arr.dtype, name=name)
+    return Tensor(op, (), arr.shape, arr.dtype, name=name, backward=_ctx().backward > 0)
 
 
 def as_tensor(x, like=None):

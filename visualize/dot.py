@@ -1,0 +1,367 @@
+"""Forward and backward graphs as Graphviz diagrams, drawn bottom-up as in the
+course slides: inputs at the bottom, the loss at the top.
+
+Node kinds are styled apart:
+
+=============  ==========================================================
+placeholder    blue rounded box (inputs fed at run time)
+variable       yellow box (trainable parameters)
+constant       small grey dashed box
+forward op     white ellipse
+backward node  red ellipse (built by ``grad``); first-class gradient ops
+               (``conv2d_grad_input``, ``max_pool2d_grad``, ...) get a double
+               outline
+=============  ==========================================================
+
+In a graph holding both passes the backward flows top-down beside the
+forward (its edges are drawn reversed, arrowheads still on the user), and the
+values the backward reuses from the forward pass (ReLU's output that opens the
+switch, the pooling argmax's inputs, LRN's scale, ...) are drawn as dashed
+blue edges labelled ``reused``. Edges carry the shape of the value they carry
+(``?`` for a dimension known only at run time). Scopes (layers) are clusters;
+``collapse=True`` draws one box per scope instead, with edge counts summed,
+which keeps AlexNet's forward+backward graph readable.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict, defaultdict
+
+import graphviz
+import numpy as np
+
+import graphdiff as gd
+
+from ._render import PURE_FORMATS, Diagram, RendererNotFound, find_renderer, new_diagram, pipe_source
+
+LEAVES = ("placeholder", "variable", "constant")
+
+STYLE = {
+    "placeholder": dict(shape="box", style="rounded,filled", fillcolor="#cfe2f3", color="#2b5797"),
+    "variable": dict(shape="box", style="filled", fillcolor="#fff2b3", color="#9c7c00"),
+    "constant": dict(shape="box", style="filled,dashed", fillcolor="#eeeeee", color="#888888",
+                     fontsize="9", height="0.25"),
+    "forward": dict(shape="ellipse", style="filled", fillcolor="white", color="black"),
+    "gradient": dict(shape="ellipse", style="filled", fillcolor="#f9d0cc", color="#b2182b",
+                     fontcolor="#67000d"),
+}
+REUSED = dict(style="dashed", color="#2166ac", fontcolor="#2166ac", penwidth="1.6", constraint="false")
+BACKWARD_EDGE = dict(color="#b2182b", fontcolor="#b2182b")
+
+
+def shape_label(shape):
+    """``(None, 96, 55, 55)`` -> ``"(?, 96, 55, 55)"``."""
+    return gd.nx.shape_str(shape)
+
+
+def size_of(shape):
+    """Elements in ``shape``; a dimension of None counts as 1 (per example)."""
+    n = 1
+    for dim in shape:
+        n *= 1 if dim is None else dim
+    return n
+
+
+def as_outputs(outputs):
+    """A Tensor, a list of Tensors, or a model with ``.loss`` -> list of Tensors."""
+    if isinstance(outputs, gd.Tensor):
+        return [outputs]
+    if hasattr(outputs, "loss") and isinstance(outputs.loss, gd.Tensor):
+        return [outputs.loss]
+    outputs = list(outputs)
+    for o in outputs:
+        if not isinstance(o, gd.Tensor):
+            raise TypeError(f"expected graphdiff Tensors, got {type(o).__name__}")
+    return outputs
+
+
+def is_op(t):
+    return t.kind not in LEAVES
+
+
+def is_reused(src, dst):
+    """A value computed by the forward pass and read by a backward node."""
+    return is_op(src) and not src.backward and dst.backward
+
+
+def _compact(value):
+    """Attribute values for labels: (2, 2) -> 2, (0, 2, 3) -> 0,2,3, dtypes by name."""
+    if isinstance(value, tuple):
+        if len(value) == 2 and value[0] == value[1] and not isinstance(value[0], tuple):
+            return _compact(value[0])
+        return ",".join(_compact(v) for v in value) if value else "()"
+    if isinstance(value, np.dtype):
+        return value.name
+    return str(value)
+
+
+def op_label(op, width=24):
+    """The op's name, then its attributes ``k=v`` wrapped to ``width`` characters."""
+    text = op.describe()
+    attrs = getattr(op, "attrs", None)
+    if not attrs or "(" not in text:
+        return text
+    lines, line = [op.name], ""
+    for k, v in sorted(attrs.items()):
+        part = f"{k}={_compact(v)}"
+        if line and len(line) + len(part) + 2 > width:
+            lines.append(line)
+            line = part
+        else:
+            line = f"{line}, {part}" if line else part
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _node_label(t):
+    if t.kind in ("placeholder", "variable"):
+        return f"{t.name}\n{shape_label(t.shape)}"
+    if t.kind == "constant":
+        return t.op.describe()
+    return op_label(t.op)
+
+
+def _node_style(t):
+    style = dict(STYLE[t.kind])
+    if t.kind == "gradient" and t.op.kind == "gradient":
+        style["peripheries"] = "2"
+    return style
+
+
+def _edge_attrs(src, dst, shapes, label=None):
+    attrs = {}
+    text = label if label is not None else (shape_label(src.shape) if shapes else "")
+    if is_reused(src, dst):
+        attrs.update(REUSED)
+        text = "reused " + text if text else "reused"
+    elif src.backward and dst.backward:
+        attrs.update(BACKWARD_EDGE)
+    if src.backward and dst.backward:
+        attrs["dir"] = "back"  # drawn from dst to src so that the backward descends
+    if text:
+        attrs["label"] = text
+    return attrs
+
+
+def _edge(d, src_id, dst_id, attrs):
+    if attrs.get("dir") == "back":
+        d.edge(dst_id, src_id, **attrs)
+    else:
+        d.edge(src_id, dst_id, **attrs)
+
+
+def _scope_key(scope, depth):
+    if not scope:
+        return ""
+    parts = scope.split("/")
+    return "/".join(parts[:depth]) if depth else scope
+
+
+def to_dot(outputs, *, collapse=False, title=None, shapes=True, clusters=True, constants=True,
+           legend=False, rankdir="BT"):
+    """The graph ``outputs`` depend on, as a :class:`Diagram` (a
+    ``graphviz.Digraph``).
+
+    * ``outputs``: a Tensor, a list of Tensors, or a model with ``.loss``;
+      pass ``[loss, *grads]`` to draw both passes.
+    * ``collapse``: False draws every node; True one box per scope (an int
+      ``k`` groups by the first ``k`` levels of nested scopes). Edges between
+      boxes are summed (``x3``); ops outside any scope stay single nodes.
+    * ``shapes``: label edges with the shapes they carry.
+    * ``clusters``: draw scopes as boxes around their nodes (full view).
+    * ``constants``: draw constant nodes (full view; collapsed views fold them
+      into their user's box).
+    * ``legend``: add a key of the node and edge styles.
+
+    ``d.meta`` has ``nodes``, ``edges`` (as drawn) and ``reused`` (crossing edges).
+    """
+    outputs = as_outputs(outputs)
+    nodes = gd.toposort(outputs)
+    d = new_diagram("graphdiff", title=title, rankdir=rankdir, newrank="true", nodesep="0.25", ranksep="0.35")
+    if collapse:
+        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes)
+    else:
+        _full(d, nodes, shapes, clusters, constants)
+    if legend:
+        _legend(d)
+    return d
+
+
+def _full(d, nodes, shapes, clusters, constants):
+    drawn = [t for t in nodes if constants or t.kind != "constant"]
+    ids = {id(t): f"n{t.id}" for t in drawn}
+    users = defaultdict(list)
+    for t in drawn:
+        for i in t.inputs:
+            users[id(i)].append(t)
+
+    # Cluster key (scope, backward): a layer's backward nodes get a cluster of
+    # their own beside the forward one, so both passes stack as two columns.
+    def cluster_of(t):
+        if not clusters or not t.scope:
+            return ("", False)
+        if t.kind == "constant" and users[id(t)]:
+            first = users[id(t)][0]
+            return (t.scope, bool(first.backward)) if first.scope == t.scope else (t.scope, False)
+        return (t.scope, bool(t.backward) and is_op(t))
+
+    by_cluster = defaultdict(list)
+    for t in drawn:
+        by_cluster[cluster_of(t)].append(t)
+
+    def emit(graph, t):
+        graph.node(ids[id(t)], _node_label(t), tooltip=f"{t.name} {t.dtype.name}", **_node_style(t))
+
+    # Nested clusters: "block/conv1" is drawn inside "block".
+    tree = {}
+    for scope, backward in by_cluster:
+        if scope:
+            parts = scope.split("/")
+            for k in range(1, len(parts) + 1):
+                parent = ("/".join(parts[:k - 1]), backward and k > 1)
+                tree.setdefault(parent, set()).add(("/".join(parts[:k]), backward))
+
+    def emit_scope(graph, key):
+        for t in by_cluster.get(key, ()):
+            emit(graph, t)
+        for child in sorted(tree.get(key, ())):
+            scope, backward = child
+            name = f"cluster_{scope}" + ("_backward" if backward else "")
+            with graph.subgraph(name=name) as c:
+                c.attr(label=scope.rsplit("/", 1)[-1] + (" (backward)" if backward else ""), style="rounded",
+                       color="#d6604d" if backward else "#999999", fontcolor="#555555", fontname="Helvetica",
+                       fontsize="11")
+                emit_scope(c, child)
+
+    emit_scope(d, ("", False))
+    n_edges = n_reused = 0
+    for t in drawn:
+        for i in t.inputs:
+            if id(i) not in ids:
+                continue
+            attrs = _edge_attrs(i, t, shapes)
+            _edge(d, ids[id(i)], ids[id(t)], attrs)
+            n_edges += 1
+            n_reused += is_reused(i, t)
+    d.meta.update(nodes=len(drawn), edges=n_edges, reused=n_reused)
+
+
+def _collapsed(d, nodes, depth, shapes):
+    # Group key per node: ("scope", scope, backward) or ("node", id). Constants
+    # join their first user's group; scoped variables join their scope's box.
+    users = defaultdict(list)
+    for t in nodes:
+        for i in t.inputs:
+            users[id(i)].append(t)
+    group = {}
+    for t in nodes:
+        key = _scope_key(t.scope, depth)
+        if t.kind in ("placeholder",) or (not key and t.kind != "constant"):
+            group[id(t)] = ("node", t.id)
+        elif t.kind != "constant":
+            group[id(t)] = ("scope", key, bool(t.backward) and is_op(t))
+    for t in nodes:
+        if t.kind == "constant" and id(t) not in group:
+            first = users[id(t)]
+            group[id(t)] = group.get(id(first[0])) if first else None
+            if group[id(t)] is None or group[id(t)][0] == "node":
+                group[id(t)] = None  # a constant beside a lone op is not drawn
+
+    members = OrderedDict()
+    for t in nodes:
+        g = group[id(t)]
+        if g is not None:
+            members.setdefault(g, []).append(t)
+
+    gid = {}
+    for k, (g, ts) in enumerate(members.items()):
+        gid[g] = f"g{k}"
+        if g[0] == "node":
+            t = ts[0]
+            d.node(gid[g], _node_label(t), tooltip=t.name, **_node_style(t))
+            continue
+        _, scope, backward = g
+        ops = list(OrderedDict.fromkeys(t.op.name for t in ts if is_op(t)))
+        params = sum(size_of(t.shape) for t in ts if t.kind == "variable")
+        lines = [scope + (" (backward)" if backward else "")]
+        for k0 in range(0, len(ops), 3):
+            lines.append(", ".join(ops[k0:k0 + 3]))
+        n_ops = sum(is_op(t) for t in ts)
+        lines.append(f"{n_ops} op{'s' if n_ops != 1 else ''}" + (f", {params:,} params" if params else ""))
+        style = dict(STYLE["gradient" if backward else "forward"], shape="box")
+        if not backward:
+            style["style"] = "filled,rounded"
+        d.node(gid[g], "\n".join(lines), tooltip=scope, **style)
+
+    counts = OrderedDict()
+    for t in nodes:
+        gt = group[id(t)]
+        for i in t.inputs:
+            gi = group[id(i)]
+            if gi is None or gt is None or gi == gt:
+                continue
+            c = counts.setdefault((gi, gt), {"n": 0, "shapes": OrderedDict(), "reused": 0, "src": i, "dst": t})
+            c["n"] += 1
+            c["shapes"][shape_label(i.shape)] = True
+            c["reused"] += is_reused(i, t)
+    n_reused = 0
+    for (gi, gt), c in counts.items():
+        src, dst = c["src"], c["dst"]
+        text = ""
+        if shapes:
+            text = " ".join(list(c["shapes"])[:2]) + (" ..." if len(c["shapes"]) > 2 else "")
+        if c["n"] > 1:
+            text = (text + " " if text else "") + f"x{c['n']}"
+        # a box's kind decides the style: forward box -> backward box is "reused"
+        s_back = gi[0] == "scope" and gi[2] or gi[0] == "node" and src.backward
+        t_back = gt[0] == "scope" and gt[2] or gt[0] == "node" and dst.backward
+        attrs = {}
+        if c["reused"] and not s_back and t_back:
+            attrs.update(REUSED)
+            text = "reused " + text
+            n_reused += 1
+        elif s_back and t_back:
+            attrs.update(BACKWARD_EDGE, dir="back")
+        if text:
+            attrs["label"] = text.strip()
+        _edge(d, gid[gi], gid[gt], attrs)
+    d.meta.update(nodes=len(members), edges=len(counts), reused=n_reused)
+
+
+def _legend(d):
+    with d.subgraph(name="cluster_legend") as c:
+        c.attr(label="legend", style="rounded", color="#bbbbbb", fontname="Helvetica", fontsize="10")
+        names = [("placeholder", "placeholder"), ("variable", "variable"), ("constant", "constant"),
+                 ("forward", "forward op"), ("gradient", "backward op")]
+        for kind, text in names:
+            c.node(f"legend_{kind}", text, **STYLE[kind])
+        c.edge("legend_forward", "legend_gradient", label="reused", **REUSED)
+
+
+def render(outputs_or_digraph, path, format=None, **to_dot_kwargs):
+    """Write a diagram to ``path`` and return the path.
+
+    ``outputs_or_digraph``: a ``graphviz`` graph (e.g. from :func:`to_dot`) or
+    what :func:`to_dot` takes (then ``to_dot_kwargs`` go to it). The format
+    comes from the path's suffix unless ``format`` is given: ``svg`` and
+    ``png`` always render (system ``dot`` or ``graphviz-pure``); ``pdf`` and
+    other formats need system Graphviz; ``dot``/``gv`` write the DOT source.
+    Raises :class:`RendererNotFound` (a RuntimeError) naming the remedies.
+    """
+    if isinstance(outputs_or_digraph, (graphviz.Digraph, graphviz.Graph, graphviz.Source)):
+        diagram = outputs_or_digraph
+    else:
+        diagram = to_dot(outputs_or_digraph, **to_dot_kwargs)
+    path = os.fspath(path)
+    fmt = (format or os.path.splitext(path)[1].lstrip(".") or "svg").lower()
+    if fmt in ("dot", "gv"):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(diagram.source)
+        return path
+    data = pipe_source(diagram.source, fmt, getattr(diagram, "engine", "dot"))
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+__all__ = ["to_dot", "render", "Diagram", "RendererNotFound", "find_renderer", "PURE_FORMATS"]
