@@ -21,25 +21,29 @@ import numpy as np
 
 from .backends import get_backend
 from .errors import GraphdiffError, InputError, ShapeError
+from .fusion import fuse_elementwise
 from .graph import ConstantOp, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
 
 
-def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True):  # noqa: A001
+def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True,  # noqa: A001
+            fuse=None):
     """Compile ``outputs`` (a tensor or a list) into a callable.
 
     ``inputs`` are placeholders fed positionally (or by name as keywords);
     ``updates`` a list of ``(variable, new_value)`` applied after each run;
     ``training=False`` turns dropout off; ``seed`` seeds the program's random
-    generator (dropout masks); ``optimize=False`` skips merging and folding.
+    generator (dropout masks); ``optimize=False`` skips merging, folding and
+    fusing; ``fuse=False`` skips only the fusion of elementwise chains.
     """
-    return Program(outputs, inputs, updates or [], backend, training, seed, optimize)
+    return Program(outputs, inputs, updates or [], backend, training, seed, optimize,
+                   optimize if fuse is None else fuse)
 
 
 class Program:
     """A compiled graph. Call it with the input arrays; it returns the outputs
     (a single array for a single output tensor, else a list)."""
 
-    def __init__(self, outputs, inputs, updates, backend, training, seed, optimize):
+    def __init__(self, outputs, inputs, updates, backend, training, seed, optimize, fuse):
         self.backend = get_backend(backend)
         self.single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self.single else list(outputs)
@@ -52,7 +56,12 @@ class Program:
 
         roots = self.outputs + [v for _, v in self.updates]
         canon = _simplify(roots) if optimize else {id(n): n for n in toposort(roots)}
-        order = toposort([canon[id(r)] for r in roots])
+        roots = [canon[id(r)] for r in roots]
+        order = toposort(roots)
+        if fuse:
+            fused = fuse_elementwise(order, roots)
+            roots = [fused[id(r)] for r in roots]
+            order = toposort(roots)
         self.nodes = order  # the scheduled graph, for inspection and diagrams
 
         needed = {id(n) for n in order if isinstance(n.op, PlaceholderOp)}
@@ -61,7 +70,7 @@ class Program:
         if missing:
             raise InputError(f"compile: the outputs need placeholder(s) {', '.join(map(repr, missing))}, "
                              f"which are not among the inputs")
-        self._plan(order, [canon[id(r)] for r in roots])
+        self._plan(order, roots)
 
     # ------------------------------------------------------------------ build
     def _check_signature(self):

@@ -125,8 +125,12 @@ class BroadcastLike(Op):
 
 
 def broadcast_like(x, like):
+    """``x`` broadcast to ``like``'s shape: static where that shape is known, so
+    ``like`` need not be computed just for its shape."""
     if x.shape == like.shape and None not in x.shape:
         return x
+    if None not in like.shape:
+        return broadcast_to(x, like.shape)
     return apply(BroadcastLike(), [x, like])
 
 
