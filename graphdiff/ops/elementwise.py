@@ -188,32 +188,33 @@ def _compare(fn):
 greater, greater_equal, less, less_equal, equal, not_equal = (_compare(n) for n in COMPARE)
 
 
-class Step(Op):
-    """``1`` where ``x > 0`` else ``0``, in x's dtype: ReLU's switch."""
+class _Mask(Op):
+    """A not-differentiable elementwise function that keeps shape and dtype."""
 
-    name = "step"
     differentiable = False
 
     def infer(self, x):
         return x.shape, x.dtype
+
+
+class Step(_Mask):
+    """``1`` where ``x > 0`` else ``0``, in x's dtype: ReLU's switch."""
+
+    name = "step"
 
     def forward(self, xp, x):
         return (x > 0).astype(x.dtype)
 
 
-def step(x, name=None):
-    return apply(Step(), [as_tensor(x)], name=name)
-
-
-class Sign(Op):
+class Sign(_Mask):
     name = "sign"
-    differentiable = False
-
-    def infer(self, x):
-        return x.shape, x.dtype
 
     def forward(self, xp, x):
         return xp.sign(x)
+
+
+def step(x, name=None):
+    return apply(Step(), [as_tensor(x)], name=name)
 
 
 def sign(x, name=None):

@@ -7,11 +7,8 @@ from .elementwise import Binary, cast, exp
 from .reduce import Count, sum
 
 
-class LogSoftmax(Op):
-    """``y = x - log sum_k exp(x_k)`` along ``axis`` (max-shifted, so stable).
-    VJP: ``g - exp(y) * sum_k g_k``."""
-
-    name = "log_softmax"
+class _AlongAxis(Op):
+    """A float op along one ``axis`` that keeps its input's shape."""
 
     def __init__(self, axis):
         super().__init__(axis=axis)
@@ -20,6 +17,13 @@ class LogSoftmax(Op):
         if x.dtype.kind != "f":
             raise self.error(f"needs a float input, got {x.dtype}", x)
         return x.shape, x.dtype
+
+
+class LogSoftmax(_AlongAxis):
+    """``y = x - log sum_k exp(x_k)`` along ``axis`` (max-shifted, so stable).
+    VJP: ``g - exp(y) * sum_k g_k``."""
+
+    name = "log_softmax"
 
     def forward(self, xp, x):
         shifted = x - xp.max(x, axis=self.axis, keepdims=True)
@@ -29,18 +33,10 @@ class LogSoftmax(Op):
         return [g - exp(node) * sum(g, self.axis, keepdims=True)]
 
 
-class Softmax(Op):
+class Softmax(_AlongAxis):
     """``y_l = exp(x_l) / sum_k exp(x_k)``. VJP: ``y * (g - sum_k g_k y_k)``."""
 
     name = "softmax"
-
-    def __init__(self, axis):
-        super().__init__(axis=axis)
-
-    def infer(self, x):
-        if x.dtype.kind != "f":
-            raise self.error(f"needs a float input, got {x.dtype}", x)
-        return x.shape, x.dtype
 
     def forward(self, xp, x):
         e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
@@ -48,13 +44,6 @@ class Softmax(Op):
 
     def vjp(self, node, g, wrt):
         return [node * (g - sum(g * node, self.axis, keepdims=True))]
-
-
-def _one_axis(opname, x, axis):
-    """The single axis softmax runs along (None or several axes would silently mean the first)."""
-    if not isinstance(axis, (int, np.integer)):
-        raise ShapeError(f"{opname}: {x.name} {fmt_shape(x.shape)}: axis must be one integer, got {axis!r}")
-    return normalize_axis(opname, x, axis)[0]
 
 
 def log_softmax(x, axis=-1, name=None):
