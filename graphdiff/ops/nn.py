@@ -46,6 +46,13 @@ class Softmax(_AlongAxis):
         return [node * (g - sum(g * node, self.axis, keepdims=True))]
 
 
+def _one_axis(opname, x, axis):
+    """The single axis softmax runs along (None or several axes would silently mean the first)."""
+    if not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"{opname}: {x.name} {fmt_shape(x.shape)}: axis must be one integer, got {axis!r}")
+    return normalize_axis(opname, x, axis)[0]
+
+
 def log_softmax(x, axis=-1, name=None):
     x = as_tensor(x)
     return apply(LogSoftmax(_one_axis("log_softmax", x, axis)), [x], name=name)
