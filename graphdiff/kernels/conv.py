@@ -14,8 +14,10 @@ Implementation: im2col + GEMM. ``x`` is zero-padded into a scratch buffer, the
 copied once into a column matrix laid out ``(C*kh*kw, N*OH*OW)``, and each group
 is one GEMM (``matmul`` over a leading group axis). The same column layout makes
 the weight gradient a GEMM against ``dy`` with no further copy of the columns,
-and the input gradient a GEMM to columns followed by ``col2im``: ``kh*kw``
-strided adds into a zeroed, padded buffer.
+and the input gradient a GEMM to columns followed by col2im: ``kh*kw`` strided
+adds into a zeroed, padded buffer (stride 1 has two cheaper routes, see
+:func:`conv2d_grad_input`). GEMM orientations are chosen for OpenBLAS: products
+with few output rows thread badly, worst when another process shares the cores.
 
 Scratch buffers (padded input, columns, transposed ``dy``) come from a small
 per-thread cache (:func:`workspace`): allocating 50-250 MB afresh costs tens of
@@ -25,10 +27,27 @@ caller; every returned array is freshly allocated.
 
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy
 
 _local = threading.local()
 _pool = None
+_pool_lock = threading.Lock()
+_POOL_PREFIX = "graphdiff-kernels"
+
+
+class _Cache(dict):
+    """One thread's scratch buffers: a dict with identity semantics, so that it
+    can sit in a WeakSet."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+_caches = weakref.WeakSet()  # every live thread's cache, for clear_workspace
+
 # Threads for NumPy copies/elementwise passes (GEMMs use the BLAS's own threads).
 NUM_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 PARALLEL_MIN_WORK = 1 << 20  # elements; below this, threads cost more than they save
@@ -43,10 +62,14 @@ def workspace(xp, tag, shape, dtype):
     it (or a view of it) and must not use one tag twice at the same time.
     Contents are garbage on entry.
     """
-    cache = _local.__dict__.setdefault("cache", {})
+    cache = getattr(_local, "cache", None)
+    if cache is None:
+        cache = _local.cache = _Cache()
+        with _pool_lock:
+            _caches.add(cache)
     device = getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
     key = (xp.__name__, device, tag)
-    dtype = xp.dtype(dtype)
+    dtype = numpy.dtype(dtype)
     size = 1
     for d in shape:
         size *= int(d)
@@ -60,8 +83,11 @@ def workspace(xp, tag, shape, dtype):
 
 
 def clear_workspace():
-    """Release this thread's scratch buffers (e.g. after a large one-off batch)."""
-    _local.__dict__.pop("cache", None)
+    """Release all threads' scratch buffers (e.g. after a large one-off batch);
+    they are re-created on demand."""
+    with _pool_lock:
+        for cache in list(_caches):
+            cache.clear()
 
 
 def parallel_for(xp, n, fn, work):
@@ -75,29 +101,34 @@ def parallel_for(xp, n, fn, work):
     """
     global _pool
     t = min(NUM_THREADS, n)
-    if xp.__name__ != "numpy" or t < 2 or work < PARALLEL_MIN_WORK:
+    nested = threading.current_thread().name.startswith(_POOL_PREFIX)  # never wait on our own pool
+    if xp.__name__ != "numpy" or t < 2 or work < PARALLEL_MIN_WORK or nested:
         fn(0, n)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(NUM_THREADS, thread_name_prefix="graphdiff-kernels")
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, NUM_THREADS - 1), thread_name_prefix=_POOL_PREFIX)
     bounds = [n * i // t for i in range(t + 1)]
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    for f in futures:
-        f.result()
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        fn(bounds[0], bounds[1])  # the first chunk runs on the calling thread
+    finally:
+        for f in futures:
+            f.result()
 
 
-def parallel_blocks(xp, n, item_size, fn):
+def parallel_blocks(xp, n, item_size, fn, scale=1):
     """``fn(lo, hi)`` over blocks of items (examples) covering ``range(n)``.
 
     Threads split ``range(n)`` and each walks its share a few items at a time
-    (about BLOCK_ELEMENTS elements, items of ``item_size``), so that a chain
-    of elementwise passes over a block runs from cache instead of memory.
+    (about ``scale * BLOCK_ELEMENTS`` elements, items of ``item_size``), so that a
+    chain of elementwise passes over a block runs from cache instead of memory.
     Other array modules (CuPy) get one call ``fn(0, n)``.
     """
     if xp.__name__ != "numpy":
         fn(0, n)
         return
-    per = max(1, BLOCK_ELEMENTS // max(1, item_size))
+    per = max(1, scale * BLOCK_ELEMENTS // max(1, item_size))
 
     def walk(lo, hi):
         for b in range(lo, hi, per):
@@ -134,21 +165,21 @@ def conv_output_size(n, k, s, p):
     return out
 
 
-def _pad(xp, x, padding, tag, fill=0):
+def pad2d(xp, x, padding, tag, fill=0):
     """``x`` padded by ``(ph, pw)`` with ``fill`` on both sides (a scratch buffer,
     or ``x`` itself when there is no padding)."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
     N, C, H, W = x.shape
-    xp_ = workspace(xp, tag, (N, C, H + 2 * ph, W + 2 * pw), x.dtype)
+    out = workspace(xp, tag, (N, C, H + 2 * ph, W + 2 * pw), x.dtype)
     # Only the border is filled: the interior is overwritten right after.
-    xp_[:, :, :ph] = fill
-    xp_[:, :, H + ph:] = fill
-    xp_[:, :, :, :pw] = fill
-    xp_[:, :, :, W + pw:] = fill
-    xp_[:, :, ph:ph + H, pw:pw + W] = x
-    return xp_
+    out[:, :, :ph] = fill
+    out[:, :, H + ph:] = fill
+    out[:, :, :, :pw] = fill
+    out[:, :, :, W + pw:] = fill
+    out[:, :, ph:ph + H, pw:pw + W] = x
+    return out
 
 
 def _windows(xp, xpad, kernel_size, stride, out_size, order):
@@ -168,7 +199,7 @@ def _im2col(xp, x, kernel_size, stride, padding, out_size):
     shape ``(C*kh*kw, N*OH*OW)``: one copy out of a strided view (scratch buffer)."""
     N, C = x.shape[:2]
     (kh, kw), (OH, OW) = kernel_size, out_size
-    xpad = _pad(xp, x, padding, "conv_xpad")
+    xpad = pad2d(xp, x, padding, "conv_xpad")
     view = _windows(xp, xpad, kernel_size, stride, out_size, (1, 2, 3, 0, 4, 5))
     cols = workspace(xp, "conv_cols", view.shape, x.dtype)
     parallel_copy(xp, cols, view)
@@ -193,21 +224,34 @@ def conv2d_forward(xp, x, w, b, stride, padding, groups):
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
     g = groups
+    if C != Cg * g or O % g:
+        raise ValueError(f"conv2d: x {x.shape}, w {w.shape} and groups={g} do not match")
     OH = conv_output_size(H, kh, stride[0], padding[0])
     OW = conv_output_size(W, kw, stride[1], padding[1])
     K, M = Cg * kh * kw, N * OH * OW
     cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW)).reshape(g, K, M)
-    # One GEMM per group, batched over the group axis: (g, O/g, K) @ (g, K, M).
-    yt = workspace(xp, "conv_yt", (g, O // g, M), x.dtype)
-    xp.matmul(w.reshape(g, O // g, K), cols, out=yt)
-    # Back to NCHW; the bias add rides along with that copy.
-    yt = yt.reshape(O, N, OH, OW).transpose(1, 0, 2, 3)
-    y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-    if b is None:
-        parallel_copy(xp, y, yt)
+    wg = w.reshape(g, O // g, K)
+    # One GEMM per group, batched over the group axis. With a long reduction
+    # (K >= 1024) the pixel-major product cols^T @ W^T is used: OpenBLAS splits
+    # its many rows over threads cleanly, and stays fast when another process
+    # competes for the cores (W @ cols can then be 1.5x slower); its output
+    # needs a strided transpose, which only pays off against a long GEMM.
+    if K >= 1024:
+        yt = workspace(xp, "conv_yt", (g, N, OH, OW, O // g), x.dtype)
+        xp.matmul(cols.transpose(0, 2, 1), wg.transpose(0, 2, 1), out=yt.reshape(g, M, O // g))
+        src = yt.transpose(1, 0, 4, 2, 3)
     else:
-        b4 = b.reshape(1, O, 1, 1)
-        parallel_for(xp, N, lambda lo, hi: xp.add(yt[lo:hi], b4, out=y[lo:hi]), y.size)
+        yt = workspace(xp, "conv_yt", (g, O // g, N, OH, OW), x.dtype)
+        xp.matmul(wg, cols, out=yt.reshape(g, O // g, M))
+        src = yt.transpose(2, 0, 1, 3, 4)
+    # Back to NCHW; the bias add rides along with that copy.
+    y = xp.empty((N, O, OH, OW), dtype=x.dtype)
+    y5 = y.reshape(N, g, O // g, OH, OW)
+    if b is None:
+        parallel_copy(xp, y5, src)
+    else:
+        b5 = b.reshape(1, g, O // g, 1, 1)
+        parallel_for(xp, N, lambda lo, hi: xp.add(src[lo:hi], b5, out=y5[lo:hi]), y.size)
     return y
 
 
@@ -224,21 +268,57 @@ def conv2d_grad_weight(xp, x, dy, kernel_size, stride, padding, groups):
     K, M = (C // g) * kh * kw, N * OH * OW
     cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW)).reshape(g, K, M)
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
-    # (g, O/g, M) @ (g, M, K): the transposed columns are read in place (GEMM "T" flag).
-    dw = xp.matmul(dyt, cols.transpose(0, 2, 1))
-    return dw.reshape(O, C // g, kh, kw)
+    # dW^T = cols @ dy^T, (g, K, M) @ (g, M, O/g): the transposed dy is read in place
+    # (GEMM "T" flag). The other orientation, dy @ cols^T, has few output rows
+    # and OpenBLAS threads it badly: up to 20x slower when another process
+    # competes for the cores.
+    dwt = xp.matmul(cols, dyt.transpose(0, 2, 1))
+    return xp.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(O, C // g, kh, kw)
 
 
-def _grad_input_as_correlation(xp, dy, w, groups):
-    """Stride 1 only: ``dx = correlation of dy (zero-padded by k-1-p) with the flipped,
-    transposed kernel``, i.e. the slides' ``dX_ij = sum_ab W_ab dE_(i-a)(j-b)`` run as
-    a forward convolution (im2col of dy + GEMM, no col2im)."""
+def _flip_transpose(xp, w, groups):
+    """The kernel of the input gradient as a correlation: in/out channels swapped per
+    group and both spatial axes flipped, ``wt[g*Cg + c, o, a, b] = w[g*Og + o, c, kh-1-a, kw-1-b]``."""
     O, Cg, kh, kw = w.shape
-    g = groups
-    # w_t[g*Cg + c, o', a, b] = w[g*Og + o', c, kh-1-a, kw-1-b]
-    w_t = w.reshape(g, O // g, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    w_t = xp.ascontiguousarray(w_t).reshape(g * Cg, O // g, kh, kw)
-    return w_t
+    wt = w.reshape(groups, O // groups, Cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    return xp.ascontiguousarray(wt).reshape(groups * Cg, O // groups, kh, kw)
+
+
+def _grad_input_by_rows(xp, dy, w, input_size, padding, groups):
+    """Stride 1: ``dX[n, c, h, x] = sum_{o, a, b} W[o, c, a, b] dy[n, o, h + ph - a, x + pw - b]``
+    split by axis: the shifts along W are gathered from ``dy`` (one copy,
+    ``R[(o, b), (n, i, x)] = dy[n, o, i, x + pw - (kw-1-b)]``), one GEMM per group gives
+    ``T[(c, a), (n, i, x)] = sum_{o,b} W[o, c, a, kw-1-b] R[(o, b), (n, i, x)]``, and the
+    shifts along H are ``kh`` adds of whole row blocks, ``dX[c, n, i + a - ph] += T[c, a, n, i]``:
+    long contiguous runs, unlike col2im's rows of OW elements."""
+    N, O, OH, OW = dy.shape
+    _, Cg, kh, kw = w.shape
+    H, W = input_size
+    ph, pw = padding
+    g, C, Og = groups, Cg * groups, O // groups
+    dyw = pad2d(xp, dy, (0, kw - 1 - pw), "conv_xpad")  # width OW + 2(kw-1-pw) = W + kw - 1
+    sN, sO, sH, sW = dyw.strides
+    R = workspace(xp, "conv_cols", (O, kw, N, OH, W), dy.dtype)
+    parallel_copy(xp, R, xp.lib.stride_tricks.as_strided(dyw, R.shape, (sO, sW, sN, sH, sW)))
+    wr = w.reshape(g, Og, Cg, kh, kw)[..., ::-1].transpose(0, 2, 3, 1, 4)
+    wr = xp.ascontiguousarray(wr).reshape(g, Cg * kh, Og * kw)
+    T = workspace(xp, "conv_yt", (g, Cg * kh, N * OH * W), dy.dtype)
+    xp.matmul(wr, R.reshape(g, Og * kw, N * OH * W), out=T)
+    T = T.reshape(C, kh, N, OH, W)
+    dxc = workspace(xp, "conv_dxpad", (C, N, H, W), dy.dtype)
+
+    def rows(lo, hi):
+        d = dxc[lo:hi]
+        d.fill(0)
+        for a in range(kh):
+            i0, i1 = max(0, ph - a), min(OH, H + ph - a)  # output rows landing inside dX
+            dst = d[:, :, i0 + a - ph:i1 + a - ph]
+            xp.add(dst, T[lo:hi, a, :, i0:i1], out=dst)
+
+    parallel_for(xp, C, rows, T.size)
+    dx = xp.empty((N, C, H, W), dtype=dy.dtype)
+    parallel_copy(xp, dx, dxc.transpose(1, 0, 2, 3))
+    return dx
 
 
 def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
@@ -247,8 +327,13 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
     A full correlation of ``dE`` with the flipped kernel ("inversion of
     indexes"); with stride, padding and groups: ``dXpad[n, c, i*sh + a, j*sw + b]
     += sum_o W[o, c, a, b] dy[n, o, i, j]``, then the padding is cropped. Rows and
-    columns that no window covered get zero. Computed as ``cols = W^T @ dy`` (one
-    GEMM per group) and col2im: ``kh*kw`` strided adds. Returns ``(N, C, H, W)``.
+    columns that no window covered get zero. Returns ``(N, C, H, W)``.
+
+    General path: ``cols = W^T @ dy`` (one GEMM per group) and col2im, ``kh*kw``
+    strided adds into a zeroed padded buffer. Stride 1 has two faster paths:
+    the correlation run literally as a forward convolution of ``dy`` when
+    ``O <= 2C`` (its im2col copies ``O*kh*kw`` rows where col2im adds
+    ``C*kh*kw`` rows, and an add costs 2-3 copies), else :func:`_grad_input_by_rows`.
     """
     N, O, OH, OW = dy.shape
     _, Cg, kh, kw = w.shape
@@ -256,6 +341,10 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
     (sh, sw), (ph, pw) = stride, padding
     g = groups
     C, K, M = Cg * g, Cg * kh * kw, N * OH * OW
+    if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+        if O <= 2 * C:  # AlexNet conv3-5
+            return conv2d_forward(xp, dy, _flip_transpose(xp, w, g), None, (1, 1), (kh - 1 - ph, kw - 1 - pw), g)
+        return _grad_input_by_rows(xp, dy, w, input_size, padding, g)  # AlexNet conv2
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
     cols = workspace(xp, "conv_cols", (g, K, M), dy.dtype)
     xp.matmul(w.reshape(g, O // g, K).transpose(0, 2, 1), dyt, out=cols)

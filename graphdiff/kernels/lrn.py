@@ -10,17 +10,18 @@ PyTorch's ``local_response_norm`` divide it by ``size``: to match them pass
 The within-map variant of the slides sums over a ``size x size`` spatial
 neighbourhood of the same channel instead (zero beyond the border).
 
-Window sums use a cumulative sum (O(C), independent of ``size``): with
-``P = cumsum`` of the values padded by zeros, ``s[c] = P[c + size] - P[c]``. In
-float32 the difference of two prefix sums loses a little precision when a
-window is small next to large ones; with AlexNet's ``k = 2`` that is far below
-the float32 resolution of the scale.
+Window sums cost O(C) whatever ``size``: cumulative sums within blocks of
+``size`` channels, forwards and backwards, and one add per output (see
+:func:`_window_sum_into`). Unlike ``cumsum[c + size] - cumsum[c]`` this never
+subtracts, so float32 keeps full precision next to large activations.
 
-Work is done per block of a few examples (a few MB, cache-resident) and split
-over threads on NumPy, so the ~10 elementwise passes run from cache.
+Work is done per block of examples (up to ~16 MB, in L3) and split over threads
+on NumPy: the ~15 elementwise passes run from cache, and the scans' per-channel
+slices stay large enough that NumPy's per-call overhead does not dominate.
 """
 
 from .conv import parallel_blocks, workspace
+
 
 def _window_bounds(size, transpose):
     """Neighbours ``c - lo .. c + hi``: ``lo = size//2``, ``hi = (size-1)//2``
@@ -33,63 +34,58 @@ def _take(a, axis, start, stop):
     return a[(slice(None),) * axis + (slice(start, stop),)]
 
 
-def _cumsum_(xp, a, axis):
-    """In-place cumulative sum along ``axis``. NumPy's ``cumsum`` on a non-last
-    axis runs one short strided loop per pixel (~9x slower than this loop of
-    whole-slice adds); other modules use their own ``cumsum``."""
+def _block_scans(xp, P, I, axis, size):
+    """Cut ``P`` along ``axis`` into blocks of ``size``; write into ``I`` the running sums
+    from each block's start (inclusive prefix sums) and turn ``P`` in place into the
+    running sums to each block's end (inclusive suffix sums). O(length), like a
+    cumulative sum. On NumPy as a loop of whole-slice adds: ``cumsum`` along a
+    non-last axis runs one short strided loop per pixel and is ~9x slower."""
+    L = P.shape[axis]
     if xp.__name__ != "numpy":
-        xp.cumsum(a, axis=axis, out=a)
+        shape = P.shape[:axis] + (L // size, size) + P.shape[axis + 1:]
+        Pb, Ib = P.reshape(shape), I.reshape(shape)
+        Ib[...] = xp.cumsum(Pb, axis=axis + 1)
+        Pb[...] = xp.flip(xp.cumsum(xp.flip(Pb, axis + 1), axis=axis + 1), axis + 1)
         return
-    for i in range(1, a.shape[axis]):
-        cur = _take(a, axis, i, i + 1)
-        xp.add(cur, _take(a, axis, i - 1, i), out=cur)
+    for t in range(L):
+        if t % size:
+            xp.add(_take(P, axis, t, t + 1), _take(I, axis, t - 1, t), out=_take(I, axis, t, t + 1))
+        else:
+            _take(I, axis, t, t + 1)[...] = _take(P, axis, t, t + 1)
+    for t in range(L - 2, -1, -1):
+        if (t + 1) % size:
+            cur = _take(P, axis, t, t + 1)
+            xp.add(cur, _take(P, axis, t + 1, t + 2), out=cur)
 
 
 def _window_sum_into(xp, fill, shape, dtype, axis, size, transpose, out, tag):
     """``out[.., c, ..] = sum_{c - lo <= j <= c + hi} v[.., j, ..]`` along ``axis``, where
-    ``fill(dst)`` writes ``v`` into ``dst`` (so a product can land there directly)."""
+    ``fill(dst)`` writes ``v`` into ``dst`` (so a product can land there directly).
+
+    Two-pass block scan (van Herk / Gil-Werman, as for running max filters):
+    with ``P[t] = v[t - lo]`` zero-padded and cut into blocks of ``size``, the window
+    ``P[c .. c+size-1]`` is the suffix sum of ``c`` in its block plus the prefix sum
+    of ``c+size-1`` in the next block (none when ``c`` starts a block). O(C) like a
+    cumulative sum, but nothing is subtracted: a difference of two global prefix
+    sums would lose float32 precision next to large activations.
+    """
     lo, hi = _window_bounds(size, transpose)
     n = shape[axis]
-    pshape = shape[:axis] + (n + size,) + shape[axis + 1:]
-    P = workspace(xp, tag, pshape, dtype)
-    # P = [0]*(lo+1) + v + [0]*hi, then prefix sums: s[c] = P[c + size] - P[c].
-    _take(P, axis, 0, lo + 1).fill(0)
-    _take(P, axis, lo + 1 + n, n + size).fill(0)
-    fill(_take(P, axis, lo + 1, lo + 1 + n))
-    _cumsum_(xp, P, axis)
-    return xp.subtract(_take(P, axis, size, n + size), _take(P, axis, 0, n), out=out)
+    length = -(-(n + size - 1) // size) * size
+    pshape = shape[:axis] + (length,) + shape[axis + 1:]
+    P, I = workspace(xp, tag + "_s", pshape, dtype), workspace(xp, tag + "_p", pshape, dtype)
+    _take(P, axis, 0, lo).fill(0)
+    _take(P, axis, lo + n, length).fill(0)
+    fill(_take(P, axis, lo, lo + n))
+    _block_scans(xp, P, I, axis, size)
+    I[(slice(None),) * axis + (slice(size - 1, None, size),)] = 0  # block ends: window = one block
+    return xp.add(_take(P, axis, 0, n), _take(I, axis, size - 1, size - 1 + n), out=out)
 
 
 def _copy_into(v):
     def fill(dst):
         dst[...] = v
     return fill
-
-
-def window_sum_channels(xp, x, size, transpose=False):
-    """``s[:, c] = sum_{j = c - size//2}^{c + (size-1)//2} x[:, j]`` over channels that exist.
-
-    For odd ``size`` that is ``|j - c| <= size//2``; for even ``size`` the window
-    has one more neighbour below ``c`` than above. ``transpose=True`` mirrors the
-    window (the same op for odd ``size``): it is the exact adjoint, i.e.
-    ``<window_sum_channels(x), y> == <x, window_sum_channels(y, transpose=True)>``.
-    """
-    out = xp.empty_like(x)
-    _window_sum_into(xp, _copy_into(x), x.shape, x.dtype, 1, size, transpose, out, "lrn_cumsum")
-    return out
-
-
-def window_sum_spatial(xp, x, size, transpose=False):
-    """``s[n, c, i, j] = sum_{|a| <= size//2, |b| <= size//2} x[n, c, i + a, j + b]`` (zero outside).
-
-    Separable: a window sum along H, then along W, each by a cumulative sum.
-    Even ``size`` and ``transpose`` as in :func:`window_sum_channels`.
-    """
-    tmp = workspace(xp, "lrn_spatial_tmp", x.shape, x.dtype)
-    _window_sum_into(xp, _copy_into(x), x.shape, x.dtype, 2, size, transpose, tmp, "lrn_cumsum")
-    out = xp.empty_like(x)
-    _window_sum_into(xp, _copy_into(tmp), x.shape, x.dtype, 3, size, transpose, out, "lrn_cumsum")
-    return out
 
 
 def _neighbour_sum(xp, fill, shape, dtype, size, within, transpose, out):
@@ -100,6 +96,40 @@ def _neighbour_sum(xp, fill, shape, dtype, size, within, transpose, out):
     tmp = workspace(xp, "lrn_rows", shape, dtype)
     _window_sum_into(xp, fill, shape, dtype, 2, size, transpose, tmp, "lrn_cumsum")
     return _window_sum_into(xp, _copy_into(tmp), shape, dtype, 3, size, transpose, out, "lrn_cumsum")
+
+
+def window_sum_channels(xp, x, size, transpose=False):
+    """``s[:, c] = sum_{j = c - size//2}^{c + (size-1)//2} x[:, j]`` over channels that exist.
+
+    For odd ``size`` that is ``|j - c| <= size//2``; for even ``size`` the window
+    has one more neighbour below ``c`` than above. ``transpose=True`` mirrors the
+    window (the same op for odd ``size``): it is the exact adjoint, i.e.
+    ``<window_sum_channels(x), y> == <x, window_sum_channels(y, transpose=True)>``.
+    Computed from cumulative sums within blocks of ``size`` channels along axis 1
+    (:func:`_window_sum_into`): O(C) whatever ``size``.
+    """
+    return _window_sum(xp, x, size, False, transpose)
+
+
+def window_sum_spatial(xp, x, size, transpose=False):
+    """``s[n, c, i, j] = sum_{a, b} x[n, c, a, b]`` over ``i - size//2 <= a <= i + (size-1)//2``, same for b.
+
+    The ``size x size`` neighbourhood in the same feature map, zero beyond the
+    border; separable: a window sum along H, then along W, each from blocked
+    cumulative sums. Even ``size`` and ``transpose`` as in :func:`window_sum_channels`.
+    """
+    return _window_sum(xp, x, size, True, transpose)
+
+
+def _window_sum(xp, x, size, within, transpose):
+    out = xp.empty_like(x)
+
+    def block(lo, hi):
+        xb = x[lo:hi]
+        _neighbour_sum(xp, _copy_into(xb), xb.shape, x.dtype, size, within, transpose, out[lo:hi])
+
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
+    return out
 
 
 def _pow(xp, s, beta, out, tmp):
@@ -130,7 +160,7 @@ def _forward(xp, x, size, alpha, beta, k, within):
         _pow(xp, sb, beta, yb, workspace(xp, "lrn_pow", xb.shape, x.dtype))
         xp.divide(xb, yb, out=yb)
 
-    parallel_blocks(xp, x.shape[0], x[:1].size, block)
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
     return y, scale
 
 
@@ -153,7 +183,7 @@ def _backward(xp, x, y, scale, dy, size, alpha, beta, within):
         xp.divide(dyb, dxb, out=dxb)
         xp.subtract(dxb, t, out=dxb)
 
-    parallel_blocks(xp, x.shape[0], x[:1].size, block)
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
     return dx
 
 

@@ -1,0 +1,195 @@
+"""CPU timings of the graphdiff array kernels against PyTorch at AlexNet layer shapes.
+
+Run (the two OpenBLAS variables, if set, halve GEMM speed)::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/ops_cpu.py
+
+For every op and shape both sides run in this process, alternating, after a
+warm-up; we print min and median milliseconds per side for the forward pass and
+for forward + backward (conv: grad input + grad weight; pooling: our forward
+always returns the argmax, so torch's input requires grad as in training), and
+ratios ours/torch (below 1: we are faster). Torch gets as many threads as
+NumPy's BLAS. The machine may be shared: the min is the least noisy figure, and
+the load average is printed so a noisy run can be recognised.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from graphdiff.kernels import conv, lrn, pool  # noqa: E402
+
+# name, C_in, C_out, H (=W), kernel, stride, padding, groups
+CONVS = [
+    ("conv1", 3, 96, 227, 11, 4, 0, 1),
+    ("conv2", 96, 256, 27, 5, 1, 2, 2),
+    ("conv3", 256, 384, 13, 3, 1, 1, 1),
+    ("conv4", 384, 384, 13, 3, 1, 1, 2),
+    ("conv5", 384, 256, 13, 3, 1, 1, 2),
+]
+# name, C, H (=W); max pooling 3x3 stride 2
+POOLS = [("pool1", 96, 55), ("pool2", 256, 27), ("pool5", 256, 13)]
+# name, C, H (=W); LRN(size 5, alpha 1e-4, beta 0.75, k 2) in AlexNet's convention
+LRNS = [("lrn1", 96, 55), ("lrn2", 256, 27)]
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["threadpoolctl not installed"]
+    return [
+        f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} "
+        f"threads={i.get('num_threads')} ({os.path.basename(i.get('filepath', ''))})"
+        for i in threadpool_info()
+    ]
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def compare(name, ours, theirs, reps, warmup):
+    """Alternate the two callables; return per-side lists of seconds."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    a, b = [], []
+    for _ in range(reps):
+        a.append(timed(ours))
+        b.append(timed(theirs))
+    return np.array(a), np.array(b)
+
+
+def report(name, what, a, b):
+    print(f"{name:6s} {what:9s} ours min {a.min()*1e3:8.1f} med {np.median(a)*1e3:8.1f} | "
+          f"torch min {b.min()*1e3:8.1f} med {np.median(b)*1e3:8.1f} | "
+          f"ratio min {a.min()/b.min():5.2f} med {np.median(a)/np.median(b):5.2f}", flush=True)
+    return a.min() / b.min()
+
+
+def conv_cases(torch, F, N, dtype, rng):
+    for name, C, O, H, k, s, p, g in CONVS:
+        x = rng.standard_normal((N, C, H, H)).astype(dtype)
+        w = (rng.standard_normal((O, C // g, k, k)) * 0.01).astype(dtype)
+        b = rng.standard_normal(O).astype(dtype)
+        OH = (H + 2 * p - k) // s + 1
+        dy = rng.standard_normal((N, O, OH, OH)).astype(dtype)
+        st, pd = (s, s), (p, p)
+        xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+        bt, dyt = torch.from_numpy(b), torch.from_numpy(dy)
+
+        def f_ours():
+            return conv.conv2d_forward(np, x, w, b, st, pd, g)
+
+        def fb_ours():
+            f_ours()
+            conv.conv2d_grad_input(np, dy, w, (H, H), st, pd, g)
+            conv.conv2d_grad_weight(np, x, dy, (k, k), st, pd, g)
+
+        def f_torch():
+            return F.conv2d(xt, wt, bt, s, p, 1, g)
+
+        def fb_torch():
+            torch.autograd.grad(f_torch(), [xt, wt], dyt)
+
+        yield name, f_ours, fb_ours, f_torch, fb_torch
+
+
+def pool_cases(torch, F, N, dtype, rng):
+    for name, C, H in POOLS:
+        # a permutation: no ties, so both sides route the gradient identically
+        x = rng.permutation(N * C * H * H).reshape(N, C, H, H).astype(dtype)
+        OH = (H - 3) // 2 + 1
+        dy = rng.standard_normal((N, C, OH, OH)).astype(dtype)
+        xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+        sz, st, pd = (3, 3), (2, 2), (0, 0)
+
+        def f_ours():
+            return pool.max_pool2d_forward(np, x, sz, st, pd)
+
+        def fb_ours():
+            _, am = f_ours()
+            pool.max_pool2d_grad(np, dy, am, (H, H), sz, st, pd)
+
+        def f_torch():
+            return F.max_pool2d(xt, 3, 2)
+
+        def fb_torch():
+            torch.autograd.grad(f_torch(), [xt], dyt)
+
+        yield name, f_ours, fb_ours, f_torch, fb_torch
+
+
+def lrn_cases(torch, F, N, dtype, rng):
+    size, alpha, beta, k = 5, 1e-4, 0.75, 2.0
+    for name, C, H in LRNS:
+        x = np.maximum(rng.standard_normal((N, C, H, H)), 0).astype(dtype) * 10
+        dy = rng.standard_normal((N, C, H, H)).astype(dtype)
+        xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+
+        def f_ours():
+            return lrn.lrn_forward(np, x, size, alpha, beta, k)
+
+        def fb_ours():
+            y, scale = f_ours()
+            lrn.lrn_backward(np, x, y, scale, dy, size, alpha, beta)
+
+        def f_torch():
+            # PyTorch divides alpha by size; AlexNet does not.
+            return F.local_response_norm(xt, size, alpha * size, beta, k)
+
+        def fb_torch():
+            torch.autograd.grad(f_torch(), [xt], dyt)
+
+        yield name, f_ours, fb_ours, f_torch, fb_torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--only", nargs="*", help="case names (conv1 pool1 lrn1 ...) or families (conv pool lrn)")
+    args = ap.parse_args()
+
+    import threadpoolctl
+    import torch
+    import torch.nn.functional as F
+
+    blas_threads = max((i["num_threads"] for i in threadpoolctl.threadpool_info()
+                        if i["user_api"] == "blas"), default=1)
+    torch.set_num_threads(blas_threads)
+    print("numpy", np.__version__, "| torch", torch.__version__, "threads", torch.get_num_threads(),
+          "| kernel threads", conv.NUM_THREADS)
+    for line in blas_info():
+        print("  ", line)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"  warning: {var}={os.environ[var]} is set (slows OpenBLAS GEMMs)")
+    print("load average", os.getloadavg(), "| batch", args.batch, args.dtype, "| reps", args.reps)
+
+    rng = np.random.default_rng(0)
+    ratios = {}
+    for family in (conv_cases, pool_cases, lrn_cases):
+        for name, f_ours, fb_ours, f_torch, fb_torch in family(torch, F, args.batch, args.dtype, rng):
+            if args.only and name not in args.only and name.rstrip("0123456789") not in args.only:
+                continue
+            a, b = compare(name, f_ours, f_torch, args.reps, args.warmup)
+            report(name, "forward", a, b)
+            a, b = compare(name, fb_ours, fb_torch, args.reps, args.warmup)
+            ratios[name] = report(name, "fwd+bwd", a, b)
+    print("\nfwd+bwd ratio (min/min):", "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    print("load average", os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
