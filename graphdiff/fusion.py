@@ -16,7 +16,7 @@ the fused nodes).
 import numpy as np
 
 from .graph import Op, Tensor, static_size
-from .kernels.conv import parallel_blocks, workspace
+from .kernels.conv import BLOCK_ELEMENTS, parallel_blocks, workspace
 from .ops.elementwise import UFUNC_OF, Binary, Step, Unary
 
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
@@ -66,7 +66,7 @@ class FusedElementwise(Op):
             out = xp.empty(shape, dtype)
         size = out.size
         flat_ok = out.flags.c_contiguous and all(a.size in (size, 1) for a in arrays)
-        if not flat_ok or size == 0 or xp.__name__ != "numpy":
+        if not flat_ok or size < BLOCK_ELEMENTS or xp.__name__ != "numpy":  # small: blocks cost more than they save
             self._evaluate(xp, arrays, out, None)  # whole arrays, NumPy broadcasting
             return out
         flat = [_flat_operand(a, size) for a in arrays]
