@@ -299,12 +299,12 @@ class Variable(Tensor):
 
     __slots__ = ("_value",)
 
-    def __init__(self, value, name=None):
+    def __init__(self, value, name=None, copy=True):
         value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
         if value.dtype.kind not in "fiub":
             raise InputError(f"variable {name!r}: unsupported dtype {value.dtype}")
         super().__init__(VariableOp(), (), value.shape, value.dtype, name=name or "variable")
-        self._value = value.copy()
+        self._value = value.copy() if copy else value
 
     @property
     def value(self):
@@ -340,9 +340,11 @@ def placeholder(shape, dtype="float32", name=None):
     return Tensor(PlaceholderOp(), (), shape, np.dtype(dtype), name=name or "placeholder")
 
 
-def variable(value, name=None):
-    """A trainable variable holding ``value`` (copied)."""
-    return Variable(value, name=name)
+def variable(value, name=None, copy=True):
+    """A trainable variable holding ``value`` (copied; ``copy=False`` adopts a
+    fresh array that nothing else holds: no copy, and fresh ``np.zeros`` pages
+    stay untouched until the first step writes them)."""
+    return Variable(value, name=name, copy=copy)
 
 
 def constant(value, dtype=None, name=None):
