@@ -24,9 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from torch_alexnet import layer_times  # noqa: E402 - after the path set-up
-
 FORWARD_MACS = 724_406_816  # per 227x227 image (conv + fc), see visualize.summary
+CONV1_MACS = 55 * 55 * 96 * 3 * 11 * 11  # conv1's input gradient: neither side computes it (images need none)
+# forward + the two backward products (input and weight gradients) of every layer, less conv1's input gradient
+STEP_FLOPS_PER_IMAGE = 2 * (3 * FORWARD_MACS - CONV1_MACS)
 
 
 def blas_info():
@@ -57,15 +58,47 @@ def make_batch(batch):
             rng.integers(0, 1000, batch).astype(np.int64))
 
 
-def engine_step():
-    from models.alexnet import alexnet, train_step
+class _TimedGenerator:
+    """Wraps a NumPy Generator and adds up the seconds spent drawing, so the
+    graph build can be timed apart from the variable init's random draws."""
 
-    t = time.perf_counter()
-    model = alexnet(seed=0)
-    built = time.perf_counter()
-    step = train_step(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    def __init__(self, rng):
+        self._rng, self.seconds = rng, 0.0
+
+    def __getattr__(self, name):
+        fn = getattr(self._rng, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return timed
+
+
+def engine_step():
+    from models import alexnet as A
+
+    draws = []
+    real = A.np.random.default_rng
+
+    def default_rng(*args, **kwargs):
+        draws.append(_TimedGenerator(real(*args, **kwargs)))
+        return draws[-1]
+
+    A.np.random.default_rng = default_rng  # the builder draws its weights from it
+    try:
+        t = time.perf_counter()
+        model = A.alexnet(seed=0)
+        built = time.perf_counter()
+    finally:
+        A.np.random.default_rng = real
+    step = A.train_step(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
     done = time.perf_counter()
-    return step, {"build_ms": (built - t) * 1e3, "grad_compile_ms": (done - built) * 1e3}
+    draw_s = sum(d.seconds for d in draws)
+    return step, {"init_draws_ms": draw_s * 1e3, "build_ms": (built - t - draw_s) * 1e3,
+                  "grad_compile_ms": (done - built) * 1e3}
 
 
 def torch_step(threads):
@@ -79,14 +112,34 @@ def torch_step(threads):
     return torch_train_step(net), torch
 
 
-def engine_breakdown(step, images, labels):
+ENGINE_LAYER_NAMES = {"norm1": "lrn1", "norm2": "lrn2"}  # graphdiff's scopes as the PyTorch modules are named
+
+
+def engine_breakdown(step, images, labels, runs=3):
+    """(layer, "forward"/"backward") -> seconds: each op's fastest of ``runs``
+    profiled steps, added up by scope (one step's op times are noisy)."""
     program = getattr(step, "program", step)
-    _, timings = program.profile(images, labels)
+    best = {}
+    for _ in range(runs):
+        _, timings = program.profile(images, labels)
+        for k, (node, seconds) in enumerate(timings):
+            best[k] = (node, min(seconds, best.get(k, (None, seconds))[1]))
     table = collections.defaultdict(float)
-    for node, seconds in timings:
+    for node, seconds in best.values():
         layer = node.scope.split("/")[0] or "(top)"
-        table[(layer, "backward" if node.kind == "gradient" else "forward")] += seconds
+        table[(ENGINE_LAYER_NAMES.get(layer, layer), "backward" if node.kind == "gradient" else "forward")] += seconds
     return table
+
+
+def torch_breakdown(model, images, labels, runs=3):
+    """The same for PyTorch (module hooks): each entry's fastest of ``runs`` steps."""
+    from torch_alexnet import layer_times  # torch is imported only where needed (RSS)
+
+    best = {}
+    for _ in range(runs):
+        for key, seconds in layer_times(model, images, labels).items():
+            best[key] = min(seconds, best.get(key, seconds))
+    return best
 
 
 def measure_rss(side, batch):
@@ -108,7 +161,21 @@ def rss_only(side, batch):
         fn = lambda: tstep(ti, tl)  # noqa: E731
     for _ in range(3):
         fn()
-    print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"rss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib():
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries
+    that across fork + exec, so a child started by a big parent reports at least
+    the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -130,10 +197,14 @@ def main():
     tstep, torch = torch_step(threads)
     print("BLAS:", "; ".join(blas_info()), f"| torch {torch.__version__} threads={torch.get_num_threads()}")
     peak = sgemm_peak()
-    print(f"sgemm peak (2048^3, numpy): {peak:.0f} GFLOP/s")
-    print(f"graphdiff AlexNet graph: build {build['build_ms']:.0f} ms, grad + compile {build['grad_compile_ms']:.0f} ms")
+    print(f"sgemm peak (2048^3, numpy): {peak:.0f} GFLOP/s (measured again before each batch; the best is kept)")
+    total_ms = build["build_ms"] + build["grad_compile_ms"]
+    print(f"graphdiff AlexNet graph: build {build['build_ms']:.0f} ms + grad + compile "
+          f"{build['grad_compile_ms']:.0f} ms = {total_ms:.0f} ms (weight init's random draws apart: "
+          f"{build['init_draws_ms']:.0f} ms)")
 
     for batch in args.batch:
+        peak = max(peak, sgemm_peak())  # a busy machine under-measures it: keep the best seen
         images, labels = make_batch(batch)
         ti, tl = torch.from_numpy(images), torch.from_numpy(labels)
         sides = {"graphdiff": lambda: step(images, labels), "pytorch": lambda: tstep(ti, tl)}
@@ -144,22 +215,31 @@ def main():
         for _ in range(args.reps):  # alternating: the machine's drift hits both sides alike
             for name, fn in sides.items():
                 times[name].append(_timed(fn))
-        flops = 3 * 2 * FORWARD_MACS * batch  # forward + two backward GEMMs per layer
-        print(f"\n== batch {batch}: training step (forward, backward, SGD momentum + weight decay), {args.reps} reps")
+        flops = STEP_FLOPS_PER_IMAGE * batch
+        print(f"\n== batch {batch}: training step (forward, backward, SGD momentum + weight decay), "
+              f"{args.reps} reps alternating; {flops / 1e9:.1f} GFLOP per step; sgemm peak {peak:.0f} GFLOP/s; "
+              f"load average {os.getloadavg()[0]:.2f}")
         for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"  {name:10s} min {min(ts) * 1e3:8.1f} ms  median {med * 1e3:8.1f} ms  "
-                  f"{flops / med / 1e9:6.0f} GFLOP/s ({flops / med / 1e9 / peak:4.0%} of sgemm peak)")
-        print(f"  ratio graphdiff/pytorch: median {statistics.median(times['graphdiff']) / statistics.median(times['pytorch']):.2f}x"
-              f"  min {min(times['graphdiff']) / min(times['pytorch']):.2f}x")
+            med, low = statistics.median(ts), min(ts)
+            print(f"  {name:10s} min {low * 1e3:8.1f} ms  median {med * 1e3:8.1f} ms   GFLOP/s: "
+                  f"{flops / med / 1e9:4.0f} at the median ({flops / med / 1e9 / peak:4.0%} of the sgemm peak), "
+                  f"{flops / low / 1e9:4.0f} at the min ({flops / low / 1e9 / peak:4.0%})")
+        ratio_med = statistics.median(times["graphdiff"]) / statistics.median(times["pytorch"])
+        ratio_min = min(times["graphdiff"]) / min(times["pytorch"])
+        print(f"  ratio graphdiff/pytorch: median {ratio_med:.2f}x  min {ratio_min:.2f}x")
 
         eng = engine_breakdown(step, images, labels)
-        tor = layer_times(tstep.model, ti, tl)
-        print(f"  per layer (ms), one step  {'graphdiff fwd':>14s} {'bwd':>8s}   {'pytorch fwd':>12s} {'bwd':>8s}")
+        tor = torch_breakdown(tstep.model, ti, tl)
+        print(f"  per layer (ms, fastest of 3)  {'graphdiff fwd':>13s} {'bwd':>7s}   {'pytorch fwd':>11s} {'bwd':>7s}")
         for layer in sorted({k[0] for k in eng} | {k[0] for k in tor}, key=_layer_order):
-            print(f"  {layer:24s} {_ms(eng, layer, 'forward')} {_ms(eng, layer, 'backward', 8)}"
-                  f"   {_ms(tor, layer, 'forward', 12)} {_ms(tor, layer, 'backward', 8)}")
-        print("  (graphdiff: time of each op by scope; pytorch: module hooks. Names differ where the two group ops differently.)")
+            print(f"  {layer:29s} {_ms(eng, layer, 'forward', 13)} {_ms(eng, layer, 'backward', 7)}"
+                  f"   {_ms(tor, layer, 'forward', 11)} {_ms(tor, layer, 'backward', 7)}")
+        totals = [sum(v for (_, kind), v in table.items() if kind == want) * 1e3
+                  for table in (eng, tor) for want in ("forward", "backward")]
+        print(f"  {'total':29s} {totals[0]:13.1f} {totals[1]:7.1f}   {totals[2]:11.1f} {totals[3]:7.1f}")
+        print("  (graphdiff: op times by scope, ReLUs inside their conv/fc layer, sgd = the updates;"
+              " pytorch: module hooks, with conv1's input gradient, which its training step skips,"
+              " and without the optimizer step.)")
 
     if not args.no_rss:
         for batch in args.batch:
@@ -174,7 +254,8 @@ def _ms(table, layer, kind, width=14):
 
 def _layer_order(name):
     order = ["conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2", "conv3", "relu3", "conv4", "relu4",
-             "conv5", "relu5", "pool5", "flatten", "drop6", "fc6", "relu6", "drop7", "fc7", "relu7", "fc8", "loss"]
+             "conv5", "relu5", "pool5", "flatten", "drop6", "fc6", "relu6", "drop7", "fc7", "relu7", "fc8", "loss",
+             "sgd"]
     return (order.index(name) if name in order else len(order), name)
 
 

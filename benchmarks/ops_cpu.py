@@ -6,9 +6,11 @@ Run (the two OpenBLAS variables, if set, halve GEMM speed)::
 
 For every op and shape both sides run in this process, alternating, after a
 warm-up; we print min and median milliseconds per side for the forward pass and
-for forward + backward (conv: grad input + grad weight; pooling: our forward
-always returns the argmax, so torch's input requires grad as in training), and
-ratios ours/torch (below 1: we are faster). Torch gets as many threads as
+for forward + backward (conv: grad input + grad weight; pooling: the forward,
+then the argmax op and the gradient, as in a compiled training step; torch's
+input requires grad, so its forward keeps the indices), and ratios ours/torch
+(below 1: we are faster). Our side writes into preallocated outputs, as the
+compiled program's memory plan has it do after its first call. Torch gets as many threads as
 NumPy's BLAS. The machine may be shared: the min is the least noisy figure, and
 the load average is printed so a noisy run can be recognised.
 """
@@ -23,6 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from graphdiff.kernels import conv, lrn, pool  # noqa: E402
+from graphdiff.ops.lrn import LRNNormalize, LRNScale  # noqa: E402
+from graphdiff.ops.pool import MaxPool2dArgmax  # noqa: E402
 
 # name, C_in, C_out, H (=W), kernel, stride, padding, groups
 CONVS = [
@@ -85,14 +89,15 @@ def conv_cases(torch, F, N, dtype, rng):
         st, pd = (s, s), (p, p)
         xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
         bt, dyt = torch.from_numpy(b), torch.from_numpy(dy)
+        y, dx, dw = np.empty_like(dy), np.empty_like(x), np.empty_like(w)
 
-        def f_ours():
-            return conv.conv2d_forward(np, x, w, b, st, pd, g)
+        def f_ours(y=y, x=x, w=w, b=b, st=st, pd=pd, g=g):
+            return conv.conv2d_forward(np, x, w, b, st, pd, g, out=y)
 
-        def fb_ours():
-            f_ours()
-            conv.conv2d_grad_input(np, dy, w, (H, H), st, pd, g)
-            conv.conv2d_grad_weight(np, x, dy, (k, k), st, pd, g)
+        def fb_ours(f=f_ours, x=x, w=w, dy=dy, dx=dx, dw=dw, H=H, k=k, st=st, pd=pd, g=g):
+            f()
+            conv.conv2d_grad_input(np, dy, w, (H, H), st, pd, g, out=dx)
+            conv.conv2d_grad_weight(np, x, dy, (k, k), st, pd, g, out=dw)
 
         def f_torch():
             return F.conv2d(xt, wt, bt, s, p, 1, g)
@@ -111,13 +116,16 @@ def pool_cases(torch, F, N, dtype, rng):
         dy = rng.standard_normal((N, C, OH, OH)).astype(dtype)
         xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
         sz, st, pd = (3, 3), (2, 2), (0, 0)
+        argmax_op = MaxPool2dArgmax(sz, st, pd)
+        y, am, dx = np.empty_like(dy), np.empty(dy.shape, pool.argmax_dtype(sz)), np.empty_like(x)
 
-        def f_ours():
-            return pool.max_pool2d_forward(np, x, sz, st, pd)
+        def f_ours(x=x, y=y):
+            return pool.max_pool2d_forward(np, x, sz, st, pd, out=y, argmax=False)
 
-        def fb_ours():
-            _, am = f_ours()
-            pool.max_pool2d_grad(np, dy, am, (H, H), sz, st, pd)
+        def fb_ours(f=f_ours, x=x, y=y, am=am, dx=dx, dy=dy, H=H, op=argmax_op):
+            f()
+            op.forward(np, x, y, out=am)
+            pool.max_pool2d_grad(np, dy, am, (H, H), sz, st, pd, out=dx)
 
         def f_torch():
             return F.max_pool2d(xt, 3, 2)
@@ -134,13 +142,16 @@ def lrn_cases(torch, F, N, dtype, rng):
         x = np.maximum(rng.standard_normal((N, C, H, H)), 0).astype(dtype) * 10
         dy = rng.standard_normal((N, C, H, H)).astype(dtype)
         xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+        scale_op, norm_op = LRNScale(size, alpha, k), LRNNormalize(size, alpha, beta, k)
+        scale, y, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
 
-        def f_ours():
-            return lrn.lrn_forward(np, x, size, alpha, beta, k)
+        def f_ours(x=x, scale=scale, y=y):
+            scale_op.forward(np, x, out=scale)  # the two forward nodes of gd.lrn
+            return norm_op.forward(np, x, scale, out=y)
 
-        def fb_ours():
-            y, scale = f_ours()
-            lrn.lrn_backward(np, x, y, scale, dy, size, alpha, beta)
+        def fb_ours(f=f_ours, x=x, y=y, scale=scale, dy=dy, dx=dx):
+            f()
+            lrn.lrn_backward(np, x, y, scale, dy, size, alpha, beta, out=dx)
 
         def f_torch():
             # PyTorch divides alpha by size; AlexNet does not.

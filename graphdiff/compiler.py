@@ -157,7 +157,7 @@ class Program:
             node = order[s]
             if (v is not None and getattr(node.op, "inplace_safe", False) and node.dtype == var.dtype
                     and root[v] == v and v not in self._escaping and group_end[v] <= s
-                    and root[s] == s and s not in self._escaping_outputs and group_end[s] == s
+                    and root[s] == s and s not in self._escaping_outputs
                     and s not in inplace):
                 inplace[s] = var
         return inplace
@@ -166,24 +166,30 @@ class Program:
         """Buffers for the instructions whose kernel writes into ``out``, from
         the output shapes recorded on a first run with these input shapes.
 
-        Walking the schedule, each instruction takes a free buffer of its shape
-        and dtype, or a new one; a buffer is free again after the last reader
-        of its alias group. The same buffers then serve every later call with
-        these input shapes, so a training step allocates (and page-faults)
-        nothing large after the first."""
+        Walking the schedule, each instruction takes the smallest free byte
+        buffer that holds its output (whatever its shape; at most 4x larger,
+        so a small output does not pin a big buffer), or a new one; a buffer
+        is free again after the last reader of its alias group. The same
+        buffers then serve every later call with these input shapes, so a
+        training step allocates (and page-faults) nothing large after the first."""
         xp = self.backend.xp
-        free, plan, releases = {}, [], {}
+        free, plan, releases = [], [], {}
         for k, (_, ins, out, _, node) in enumerate(self._instrs):
-            buf = None
+            buf, nbytes = None, 0
             if (getattr(node.op, "supports_out", False) and out not in self._inplace
                     and self._root[out] == out and out not in self._escaping and out in shapes):
-                key = shapes[out]
-                pool = free.get(key)
-                buf = pool.pop() if pool else xp.empty(key[0], key[1])
-                releases.setdefault(self._group_end[out], []).append((key, buf))
+                shape, dtype = shapes[out]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if nbytes:  # (empty outputs need no buffer)
+                fits = [j for j, b in enumerate(free) if nbytes <= b.nbytes <= 4 * nbytes]
+                if fits:
+                    flat = free.pop(min(fits, key=lambda j: free[j].nbytes))
+                else:
+                    flat = xp.empty(nbytes, xp.uint8)
+                buf = flat[:nbytes].view(dtype).reshape(shape)
+                releases.setdefault(self._group_end[out], []).append(flat)
             plan.append(buf)
-            for key, b in releases.pop(out, ()):
-                free.setdefault(key, []).append(b)
+            free.extend(releases.pop(out, ()))
         return plan
 
     # ------------------------------------------------------------------ run

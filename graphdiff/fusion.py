@@ -12,11 +12,17 @@ other operands have that same shape or are scalars (so a flat block of every
 operand lines up). A group of two or more ops becomes one ``fused_elementwise``
 node; the graph the user built is left as it is (the compiled schedule holds
 the fused nodes).
+
+Convolutions are rewritten first (:func:`_fuse_convolutions`): a ReLU that is
+a convolution's only reader rides along with the convolution's last copy
+(``conv2d_relu``), and a strided convolution builds its column matrix once,
+in an ``im2col`` node that its weight gradient reads too.
 """
 import numpy as np
 
 from .graph import Op, Tensor, static_size
-from .kernels.conv import BLOCK_ELEMENTS, parallel_blocks, workspace
+from .kernels.conv import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
+from .ops.conv import Conv2d, Conv2dFromCols, Conv2dGradWeight, Conv2dGradWeightFromCols, Conv2dReLU, Im2col
 from .ops.elementwise import UFUNC_OF, Binary, Step, Unary
 
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
@@ -84,6 +90,7 @@ class FusedElementwise(Op):
     def _evaluate(self, xp, arrays, out, block):
         temps = []
         last = len(self.program) - 1
+        slots = self._slots()
         for j, (fn, args) in enumerate(self.program):
             vals = [arrays[k] if kind == "in" else temps[k] for kind, k in args]
             if j == last:
@@ -91,8 +98,30 @@ class FusedElementwise(Op):
             elif block is None:
                 dest = None
             else:
-                dest = workspace(xp, ("fused", j), (block,), out.dtype)
+                dest = workspace(xp, ("fused", slots[j]), (block,), out.dtype)
             temps.append(_apply(xp, fn, vals, dest))
+
+    def _slots(self):
+        """Scratch slot of each step's result: a step may take over the slot of
+        a temporary it reads for the last time (ufuncs work in place), so a
+        chain uses two or three block buffers, not one per step, and stays in cache."""
+        slots = self.__dict__.get("_slot_of_step")
+        if slots is None:
+            last_read = {}
+            for j, (_, args) in enumerate(self.program):
+                for kind, k in args:
+                    if kind == "t":
+                        last_read[k] = j
+            slots, free, count = [], [], 0
+            for j, (_, args) in enumerate(self.program):
+                free += sorted({slots[k] for kind, k in args if kind == "t" and last_read[k] == j})
+                if free:
+                    slots.append(free.pop(0))
+                else:
+                    slots.append(count)
+                    count += 1
+            self.__dict__["_slot_of_step"] = slots
+        return slots
 
 
 def _flat_operand(a, size):
@@ -108,31 +137,39 @@ def _flat_operand(a, size):
 
 def _apply(xp, fn, vals, out):
     if fn == "relu":
-        return xp.maximum(vals[0], 0, out=out)
-    if fn == "step":  # 1 where x > 0: max(sign(x), 0), with no bool temporary
-        r = xp.sign(vals[0], out=out)
-        return xp.maximum(r, 0, out=r)
+        x = vals[0]
+        if out is not None and xp.__name__ == "numpy" and x.ndim == 1 and x.shape == out.shape:
+            # NumPy's maximum against a broadcast scalar misses its SIMD loop (~4x slower
+            # than against an array), so a block compares with a vector of zeros.
+            return xp.maximum(x, zeros(xp, x.size, out.dtype), out=out)
+        return xp.maximum(x, 0, out=out)
+    if fn == "step":  # 1 where x > 0, else 0 (NaN: 0), as Step: the comparison writes 1.0/0.0 into the float out
+        if out is None:
+            return (vals[0] > 0).astype(vals[0].dtype)
+        return xp.greater(vals[0], 0, out=out)  # one pass; sign + maximum took two and ~6x longer
     return getattr(xp, UFUNC_OF[fn])(*vals, out=out)
 
 
 def fuse_elementwise(order, roots):
-    """The schedule's nodes with elementwise chains fused. Returns a map from
-    each node's id to its replacement (itself where unchanged)."""
+    """The schedule's nodes with elementwise chains fused, and convolutions
+    rewritten (:func:`_fuse_convolutions`: a ReLU into its convolution, and
+    columns shared with the weight gradient). Returns a map from each node's
+    id to its replacement (itself where unchanged)."""
     uses = {}
     for node in order:
         for i in node.inputs:
             uses[id(i)] = uses.get(id(i), 0) + 1
     rooted = {id(r) for r in roots}
-    absorbed, heads = set(), {}
+    heads, absorbed = _fuse_convolutions(order, uses, rooted)
     for node in reversed(order):
-        if id(node) in absorbed or not _fusable(node):
+        if id(node) in absorbed or id(node) in heads or not _fusable(node):
             continue
         members, stack = {id(node)}, [node]
         while stack:
             m = stack.pop()
             for i in m.inputs:
                 if (_fusable(i) and uses.get(id(i)) == 1 and id(i) not in rooted and i.shape == node.shape
-                        and i.dtype == node.dtype and id(i) not in members
+                        and i.dtype == node.dtype and id(i) not in members and id(i) not in heads
                         and all(_lines_up(o, node) for o in i.inputs)):
                     members.add(id(i))
                     stack.append(i)
@@ -140,6 +177,67 @@ def fuse_elementwise(order, roots):
             absorbed |= members - {id(node)}
             heads[id(node)] = _build(node, members)
     return _rebuild(order, heads)
+
+
+# A convolution and its weight gradient share one column matrix (one im2col
+# instead of two) when its windows overlap little: kh*kw <= this * sh*sw. The
+# columns then stay alive from the forward to the backward pass, so only where
+# they are small next to the work they save: AlexNet's conv1 (11x11 / 4x4 = 7.6;
+# 140 MB at batch 32, whose strided gather is the dearest copy per byte), not
+# the stride-1 layers (9 and 25 times their input).
+SHARE_COLUMNS_MAX_EXPANSION = 8
+
+
+def _fuse_convolutions(order, uses, rooted):
+    """Rewrites of ``conv2d`` nodes. A ReLU that is the only reader of a
+    convolution rides along with it (``conv2d_relu``); a convolution whose
+    ``conv2d_grad_weight`` (same input and geometry) is in the schedule, with
+    little window overlap, reads an ``im2col`` node that the weight gradient
+    reads too (``conv2d_from_cols``, ``conv2d_grad_weight_from_cols``).
+    Returns ``(heads, absorbed)``: replacements by node id, and the ids of
+    nodes folded into them."""
+    heads, absorbed = {}, set()
+    relu_of = {}
+    for node in order:
+        conv = node.inputs[0] if node.inputs else None
+        if (isinstance(node.op, Unary) and node.op.fn == "relu" and type(conv.op) is Conv2d
+                and uses.get(id(conv)) == 1 and id(conv) not in rooted and conv.dtype == node.dtype):
+            relu_of[id(conv)] = node
+    grads = {}  # (input, kernel size, stride, padding, groups) -> weight gradients
+    for node in order:
+        if type(node.op) is Conv2dGradWeight:
+            op = node.op
+            grads.setdefault((id(node.inputs[0]), op.kernel_size, op.stride, op.padding, op.groups), []).append(node)
+    columns = {}
+    for node in order:
+        if type(node.op) is not Conv2d:
+            continue
+        op, (x, w) = node.op, node.inputs[:2]
+        relu = relu_of.get(id(node))
+        head = node if relu is None else relu
+        (kh, kw), (sh, sw) = w.shape[2:], op.stride
+        key = (id(x), (kh, kw), op.stride, op.padding, op.groups)
+        if (key in grads and None not in node.shape[2:] and None not in (kh, kw)
+                and kh * kw <= SHARE_COLUMNS_MAX_EXPANSION * sh * sw):
+            if key not in columns:
+                im2col = Im2col((kh, kw), op.stride, op.padding, op.groups)
+                shape, dtype = im2col.infer(x)
+                columns[key] = cols = Tensor(im2col, (x,), shape, dtype, name=f"im2col_{node.name}",
+                                             scope=node.scope, backward=node.backward)
+                for gw in grads[key]:
+                    heads[id(gw)] = Tensor(Conv2dGradWeightFromCols((kh, kw), op.groups), (cols, gw.inputs[1]),
+                                           gw.shape, gw.dtype, name=gw.name, scope=gw.scope, backward=gw.backward)
+            new_op = Conv2dFromCols(tuple(node.shape[2:]), op.groups, relu is not None)
+            inputs = (columns[key],) + tuple(node.inputs[1:])
+        elif relu is not None:
+            new_op, inputs = Conv2dReLU(**op.attrs), node.inputs
+        else:
+            continue
+        heads[id(head)] = Tensor(new_op, inputs, head.shape, head.dtype, name=head.name, scope=head.scope,
+                                 backward=head.backward)
+        if relu is not None:
+            absorbed.add(id(node))
+    return heads, absorbed
 
 
 def _build(head, members):
@@ -183,18 +281,20 @@ def _op_text(fn, args):
 
 
 def _rebuild(order, replaced):
-    """Rebuild the nodes downstream of replaced ones with their new inputs."""
+    """Rebuild the nodes downstream of replaced ones with their new inputs
+    (also the inputs of nodes the rewrites added, e.g. shared columns)."""
     canon = {}
+
+    def rebuilt(n):  # schedule nodes come in order, so only added nodes recurse (one level)
+        if id(n) not in canon:
+            ins = tuple(rebuilt(i) for i in n.inputs)
+            canon[id(n)] = n if ins == n.inputs else Tensor(n.op, ins, n.shape, n.dtype, name=n.name,
+                                                            scope=n.scope, backward=n.backward)
+        return canon[id(n)]
+
     for node in order:
-        if id(node) in replaced:
-            new = replaced[id(node)]
-            ins = tuple(canon.get(id(i), i) for i in new.inputs)
-            if ins != new.inputs:
-                new = Tensor(new.op, ins, new.shape, new.dtype, name=new.name, scope=new.scope,
-                             backward=new.backward)
-        else:
-            ins = tuple(canon.get(id(i), i) for i in node.inputs)
-            new = node if ins == node.inputs else Tensor(node.op, ins, node.shape, node.dtype, name=node.name,
-                                                         scope=node.scope, backward=node.backward)
-        canon[id(node)] = new
+        new = replaced.get(id(node), node)
+        ins = tuple(rebuilt(i) for i in new.inputs)
+        canon[id(node)] = new if ins == new.inputs else Tensor(new.op, ins, new.shape, new.dtype, name=new.name,
+                                                               scope=new.scope, backward=new.backward)
     return canon

@@ -134,3 +134,188 @@ def test_cnn_training_steps_equal_the_plain_program(seed):
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for a, b in zip(pa, pb):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- planned buffers for CNN ops
+def _cnn_op_cases():
+    """(op, input arrays) for every op with ``supports_out`` among conv, pooling,
+    LRN and matmul, covering each kernel path (strides, padding, groups; the
+    three input-gradient routes; pooling with and without padding)."""
+    import importlib
+
+    from graphdiff.ops.linalg import MatMul
+
+    # (the package re-exports functions named like these modules)
+    C, L, P = (importlib.import_module(f"graphdiff.ops.{m}") for m in ("conv", "lrn", "pool"))
+
+    rng = np.random.default_rng(0)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    cases = []
+    for (N, Cin, H, O, k, s, p, g) in [(3, 4, 11, 6, 3, 2, 1, 2), (2, 4, 9, 4, 3, 1, 1, 2), (2, 2, 8, 6, 3, 1, 1, 1),
+                                       (2, 3, 15, 4, 5, 4, 0, 1)]:
+        x, w, b = r(N, Cin, H, H), r(O, Cin // g, k, k), r(O)
+        OH = (H + 2 * p - k) // s + 1
+        dy = r(N, O, OH, OH)
+        cases += [(C.Conv2d((s, s), (p, p), g), [x, w, b]),
+                  (C.Conv2dGradWeight((k, k), (s, s), (p, p), g), [x, dy]),
+                  (C.Conv2dGradInput((H, H), (s, s), (p, p), g), [dy, w])]
+    for (H, size, s, p) in [(9, 3, 2, 0), (8, 3, 2, 1), (6, 2, 2, 0)]:
+        x = r(3, 4, H, H)
+        y = P.MaxPool2d((size, size), (s, s), (p, p)).forward(np, x)
+        idx = P.MaxPool2dArgmax((size, size), (s, s), (p, p)).forward(np, x, y)
+        cases += [(P.MaxPool2d((size, size), (s, s), (p, p)), [x]),
+                  (P.MaxPool2dArgmax((size, size), (s, s), (p, p)), [x, y]),
+                  (P.MaxPool2dGrad((H, H), (size, size), (s, s), (p, p)), [r(*y.shape), idx]),
+                  (P.MaxPool2dGather((size, size), (s, s), (p, p)), [r(*x.shape), idx])]
+    x, dy = r(3, 7, 5, 5), r(3, 7, 5, 5)
+    for scale_op, norm_op, grad_op in [(L.LRNScale, L.LRNNormalize, L.LRNGrad),
+                                       (L.LRNWithinScale, L.LRNWithinNormalize, L.LRNWithinGrad)]:
+        scale = scale_op(5, 1e-2, 2.0).forward(np, x)
+        y = norm_op(5, 1e-2, 0.75, 2.0).forward(np, x, scale)
+        cases += [(scale_op(5, 1e-2, 2.0), [x]), (norm_op(5, 1e-2, 0.75, 2.0), [x, scale]),
+                  (grad_op(5, 1e-2, 0.75), [x, y, scale, dy])]
+    cases += [(L.WindowSumChannels(3, True), [x]), (L.WindowSumSpatial(3, False), [x])]
+    cases += [(MatMul(), [r(5, 7), r(7, 3)]), (MatMul(), [r(8, 4096), r(4096, 600)])]  # plain; transposed GEMM
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_cnn_op_cases())))
+def test_cnn_ops_write_into_a_planned_buffer_as_into_a_fresh_one(case):
+    op, arrays = _cnn_op_cases()[case]
+    assert op.supports_out and not getattr(op, "inplace_safe", False)
+    fresh = op.forward(np, *arrays)
+    out = np.empty_like(fresh)
+    for fill in (np.nan, 7.0):  # garbage left by an earlier use of the buffer must not leak in
+        out.fill(fill) if out.dtype.kind == "f" else out.fill(255)
+        got = op.forward(np, *arrays, out=out)
+        assert got is out
+        np.testing.assert_allclose(out, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_transposed_path_equals_numpy():
+    from graphdiff.kernels.linalg import TRANSPOSE_MIN_WORK, matmul
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((16, 2048)).astype(np.float32)
+    b = rng.standard_normal((2048, 1024)).astype(np.float32)
+    assert 16 * 2048 * 1024 >= TRANSPOSE_MIN_WORK
+    np.testing.assert_allclose(matmul(np, a, b), a @ b, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(matmul(np, a, b.T.copy().T), a @ b, rtol=1e-4, atol=1e-3)  # F-ordered operand
+
+
+def test_cnn_program_plans_buffers_for_conv_pool_lrn_and_reuses_them():
+    """The training step of a small CNN: after the first call every conv,
+    pooling, LRN and matmul node writes into a planned buffer (the same one
+    on every call), results equal the plain program's (no fusion, no plan)
+    over several calls and batch sizes, buffers are shared between outputs of
+    different shapes, each ReLU is fused into the convolution it follows, and
+    the strided convolution builds its columns once for itself and its weight
+    gradient."""
+    from graphdiff.optim import sgd_momentum
+
+    def build():
+        rng = np.random.default_rng(7)
+        x = gd.placeholder((None, 3, 13, 13), name="x")
+        t = gd.placeholder((None,), "int64", name="t")
+        w1 = gd.variable(rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3, name="w1")
+        b1 = gd.variable(np.full(6, 0.1, np.float32), name="b1")
+        w2 = gd.variable(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, name="w2")
+        wf = gd.variable(rng.standard_normal((8 * 2 * 2, 5)).astype(np.float32) * 0.1, name="wf")
+        h = gd.max_pool2d(gd.lrn(gd.relu(gd.conv2d(x, w1, b1, stride=2, padding=1)), 3, 1e-2, 0.75, 2.0), 3, 2)
+        h = gd.relu(gd.conv2d(h, w2, padding=1, groups=2))
+        h = gd.max_pool2d(h, 2, 1)
+        loss = gd.softmax_cross_entropy(gd.reshape(h, (-1, 8 * 2 * 2)) @ wf, t)
+        updates, _ = sgd_momentum(loss, {"w1": w1, "b1": b1, "w2": w2, "wf": wf}, lr=0.05)
+        return x, t, loss, updates, (w1, b1, w2, wf)
+
+    rng = np.random.default_rng(8)
+    batches = [(rng.standard_normal((n, 3, 13, 13)).astype(np.float32), rng.integers(0, 5, n)) for n in (4, 4, 3, 4)]
+    results = []
+    for optimize in (True, False):
+        x, t, loss, updates, params = build()
+        step = gd.compile(loss, [x, t], updates=updates, optimize=optimize)
+        results.append(([float(step(xb, tb)) for xb, tb in batches], [p.value.copy() for p in params]))
+        if optimize:
+            plan = step._plans[((4, 3, 13, 13), (4,))]
+            planned = {step._instrs[k][4].op.name for k, buf in enumerate(plan) if buf is not None}
+            # the strided first convolution shares its columns with its weight gradient (and carries
+            # its ReLU); the second (3x3, stride 1) does not share them but carries its ReLU
+            assert {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols", "conv2d_relu",
+                    "conv2d_grad_weight", "conv2d_grad_input", "max_pool2d", "max_pool2d_argmax",
+                    "max_pool2d_grad", "lrn_scale", "lrn_normalize", "lrn_grad", "matmul"} <= planned
+            bases = {}
+            for buf in plan:
+                if buf is not None:
+                    bases.setdefault(id(buf.base), set()).add(buf.shape)
+            assert any(len(shapes) > 1 for shapes in bases.values()), "no buffer is reused across shapes"
+            # every update is written in place, the momentum buffers' too (their new value is read again by w's)
+            assert len(step._inplace) == len(updates)
+    (la, pa), (lb, pb) = results
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for a, b in zip(pa, pb):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [2, 5, 9])
+def test_lrn_direct_channel_sums_equal_the_block_scans(size, monkeypatch):
+    """Small across-channel windows are summed by shifted adds; the block
+    scans (used for bigger windows) give the same scale, output and gradient."""
+    import importlib
+
+    from graphdiff.kernels import lrn as K
+
+    L = importlib.import_module("graphdiff.ops.lrn")
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((5, 11, 6, 7)).astype(np.float32) * 3
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run():
+        scale = L.LRNScale(size, 1e-2, 2.0).forward(np, x)
+        y = L.LRNNormalize(size, 1e-2, 0.75, 2.0).forward(np, x, scale)
+        return scale, y, L.LRNGrad(size, 1e-2, 0.75).forward(np, x, y, scale, dy)
+
+    direct = run()
+    monkeypatch.setattr(K, "DIRECT_MAX_SIZE", 0)
+    for a, b in zip(direct, run()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_relu_fuses_into_its_convolution_only_when_nothing_else_reads_the_convolution():
+    rng = np.random.default_rng(4)
+    x = gd.placeholder((2, 3, 9, 9), name="x")
+    w = gd.variable(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), name="w")
+    b = gd.variable(rng.standard_normal(4).astype(np.float32), name="b")
+    xv = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    c = gd.conv2d(x, w, b, padding=1)
+    alone = gd.compile(gd.relu(c), [x])
+    shared = gd.compile([gd.relu(c), c * 2.0], [x])  # the convolution is read twice: no fusion
+    assert [n.op.name for n in alone.nodes if "conv" in n.op.name] == ["conv2d_relu"]
+    assert [n.op.name for n in shared.nodes if "conv" in n.op.name] == ["conv2d"]
+    want = gd.compile(gd.relu(c), [x], optimize=False)(xv)
+    for _ in range(2):  # the second call writes into the planned buffer
+        np.testing.assert_allclose(alone(xv), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(shared(xv)[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(gd.ShapeError, match="compile-time fusion"):
+        gd.grad(gd.sum(alone.nodes[-1]), [w])
+
+
+@pytest.mark.parametrize("stride,kernel,groups,shared", [(4, 5, 1, True), (2, 3, 2, True), (1, 3, 1, False),
+                                                          (1, 2, 1, True)])
+def test_convolution_and_weight_gradient_share_columns_where_windows_overlap_little(stride, kernel, groups, shared):
+    """kh*kw <= 8 * sh*sw: one im2col node feeds the convolution and its weight
+    gradient; the gradients and the output equal the plain program's."""
+    rng = np.random.default_rng(stride * 10 + kernel)
+    x = gd.placeholder((None, 4, 17, 17), name="x")
+    w = gd.variable(rng.standard_normal((6, 4 // groups, kernel, kernel)).astype(np.float32), name="w")
+    b = gd.variable(rng.standard_normal(6).astype(np.float32), name="b")
+    y = gd.relu(gd.conv2d(x, w, b, stride=stride, padding=1, groups=groups))
+    loss = gd.sum(y * y)
+    outs = [loss] + gd.grad(loss, [w, b])
+    fast, plain = gd.compile(outs, [x]), gd.compile(outs, [x], optimize=False)
+    names = [n.op.name for n in fast.nodes]
+    assert ("im2col" in names) == shared
+    assert ("conv2d_grad_weight_from_cols" in names) == shared and ("conv2d_grad_weight" in names) != shared
+    for n in (3, 3, 2):  # the second call runs on the memory plan; then another batch size
+        xv = rng.standard_normal((n, 4, 17, 17)).astype(np.float32)
+        for got, want in zip(fast(xv), plain(xv)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

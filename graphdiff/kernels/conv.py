@@ -22,7 +22,8 @@ with few output rows thread badly, worst when another process shares the cores.
 Scratch buffers (padded input, columns, transposed ``dy``) come from a small
 per-thread cache (:func:`workspace`): allocating 50-250 MB afresh costs tens of
 milliseconds of page faults per call on a CPU. They are never returned to the
-caller; every returned array is freshly allocated.
+caller. Every kernel returns a fresh array, or writes into ``out`` when the
+caller passes one (the compiler's planned buffers, reused across calls).
 """
 
 import os
@@ -157,6 +158,19 @@ def parallel_copy(xp, dst, src, axes=(0, 1, 2, 3)):
     parallel_for(xp, dst.shape[ax], copy, dst.size)
 
 
+_zeros = {}  # (array module, dtype) -> a zero-filled vector, only ever read
+
+
+def zeros(xp, n, dtype):
+    """A read-only vector of ``n`` zeros. ``maximum(x, zeros)`` is NumPy's fast
+    ReLU: against a broadcast scalar ``maximum`` misses its SIMD loop (~4x slower)."""
+    key = (xp.__name__, numpy.dtype(dtype).str)
+    z = _zeros.get(key)
+    if z is None or z.size < n:
+        z = _zeros[key] = xp.zeros(max(n, BLOCK_ELEMENTS), dtype)
+    return z[:n]
+
+
 def conv_output_size(n, k, s, p):
     """``floor((n + 2p - k) / s) + 1``; raises if the kernel does not fit."""
     out = (n + 2 * p - k) // s + 1
@@ -194,16 +208,32 @@ def _windows(xp, xpad, kernel_size, stride, out_size, order):
         xpad, tuple(shape[o] for o in order), tuple(strides[o] for o in order))
 
 
-def _im2col(xp, x, kernel_size, stride, padding, out_size):
+def _im2col(xp, x, kernel_size, stride, padding, out_size, out=None):
     """Column matrix ``cols[(c, a, b), (n, i, j)] = Xpad[n, c, i*sh + a, j*sw + b]``,
-    shape ``(C*kh*kw, N*OH*OW)``: one copy out of a strided view (scratch buffer)."""
+    shape ``(C*kh*kw, N*OH*OW)``: one copy out of a strided view (into ``out``,
+    else a scratch buffer)."""
     N, C = x.shape[:2]
     (kh, kw), (OH, OW) = kernel_size, out_size
     xpad = pad2d(xp, x, padding, "conv_xpad")
     view = _windows(xp, xpad, kernel_size, stride, out_size, (1, 2, 3, 0, 4, 5))
-    cols = workspace(xp, "conv_cols", view.shape, x.dtype)
+    cols = workspace(xp, "conv_cols", view.shape, x.dtype) if out is None else out.reshape(view.shape)
     parallel_copy(xp, cols, view)
     return cols.reshape(C * kh * kw, N * OH * OW)
+
+
+def im2col(xp, x, kernel_size, stride, padding, groups, out=None):
+    """The column matrix of a convolution's input, per group: ``(g, C/g*kh*kw, N*OH*OW)``
+    with ``cols[g, (c, a, b), (n, i, j)] = Xpad[n, g*C/g + c, i*sh + a, j*sw + b]``.
+    What :func:`conv2d_forward` and :func:`conv2d_grad_weight` build for themselves;
+    the compiler has one node build it once for both where that pays
+    (:func:`conv2d_from_cols`, :func:`conv2d_grad_weight_from_cols`)."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    if out is None:
+        out = xp.empty((groups, C // groups * kh * kw, N * OH * OW), dtype=x.dtype)
+    _im2col(xp, x, (kh, kw), stride, padding, (OH, OW), out=out)
+    return out
 
 
 def _dy_by_channel(xp, dy):
@@ -214,12 +244,14 @@ def _dy_by_channel(xp, dy):
     return dyt.reshape(O, N * OH * OW)
 
 
-def conv2d_forward(xp, x, w, b, stride, padding, groups):
+def conv2d_forward(xp, x, w, b, stride, padding, groups, out=None, relu=False):
     """``y[n, o] = b[o] + sum_{c in group(o), a, b} W[o, c, a, b] Xpad[n, c, i*sh + a, j*sw + b]``.
 
     The slides' ``Y_ij = sum_ab W_ab X_(i+a)(j+b)`` per filter, with stride,
     zero padding and groups (filter ``o`` sees input channels of group
-    ``o // (O / groups)`` only). ``b`` may be None. Returns ``(N, O, OH, OW)``.
+    ``o // (O / groups)`` only). ``b`` may be None. Returns ``(N, O, OH, OW)``
+    (``out`` if given); ``relu=True`` returns ``max(y, 0)`` instead (the compiler's
+    conv + ReLU fusion).
     """
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
@@ -228,8 +260,17 @@ def conv2d_forward(xp, x, w, b, stride, padding, groups):
         raise ValueError(f"conv2d: x {x.shape}, w {w.shape} and groups={g} do not match")
     OH = conv_output_size(H, kh, stride[0], padding[0])
     OW = conv_output_size(W, kw, stride[1], padding[1])
-    K, M = Cg * kh * kw, N * OH * OW
-    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW)).reshape(g, K, M)
+    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW))
+    return conv2d_from_cols(xp, cols.reshape(g, Cg * kh * kw, N * OH * OW), w, b, (OH, OW), g, out=out, relu=relu)
+
+
+def conv2d_from_cols(xp, cols, w, b, out_size, groups, out=None, relu=False):
+    """:func:`conv2d_forward` from the input's column matrix ``cols`` (see :func:`im2col`):
+    one GEMM per group, then back to NCHW with the bias (and the ReLU)."""
+    O, Cg, kh, kw = w.shape
+    g, (OH, OW) = groups, out_size
+    K, M = Cg * kh * kw, cols.shape[2]
+    N = M // (OH * OW)
     wg = w.reshape(g, O // g, K)
     # One GEMM per group, batched over the group axis. With a long reduction
     # (K >= 1024) the pixel-major product cols^T @ W^T is used: OpenBLAS splits
@@ -237,43 +278,62 @@ def conv2d_forward(xp, x, w, b, stride, padding, groups):
     # competes for the cores (W @ cols can then be 1.5x slower); its output
     # needs a strided transpose, which only pays off against a long GEMM.
     if K >= 1024:
-        yt = workspace(xp, "conv_yt", (g, N, OH, OW, O // g), x.dtype)
+        yt = workspace(xp, "conv_yt", (g, N, OH, OW, O // g), cols.dtype)
         xp.matmul(cols.transpose(0, 2, 1), wg.transpose(0, 2, 1), out=yt.reshape(g, M, O // g))
         src = yt.transpose(1, 0, 4, 2, 3)
     else:
-        yt = workspace(xp, "conv_yt", (g, O // g, N, OH, OW), x.dtype)
+        yt = workspace(xp, "conv_yt", (g, O // g, N, OH, OW), cols.dtype)
         xp.matmul(wg, cols, out=yt.reshape(g, O // g, M))
         src = yt.transpose(2, 0, 1, 3, 4)
-    # Back to NCHW; the bias add rides along with that copy.
-    y = xp.empty((N, O, OH, OW), dtype=x.dtype)
+    # Back to NCHW; the bias add and the ReLU ride along with that copy.
+    y = xp.empty((N, O, OH, OW), dtype=cols.dtype) if out is None else out
     y5 = y.reshape(N, g, O // g, OH, OW)
-    if b is None:
-        parallel_copy(xp, y5, src)
-    else:
-        b5 = b.reshape(1, g, O // g, 1, 1)
-        parallel_for(xp, N, lambda lo, hi: xp.add(src[lo:hi], b5, out=y5[lo:hi]), y.size)
+    b5 = None if b is None else b.reshape(1, g, O // g, 1, 1)
+
+    def finish(lo, hi):
+        if b5 is None:
+            y5[lo:hi] = src[lo:hi]
+        else:
+            xp.add(src[lo:hi], b5, out=y5[lo:hi])
+        if relu:
+            flat = y5[lo:hi].reshape(-1)
+            xp.maximum(flat, zeros(xp, flat.size, y.dtype), out=flat)
+
+    parallel_blocks(xp, N, O * OH * OW, finish, scale=4)  # a few examples at a time: the ReLU runs from cache
     return y
 
 
-def conv2d_grad_weight(xp, x, dy, kernel_size, stride, padding, groups):
+def conv2d_grad_weight(xp, x, dy, kernel_size, stride, padding, groups, out=None):
     """Slides' case 1: ``dE/dW_lk = sum_ij dE_ij X_(i+l)(j+k)``, summed over the batch.
 
     With stride and padding: ``dW[o, c, l, k] = sum_{n,i,j} dy[n, o, i, j] Xpad[n, c', i*sh + l, j*sw + k]``
-    where ``c'`` is channel ``c`` of ``o``'s group. Returns ``(O, C // groups, kh, kw)``.
+    where ``c'`` is channel ``c`` of ``o``'s group. Returns ``(O, C // groups, kh, kw)``
+    (``out`` if given).
     """
     N, C, H, W = x.shape
     _, O, OH, OW = dy.shape
     kh, kw = kernel_size
-    g = groups
-    K, M = (C // g) * kh * kw, N * OH * OW
-    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW)).reshape(g, K, M)
+    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW))
+    return conv2d_grad_weight_from_cols(xp, cols.reshape(groups, C // groups * kh * kw, N * OH * OW), dy,
+                                        kernel_size, groups, out=out)
+
+
+def conv2d_grad_weight_from_cols(xp, cols, dy, kernel_size, groups, out=None):
+    """:func:`conv2d_grad_weight` from the input's column matrix ``cols`` (see :func:`im2col`)."""
+    _, O, OH, OW = dy.shape
+    (kh, kw), g = kernel_size, groups
+    K, M = cols.shape[1], cols.shape[2]
+    Cg = K // (kh * kw)
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
     # dW^T = cols @ dy^T, (g, K, M) @ (g, M, O/g): the transposed dy is read in place
     # (GEMM "T" flag). The other orientation, dy @ cols^T, has few output rows
     # and OpenBLAS threads it badly: up to 20x slower when another process
     # competes for the cores.
-    dwt = xp.matmul(cols, dyt.transpose(0, 2, 1))
-    return xp.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(O, C // g, kh, kw)
+    dwt = workspace(xp, "conv_dwt", (g, K, O // g), dy.dtype)
+    xp.matmul(cols, dyt.transpose(0, 2, 1), out=dwt)
+    dw = xp.empty((O, Cg, kh, kw), dtype=dy.dtype) if out is None else out
+    dw.reshape(g, O // g, K)[...] = dwt.transpose(0, 2, 1)
+    return dw
 
 
 def _flip_transpose(xp, w, groups):
@@ -284,7 +344,7 @@ def _flip_transpose(xp, w, groups):
     return xp.ascontiguousarray(wt).reshape(groups * Cg, O // groups, kh, kw)
 
 
-def _grad_input_by_rows(xp, dy, w, input_size, padding, groups):
+def _grad_input_by_rows(xp, dy, w, input_size, padding, groups, out):
     """Stride 1: ``dX[n, c, h, x] = sum_{o, a, b} W[o, c, a, b] dy[n, o, h + ph - a, x + pw - b]``
     split by axis: the shifts along W are gathered from ``dy`` (one copy,
     ``R[(o, b), (n, i, x)] = dy[n, o, i, x + pw - (kw-1-b)]``), one GEMM per group gives
@@ -316,18 +376,18 @@ def _grad_input_by_rows(xp, dy, w, input_size, padding, groups):
             xp.add(dst, T[lo:hi, a, :, i0:i1], out=dst)
 
     parallel_for(xp, C, rows, T.size)
-    dx = xp.empty((N, C, H, W), dtype=dy.dtype)
+    dx = xp.empty((N, C, H, W), dtype=dy.dtype) if out is None else out
     parallel_copy(xp, dx, dxc.transpose(1, 0, 2, 3))
     return dx
 
 
-def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
+def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None):
     """Slides' case 2: each X gathers from every Y it fed, ``dX_ij = sum_ab W_ab dE_(i-a)(j-b)``.
 
     A full correlation of ``dE`` with the flipped kernel ("inversion of
     indexes"); with stride, padding and groups: ``dXpad[n, c, i*sh + a, j*sw + b]
     += sum_o W[o, c, a, b] dy[n, o, i, j]``, then the padding is cropped. Rows and
-    columns that no window covered get zero. Returns ``(N, C, H, W)``.
+    columns that no window covered get zero. Returns ``(N, C, H, W)`` (``out`` if given).
 
     General path: ``cols = W^T @ dy`` (one GEMM per group) and col2im, ``kh*kw``
     strided adds into a zeroed padded buffer. Stride 1 has two faster paths:
@@ -343,8 +403,9 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
     C, K, M = Cg * g, Cg * kh * kw, N * OH * OW
     if (sh, sw) == (1, 1) and ph < kh and pw < kw:
         if O <= 2 * C:  # AlexNet conv3-5
-            return conv2d_forward(xp, dy, _flip_transpose(xp, w, g), None, (1, 1), (kh - 1 - ph, kw - 1 - pw), g)
-        return _grad_input_by_rows(xp, dy, w, input_size, padding, g)  # AlexNet conv2
+            return conv2d_forward(xp, dy, _flip_transpose(xp, w, g), None, (1, 1), (kh - 1 - ph, kw - 1 - pw), g,
+                                  out=out)
+        return _grad_input_by_rows(xp, dy, w, input_size, padding, g, out)  # AlexNet conv2
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
     cols = workspace(xp, "conv_cols", (g, K, M), dy.dtype)
     xp.matmul(w.reshape(g, O // g, K).transpose(0, 2, 1), dyt, out=cols)
@@ -364,6 +425,6 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups):
                 xp.add(dst, c[:, a, b], out=dst)
 
     parallel_for(xp, C if split_c else N, col2im, cols.size)
-    dx = xp.empty((N, C, H, W), dtype=dy.dtype)
+    dx = xp.empty((N, C, H, W), dtype=dy.dtype) if out is None else out
     parallel_copy(xp, dx, dxpad[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
     return dx

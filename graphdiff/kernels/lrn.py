@@ -10,17 +10,24 @@ PyTorch's ``local_response_norm`` divide it by ``size``: to match them pass
 The within-map variant of the slides sums over a ``size x size`` spatial
 neighbourhood of the same channel instead (zero beyond the border).
 
-Window sums cost O(C) whatever ``size``: cumulative sums within blocks of
-``size`` channels, forwards and backwards, and one add per output (see
-:func:`_window_sum_into`). Unlike ``cumsum[c + size] - cumsum[c]`` this never
-subtracts, so float32 keeps full precision next to large activations.
+Window sums across channels up to ``DIRECT_MAX_SIZE`` (AlexNet's 5) are
+``size - 1`` adds of channel-shifted views of a whole block (long contiguous
+runs). Bigger windows, and the within-map sums, cost O(C) whatever ``size``:
+cumulative sums within blocks of ``size`` channels, forwards and backwards,
+and one add per output (see :func:`_window_sum_into`). Neither subtracts
+(unlike ``cumsum[c + size] - cumsum[c]``), so float32 keeps full precision
+next to large activations.
 
-Work is done per block of examples (up to ~16 MB, in L3) and split over threads
-on NumPy: the ~15 elementwise passes run from cache, and the scans' per-channel
-slices stay large enough that NumPy's per-call overhead does not dominate.
+Work is done per block of examples, split over threads on NumPy: ~1 MB blocks
+for the direct sums, so the ~15 elementwise passes over a block's few buffers
+run from cache; ~16 MB for the scans, whose per-channel slices must stay large
+enough that NumPy's per-call overhead does not dominate.
 """
 
 from .conv import parallel_blocks, workspace
+
+LRN_BLOCK_SCALE = 16  # scan blocks of ~16 * BLOCK_ELEMENTS elements (see parallel_blocks)
+DIRECT_MAX_SIZE = 9  # across-channel windows up to this size are summed directly
 
 
 def _window_bounds(size, transpose):
@@ -88,9 +95,44 @@ def _copy_into(v):
     return fill
 
 
+def _direct(size, within):
+    """Small windows across channels are summed directly: ``size - 1`` whole-block
+    adds of channel-shifted views (long contiguous runs, no per-channel loop),
+    which beats the two block scans up to AlexNet's 5 and beyond."""
+    return not within and size <= DIRECT_MAX_SIZE
+
+
+def _block_scale(size, within):
+    """Blocks for parallel_blocks: ~1 MB where the direct sums run (a few
+    buffers of one block stay in cache); the scans' per-channel (per-row)
+    loops want bigger blocks to amortise NumPy's per-call cost."""
+    return 1 if _direct(size, within) else LRN_BLOCK_SCALE
+
+
+def _shifted_sum_into(xp, v, size, transpose, out):
+    """``out[:, c] = sum_{c - lo <= j <= c + hi} v[:, j]`` (channels that exist) by
+    shifted adds; ``out`` must not overlap ``v``."""
+    lo, hi = _window_bounds(size, transpose)
+    C = v.shape[1]
+    if lo >= 1 and C > 1:  # the first neighbour rides along with the copy of the centre
+        xp.add(v[:, 1:], v[:, :-1], out=out[:, 1:])
+        out[:, :1] = v[:, :1]
+    else:
+        out[...] = v
+    for d in range(2 if lo >= 1 else 1, min(lo, C - 1) + 1):  # below: out[c] += v[c - d]
+        xp.add(out[:, d:], v[:, :C - d], out=out[:, d:])
+    for d in range(1, min(hi, C - 1) + 1):  # above: out[c] += v[c + d]
+        xp.add(out[:, :C - d], v[:, d:], out=out[:, :C - d])
+    return out
+
+
 def _neighbour_sum(xp, fill, shape, dtype, size, within, transpose, out):
     """Window sum of the values ``fill`` writes: across channels, or (``within``)
     over the ``size x size`` spatial neighbourhood."""
+    if _direct(size, within):
+        v = workspace(xp, "lrn_values", shape, dtype)
+        fill(v)
+        return _shifted_sum_into(xp, v, size, transpose, out)
     if not within:
         return _window_sum_into(xp, fill, shape, dtype, 1, size, transpose, out, "lrn_cumsum")
     tmp = workspace(xp, "lrn_rows", shape, dtype)
@@ -98,37 +140,38 @@ def _neighbour_sum(xp, fill, shape, dtype, size, within, transpose, out):
     return _window_sum_into(xp, _copy_into(tmp), shape, dtype, 3, size, transpose, out, "lrn_cumsum")
 
 
-def window_sum_channels(xp, x, size, transpose=False):
+def window_sum_channels(xp, x, size, transpose=False, out=None):
     """``s[:, c] = sum_{j = c - size//2}^{c + (size-1)//2} x[:, j]`` over channels that exist.
 
     For odd ``size`` that is ``|j - c| <= size//2``; for even ``size`` the window
     has one more neighbour below ``c`` than above. ``transpose=True`` mirrors the
     window (the same op for odd ``size``): it is the exact adjoint, i.e.
     ``<window_sum_channels(x), y> == <x, window_sum_channels(y, transpose=True)>``.
-    Computed from cumulative sums within blocks of ``size`` channels along axis 1
-    (:func:`_window_sum_into`): O(C) whatever ``size``.
+    Computed by shifted adds up to ``DIRECT_MAX_SIZE``, else from cumulative sums
+    within blocks of ``size`` channels along axis 1 (:func:`_window_sum_into`):
+    O(C) whatever ``size``.
     """
-    return _window_sum(xp, x, size, False, transpose)
+    return _window_sum(xp, x, size, False, transpose, out)
 
 
-def window_sum_spatial(xp, x, size, transpose=False):
+def window_sum_spatial(xp, x, size, transpose=False, out=None):
     """``s[n, c, i, j] = sum_{a, b} x[n, c, a, b]`` over ``i - size//2 <= a <= i + (size-1)//2``, same for b.
 
     The ``size x size`` neighbourhood in the same feature map, zero beyond the
     border; separable: a window sum along H, then along W, each from blocked
     cumulative sums. Even ``size`` and ``transpose`` as in :func:`window_sum_channels`.
     """
-    return _window_sum(xp, x, size, True, transpose)
+    return _window_sum(xp, x, size, True, transpose, out)
 
 
-def _window_sum(xp, x, size, within, transpose):
-    out = xp.empty_like(x)
+def _window_sum(xp, x, size, within, transpose, out=None):
+    out = xp.empty_like(x) if out is None else out
 
     def block(lo, hi):
         xb = x[lo:hi]
         _neighbour_sum(xp, _copy_into(xb), xb.shape, x.dtype, size, within, transpose, out[lo:hi])
 
-    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=_block_scale(size, within))
     return out
 
 
@@ -160,12 +203,12 @@ def _forward(xp, x, size, alpha, beta, k, within):
         _pow(xp, sb, beta, yb, workspace(xp, "lrn_pow", xb.shape, x.dtype))
         xp.divide(xb, yb, out=yb)
 
-    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=_block_scale(size, within))
     return y, scale
 
 
-def _backward(xp, x, y, scale, dy, size, alpha, beta, within):
-    dx = xp.empty_like(x)
+def _backward(xp, x, y, scale, dy, size, alpha, beta, within, out=None):
+    dx = xp.empty_like(x) if out is None else out
     c = 2.0 * alpha * beta
 
     def block(lo, hi):
@@ -183,8 +226,30 @@ def _backward(xp, x, y, scale, dy, size, alpha, beta, within):
         xp.divide(dyb, dxb, out=dxb)
         xp.subtract(dxb, t, out=dxb)
 
-    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=16)
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=_block_scale(size, within))
     return dx
+
+
+def lrn_scale(xp, x, size, alpha, k, within=False, out=None):
+    """``scale = k + alpha * S(x*x)``, ``S`` the window sum across channels (or,
+    ``within``, over the spatial neighbourhood): LRN's denominator base, kept
+    for the backward. ``alpha`` multiplies each square before the sum (one
+    pass fewer). Written into ``out`` when given."""
+    scale = xp.empty_like(x) if out is None else out
+    alpha, k = x.dtype.type(alpha), x.dtype.type(k)
+
+    def block(lo, hi):
+        xb, sb = x[lo:hi], scale[lo:hi]
+
+        def fill(d):  # alpha * x^2
+            xp.multiply(xb, alpha, out=d)
+            xp.multiply(d, xb, out=d)
+
+        _neighbour_sum(xp, fill, xb.shape, x.dtype, size, within, False, sb)
+        sb += k
+
+    parallel_blocks(xp, x.shape[0], x[:1].size, block, scale=_block_scale(size, within))
+    return scale
 
 
 def lrn_forward(xp, x, size, alpha, beta, k):
@@ -198,14 +263,14 @@ def lrn_forward(xp, x, size, alpha, beta, k):
     return _forward(xp, x, size, alpha, beta, k, within=False)
 
 
-def lrn_backward(xp, x, y, scale, dy, size, alpha, beta):
+def lrn_backward(xp, x, y, scale, dy, size, alpha, beta, out=None):
     """``dx = dy * scale**-beta - 2*alpha*beta * x * S^T(dy * y / scale)``, S the channel window sum.
 
     From ``dy_c/dx_m = [c = m] scale_c**-beta - 2*alpha*beta * x_c * x_m * scale_c**(-beta-1) [m in Nbr(c)]``
     and ``x_c * scale_c**(-beta-1) = y_c / scale_c``; summing over the ``c`` whose
     window holds ``m`` is the transposed (mirrored) window sum.
     """
-    return _backward(xp, x, y, scale, dy, size, alpha, beta, within=False)
+    return _backward(xp, x, y, scale, dy, size, alpha, beta, within=False, out=out)
 
 
 def lrn_within_forward(xp, x, size, alpha, beta, k):
@@ -214,6 +279,6 @@ def lrn_within_forward(xp, x, size, alpha, beta, k):
     return _forward(xp, x, size, alpha, beta, k, within=True)
 
 
-def lrn_within_backward(xp, x, y, scale, dy, size, alpha, beta):
+def lrn_within_backward(xp, x, y, scale, dy, size, alpha, beta, out=None):
     """``dx = dy * scale**-beta - 2*alpha*beta * x * S^T(dy * y / scale)``, S the spatial window sum."""
-    return _backward(xp, x, y, scale, dy, size, alpha, beta, within=True)
+    return _backward(xp, x, y, scale, dy, size, alpha, beta, within=True, out=out)

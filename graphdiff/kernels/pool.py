@@ -102,35 +102,40 @@ def _scratch(xp, shape, *specs):
     return [workspace(xp, tag, shape, dtype) for tag, dtype in specs]
 
 
-def max_pool2d_forward(xp, x, size, stride, padding):
+def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True):
     """``y = max_ab Xpad[i*sh + a, j*sw + b]`` and ``argmax = a*kw + b`` of the first maximum.
 
     Returns ``(y, argmax)``, both ``(N, C, OH, OW)``; ``argmax`` has dtype
     :func:`argmax_dtype`. One sweep over the window offsets: a strictly greater
     value takes over the running maximum and its offset, so ties keep the first
     (offsets grow along the sweep, so "take over" is a max of ``mask * idx``).
+    ``y`` is written into ``out`` when given; ``argmax=False`` skips the argmax
+    (3 of the 4 passes per offset) and returns ``(y, None)``.
     """
     N, C, H, W = x.shape
     plan = _Plan((H, W), size, stride, padding)
     idt = argmax_dtype(size)
-    y = xp.empty((N, C, plan.OH, plan.OW), dtype=x.dtype)
-    am = xp.empty(y.shape, dtype=idt)
+    y = xp.empty((N, C, plan.OH, plan.OW), dtype=x.dtype) if out is None else out
+    am = xp.empty(y.shape, dtype=idt) if argmax else None
 
     def block(lo, hi):
         buf = _to_phases(xp, x[lo:hi], plan, -numpy.inf)
         count = (hi - lo) * C * plan.L
-        ys, ams, ms, ts = _scratch(xp, (count,), ("pool_y", x.dtype), ("pool_am", idt),
-                                   ("pool_mask", numpy.bool_), ("pool_t", idt))
+        (ys,) = _scratch(xp, (count,), ("pool_y", x.dtype))
+        if argmax:
+            ams, ms, ts = _scratch(xp, (count,), ("pool_am", idt), ("pool_mask", numpy.bool_), ("pool_t", idt))
+            ams.fill(0)
         ys[...] = plan.run(buf, 0, 0, count)
-        ams.fill(0)
         for idx, (a, b) in enumerate(plan.offsets[1:], start=1):
             v = plan.run(buf, a, b, count)
-            xp.greater(v, ys, out=ms)
-            xp.multiply(ms, idt.type(idx), out=ts)
-            xp.maximum(ams, ts, out=ams)
+            if argmax:
+                xp.greater(v, ys, out=ms)
+                xp.multiply(ms, idt.type(idx), out=ts)
+                xp.maximum(ams, ts, out=ams)
             xp.maximum(ys, v, out=ys)
         _narrow(ys, plan, y[lo:hi])
-        _narrow(ams, plan, am[lo:hi])
+        if argmax:
+            _narrow(ams, plan, am[lo:hi])
 
     parallel_blocks(xp, N, x[:1].size, block)
     return y, am
@@ -149,28 +154,28 @@ def _flat_index(xp, argmax, plan, Hp, Wp):
     return idx
 
 
-def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding):
+def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None):
     """The multiplexer: ``dX[i*sh + a, j*sw + b] += dy[i, j]`` where ``a*kw + b = argmax[i, j]``.
 
     Where windows overlap the contributions add up. A scatter-add at the argmax
     positions: ``xp.add.at`` with flat int32 indices, which NumPy 2 runs on a
     fast path (2-3x faster than one masked strided add per window offset;
-    CuPy provides ``add.at`` too). Returns ``(N, C, H, W)``; gradient aimed at
-    padding is dropped.
+    CuPy provides ``add.at`` too). Returns ``(N, C, H, W)`` (``out`` if given);
+    gradient aimed at padding is dropped.
     """
     N, C = dy.shape[:2]
     H, W = input_size
     plan = _Plan(input_size, size, stride, padding)
     Hp, Wp = H + 2 * plan.ph, W + 2 * plan.pw
-    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
+    dx = xp.empty((N, C, H, W), dtype=dy.dtype) if out is None else out
     padded = (Hp, Wp) != (H, W)
 
     def block(lo, hi):
         if padded:
             d = workspace(xp, "pool_dxpad", (hi - lo, C, Hp, Wp), dy.dtype)
-            d.fill(0)
         else:
-            d = dx[lo:hi]  # zeros already: scatter straight into the result
+            d = dx[lo:hi]  # scatter straight into the result
+        d.fill(0)  # per block, so the zeroing runs in cache just before the scatter
         idx = _flat_index(xp, argmax[lo:hi], plan, Hp, Wp)
         xp.add.at(d.reshape(-1), idx.reshape(-1), dy[lo:hi].reshape(-1))
         if padded:
@@ -180,7 +185,7 @@ def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding):
     return dx
 
 
-def max_pool2d_gather(xp, dx_like, argmax, size, stride, padding):
+def max_pool2d_gather(xp, dx_like, argmax, size, stride, padding, out=None):
     """``out[i, j] = V[i*sh + a, j*sw + b]`` with ``a*kw + b = argmax[i, j]``, V input-shaped.
 
     The transpose (adjoint) of :func:`max_pool2d_grad`, used for double
@@ -190,7 +195,7 @@ def max_pool2d_gather(xp, dx_like, argmax, size, stride, padding):
     N, C, H, W = dx_like.shape
     plan = _Plan((H, W), size, stride, padding)
     Hp, Wp = H + 2 * plan.ph, W + 2 * plan.pw
-    res = xp.empty(argmax.shape, dtype=dx_like.dtype)
+    res = xp.empty(argmax.shape, dtype=dx_like.dtype) if out is None else out
 
     def block(lo, hi):
         v = xp.ascontiguousarray(pad2d(xp, dx_like[lo:hi], padding, "pool_gpad"))

@@ -77,6 +77,7 @@ class Conv2d(_ConvBase):
     filter's input channels; with stride ``s``, zero padding ``p`` and groups."""
 
     name = "conv2d"
+    supports_out = True  # forward writes into a planned buffer when the compiler passes one
 
     def __init__(self, stride, padding, groups):
         super().__init__(stride=stride, padding=padding, groups=groups)
@@ -100,8 +101,8 @@ class Conv2d(_ConvBase):
         (sh, sw), (ph, pw) = self.stride, self.padding
         return (N, O, _out(H, kh, sh, ph), _out(W, kw, sw, pw)), x.dtype
 
-    def forward(self, xp, x, w, b=None):
-        return _k.conv2d_forward(xp, x, w, b, self.stride, self.padding, self.groups)
+    def forward(self, xp, x, w, b=None, out=None):
+        return _k.conv2d_forward(xp, x, w, b, self.stride, self.padding, self.groups, out=out)
 
     def vjp(self, node, g, wrt):
         x, w = node.inputs[:2]
@@ -114,6 +115,88 @@ class Conv2d(_ConvBase):
         if len(node.inputs) == 3:  # bias: broadcast over (N, H, W), so its gradient sums over them
             grads.append(_sum(g, axis=(0, 2, 3)) if wrt[2] else None)
         return grads
+
+
+class Conv2dReLU(Conv2d):
+    """``max(conv2d(x, w, b), 0)`` in one kernel: the ReLU rides along with the
+    bias add and the copy of the GEMM's output to NCHW (one pass over the
+    activations fewer). Built only by the compiler's fusion
+    (:func:`graphdiff.fusion.fuse_elementwise`), in place of a ReLU whose input is
+    a convolution nothing else reads; gradients are taken on the user's graph
+    before that, so this op has no VJP of its own."""
+
+    name = "conv2d_relu"
+
+    def forward(self, xp, x, w, b=None, out=None):
+        return _k.conv2d_forward(xp, x, w, b, self.stride, self.padding, self.groups, out=out, relu=True)
+
+    def vjp(self, node, g, wrt):
+        raise self.error("is a compile-time fusion of conv2d and relu; differentiate the graph it was "
+                         "compiled from", *node.inputs)
+
+
+class _CompiledOnly(Op):
+    """Ops that only the compiler builds, after the gradients were taken: no VJP."""
+
+    def vjp(self, node, g, wrt):
+        raise self.error("is built by the compiler after differentiation; differentiate the graph it was "
+                         "compiled from", *node.inputs)
+
+
+class Im2col(_CompiledOnly):
+    """The column matrix of a convolution's input, ``(groups, C/groups*kh*kw, N*OH*OW)``
+    (:func:`graphdiff.kernels.conv.im2col`), built once for both the forward
+    convolution and its weight gradient (:class:`Conv2dFromCols`,
+    :class:`Conv2dGradWeightFromCols`) when the compiler shares it."""
+
+    name = "im2col"
+    supports_out = True
+
+    def __init__(self, kernel_size, stride, padding, groups):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
+
+    def infer(self, x):
+        N, C, H, W = x.shape
+        (kh, kw), (sh, sw), (ph, pw), g = self.kernel_size, self.stride, self.padding, self.groups
+        OH, OW = _out(H, kh, sh, ph), _out(W, kw, sw, pw)
+        M = None if None in (N, OH, OW) else N * OH * OW
+        return (g, None if C is None else C // g * kh * kw, M), x.dtype
+
+    def forward(self, xp, x, out=None):
+        return _k.im2col(xp, x, self.kernel_size, self.stride, self.padding, self.groups, out=out)
+
+
+class Conv2dFromCols(_CompiledOnly):
+    """``conv2d`` (and ``relu`` when ``relu``) from the input's :class:`Im2col` columns."""
+
+    name = "conv2d_from_cols"
+    supports_out = True
+
+    def __init__(self, out_size, groups, relu):
+        super().__init__(out_size=out_size, groups=groups, relu=relu)
+
+    def infer(self, cols, w, b=None):  # built with the convolution's own shape
+        raise NotImplementedError
+
+    def forward(self, xp, cols, w, b=None, out=None):
+        return _k.conv2d_from_cols(xp, cols, w, b, self.out_size, self.groups, out=out, relu=self.relu)
+
+
+class Conv2dGradWeightFromCols(_CompiledOnly):
+    """``conv2d_grad_weight`` from the input's :class:`Im2col` columns."""
+
+    name = "conv2d_grad_weight_from_cols"
+    kind = "gradient"
+    supports_out = True
+
+    def __init__(self, kernel_size, groups):
+        super().__init__(kernel_size=kernel_size, groups=groups)
+
+    def infer(self, cols, dy):  # built with the weight gradient's own shape
+        raise NotImplementedError
+
+    def forward(self, xp, cols, dy, out=None):
+        return _k.conv2d_grad_weight_from_cols(xp, cols, dy, self.kernel_size, self.groups, out=out)
 
 
 def _input_size(op, x, *others):
@@ -155,6 +238,7 @@ class Conv2dGradWeight(_ConvBase):
 
     name = "conv2d_grad_weight"
     kind = "gradient"
+    supports_out = True
 
     def __init__(self, kernel_size, stride, padding, groups):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, groups=groups)
@@ -176,8 +260,8 @@ class Conv2dGradWeight(_ConvBase):
         self._check_dtypes(x, dy)
         return (O, None if C is None else C // g, kh, kw), x.dtype
 
-    def forward(self, xp, x, dy):
-        return _k.conv2d_grad_weight(xp, x, dy, self.kernel_size, self.stride, self.padding, self.groups)
+    def forward(self, xp, x, dy, out=None):
+        return _k.conv2d_grad_weight(xp, x, dy, self.kernel_size, self.stride, self.padding, self.groups, out=out)
 
     def vjp(self, node, g, wrt):
         x, dy = node.inputs
@@ -207,6 +291,7 @@ class Conv2dGradInput(_ConvBase):
 
     name = "conv2d_grad_input"
     kind = "gradient"
+    supports_out = True
 
     def __init__(self, input_size, stride, padding, groups):
         super().__init__(input_size=input_size, stride=stride, padding=padding, groups=groups)
@@ -226,8 +311,8 @@ class Conv2dGradInput(_ConvBase):
         self._check_dtypes(dy, w)
         return (N, None if Cg is None else Cg * g, H, W), dy.dtype
 
-    def forward(self, xp, dy, w):
-        return _k.conv2d_grad_input(xp, dy, w, self.input_size, self.stride, self.padding, self.groups)
+    def forward(self, xp, dy, w, out=None):
+        return _k.conv2d_grad_input(xp, dy, w, self.input_size, self.stride, self.padding, self.groups, out=out)
 
     def vjp(self, node, g, wrt):
         dy, w = node.inputs

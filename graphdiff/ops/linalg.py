@@ -1,6 +1,7 @@
 """Matrix products."""
 from ..errors import ShapeError
 from ..graph import Op, apply, as_tensor, broadcast_shapes, fmt_shape
+from ..kernels import linalg as _k
 from .reduce import sum_to
 
 
@@ -17,6 +18,7 @@ class MatMul(Op):
     VJP: ``dA = dE @ B^T``, ``dB = A^T @ dE`` (summed over broadcast batch dims)."""
 
     name = "matmul"
+    supports_out = True  # the compiler may pass a planned buffer
 
     def infer(self, a, b):
         if a.ndim < 2 or b.ndim < 2:
@@ -39,8 +41,8 @@ class MatMul(Op):
                              f"do not broadcast", a, b) from None
         return batch + (a.shape[-2], b.shape[-1]), a.dtype
 
-    def forward(self, xp, a, b):
-        return xp.matmul(a, b)
+    def forward(self, xp, a, b, out=None):
+        return _k.matmul(xp, a, b, out=out)
 
     def vjp(self, node, g, wrt):
         a, b = node.inputs

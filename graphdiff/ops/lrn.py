@@ -32,6 +32,8 @@ class _WindowSum(Op):
     """A sum over each element's neighbours; linear, so its VJP is the
     transposed sum (the same window mirrored: equal for odd sizes)."""
 
+    supports_out = True  # forward writes into a planned buffer when the compiler passes one
+
     def __init__(self, size, transpose=False):
         super().__init__(size=size, transpose=transpose)
 
@@ -53,8 +55,8 @@ class WindowSumChannels(_WindowSum):
 
     name = "window_sum_channels"
 
-    def forward(self, xp, x):
-        return _k.window_sum_channels(xp, x, self.size, self.transpose)
+    def forward(self, xp, x, out=None):
+        return _k.window_sum_channels(xp, x, self.size, self.transpose, out=out)
 
 
 class WindowSumSpatial(_WindowSum):
@@ -64,8 +66,8 @@ class WindowSumSpatial(_WindowSum):
 
     name = "window_sum_spatial"
 
-    def forward(self, xp, x):
-        return _k.window_sum_spatial(xp, x, self.size, self.transpose)
+    def forward(self, xp, x, out=None):
+        return _k.window_sum_spatial(xp, x, self.size, self.transpose, out=out)
 
 
 def window_sum_channels(x, size, transpose=False, name=None):
@@ -82,6 +84,8 @@ def window_sum_spatial(x, size, transpose=False, name=None):
 class _LRNScale(Op):
     """``scale = k + alpha * S(x^2)``. VJP: ``2 alpha x S^T(g)``."""
 
+    supports_out = True
+
     def __init__(self, size, alpha, k):
         super().__init__(size=size, alpha=alpha, k=k)
 
@@ -91,19 +95,8 @@ class _LRNScale(Op):
             raise self.error(f"size must be >= 1, got {self.size}", x)
         return x.shape, x.dtype
 
-    def forward(self, xp, x):
-        scale = xp.empty_like(x)
-        alpha, k = x.dtype.type(self.alpha), x.dtype.type(self.k)
-
-        def block(lo, hi):  # a few examples at a time: the passes run from cache
-            xb, sb = x[lo:hi], scale[lo:hi]
-            squares = workspace(xp, "lrn_op_squares", xb.shape, x.dtype)
-            xp.multiply(xb, xb, out=squares)
-            xp.multiply(self.window.kernel(xp, squares, self.size), alpha, out=sb)
-            sb += k
-
-        parallel_blocks(xp, x.shape[0], x[:1].size, block)
-        return scale
+    def forward(self, xp, x, out=None):
+        return _k.lrn_scale(xp, x, self.size, self.alpha, self.k, within=self.window.within, out=out)
 
     def vjp(self, node, g, wrt):
         x = node.inputs[0]
@@ -115,6 +108,8 @@ class _LRNNormalize(Op):
     ``x``. Its VJP is the whole chain rule through both paths (``x`` directly and
     through ``scale``) in one fused op, ``lrn_grad(x, y, scale, dy)``; ``scale``
     therefore gets no gradient of its own here (it would be counted twice)."""
+
+    supports_out = True
 
     def __init__(self, size, alpha, beta, k):
         super().__init__(size=size, alpha=alpha, beta=beta, k=k)
@@ -128,8 +123,8 @@ class _LRNNormalize(Op):
                              f"k={self.k}", x, scale)
         return x.shape, x.dtype
 
-    def forward(self, xp, x, scale):
-        y = xp.empty_like(x)
+    def forward(self, xp, x, scale, out=None):
+        y = xp.empty_like(x) if out is None else out
 
         def block(lo, hi):
             yb, sb = y[lo:hi], scale[lo:hi]
@@ -162,6 +157,7 @@ class _LRNGrad(Op):
     """
 
     kind = "gradient"
+    supports_out = True
 
     def __init__(self, size, alpha, beta):
         super().__init__(size=size, alpha=alpha, beta=beta)
@@ -173,8 +169,8 @@ class _LRNGrad(Op):
                 raise self.error("x, y, scale and dy must share shape and dtype", x, y, scale, dy)
         return x.shape, x.dtype
 
-    def forward(self, xp, x, y, scale, dy):
-        return self.kernel(xp, x, y, scale, dy, self.size, self.alpha, self.beta)
+    def forward(self, xp, x, y, scale, dy, out=None):
+        return self.kernel(xp, x, y, scale, dy, self.size, self.alpha, self.beta, out=out)
 
     def vjp(self, node, g, wrt):
         x, y, scale, dy = node.inputs
@@ -191,17 +187,17 @@ class _LRNGrad(Op):
 
 
 class _Window:
-    """A window-sum family: its graph op and its kernel."""
+    """A window-sum family: its graph op (and whether it sums within a map)."""
 
-    def __init__(self, op, kernel):
-        self.op, self.kernel = op, kernel
+    def __init__(self, op, within):
+        self.op, self.within = op, within
 
     def apply(self, x, size, transpose=False):
         return apply(self.op(size, transpose), [x])
 
 
-_ACROSS = _Window(WindowSumChannels, lambda xp, x, size: _k.window_sum_channels(xp, x, size))
-_WITHIN = _Window(WindowSumSpatial, lambda xp, x, size: _k.window_sum_spatial(xp, x, size))
+_ACROSS = _Window(WindowSumChannels, within=False)
+_WITHIN = _Window(WindowSumSpatial, within=True)
 
 
 class LRNScale(_LRNScale):
@@ -215,15 +211,15 @@ class LRNWithinScale(_LRNScale):
 class LRNGrad(_LRNGrad):
     name, window = "lrn_grad", _ACROSS
 
-    def kernel(self, xp, *args):
-        return _k.lrn_backward(xp, *args)
+    def kernel(self, xp, *args, out=None):
+        return _k.lrn_backward(xp, *args, out=out)
 
 
 class LRNWithinGrad(_LRNGrad):
     name, window = "lrn_within_grad", _WITHIN
 
-    def kernel(self, xp, *args):
-        return _k.lrn_within_backward(xp, *args)
+    def kernel(self, xp, *args, out=None):
+        return _k.lrn_within_backward(xp, *args, out=out)
 
 
 class LRNNormalize(_LRNNormalize):

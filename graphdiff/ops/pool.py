@@ -50,6 +50,7 @@ class MaxPool2d(_PoolBase):
     """``y[n, c, i, j] = max_{a < kh, b < kw} Xpad[n, c, i*sh + a, j*sw + b]`` (-inf padding)."""
 
     name = "max_pool2d"
+    supports_out = True  # forward writes into a planned buffer when the compiler passes one
 
     def __init__(self, size, stride, padding):
         super().__init__(size=size, stride=stride, padding=padding)
@@ -60,8 +61,9 @@ class MaxPool2d(_PoolBase):
             raise self.error(f"needs a float input, got {x.dtype}", x)
         return self._out_shape(x.shape, (x,)), x.dtype
 
-    def forward(self, xp, x):
-        return _k.max_pool2d_forward(xp, x, self.size, self.stride, self.padding)[0]
+    def forward(self, xp, x, out=None):
+        # The argmax is its own node (max_pool2d_argmax), computed only where a gradient needs it.
+        return _k.max_pool2d_forward(xp, x, self.size, self.stride, self.padding, out=out, argmax=False)[0]
 
     def vjp(self, node, g, wrt):
         # One forward pass decides which input each window selected (the argmax,
@@ -93,6 +95,7 @@ class MaxPool2dArgmax(_PoolBase):
 
     name = "max_pool2d_argmax"
     differentiable = False
+    supports_out = True
 
     def __init__(self, size, stride, padding):
         super().__init__(size=size, stride=stride, padding=padding)
@@ -102,12 +105,12 @@ class MaxPool2dArgmax(_PoolBase):
         self._check_like(y, self._out_shape(x.shape, (x, y)), (x, y))
         return y.shape, _k.argmax_dtype(self.size)  # uint8 up to 16 x 16 windows
 
-    def forward(self, xp, x, y):
+    def forward(self, xp, x, y, out=None):
         (kh, kw), (sh, sw), (ph, pw) = self.size, self.stride, self.padding
         N, C, H, W = x.shape
         OH, OW = y.shape[2:]
         dtype, last = _k.argmax_dtype(self.size), kh * kw - 1
-        idx = xp.empty(y.shape, dtype=dtype)
+        idx = xp.empty(y.shape, dtype=dtype) if out is None else out
 
         def block(lo, hi):  # a few examples at a time, so the passes below run from cache
             xb, yb = x[lo:hi], y[lo:hi]
@@ -147,6 +150,7 @@ class MaxPool2dGrad(_PoolBase):
 
     name = "max_pool2d_grad"
     kind = "gradient"
+    supports_out = True
 
     def __init__(self, input_size, size, stride, padding):
         super().__init__(input_size=input_size, size=size, stride=stride, padding=padding)
@@ -161,8 +165,8 @@ class MaxPool2dGrad(_PoolBase):
             raise self.error(f"idx must be integers, got {idx.dtype}", dy, idx)
         return (N, C) + self.input_size, dy.dtype
 
-    def forward(self, xp, dy, idx):
-        return _k.max_pool2d_grad(xp, dy, idx, self.input_size, self.size, self.stride, self.padding)
+    def forward(self, xp, dy, idx, out=None):
+        return _k.max_pool2d_grad(xp, dy, idx, self.input_size, self.size, self.stride, self.padding, out=out)
 
     def vjp(self, node, g, wrt):
         idx = node.inputs[1]
@@ -184,6 +188,7 @@ class MaxPool2dGather(_PoolBase):
 
     name = "max_pool2d_gather"
     kind = "gradient"
+    supports_out = True
 
     def __init__(self, size, stride, padding):
         super().__init__(size=size, stride=stride, padding=padding)
@@ -195,8 +200,8 @@ class MaxPool2dGather(_PoolBase):
             raise self.error(f"idx must be integers, got {idx.dtype}", g, idx)
         return idx.shape, g.dtype
 
-    def forward(self, xp, g, idx):
-        return _k.max_pool2d_gather(xp, g, idx, self.size, self.stride, self.padding)
+    def forward(self, xp, g, idx, out=None):
+        return _k.max_pool2d_gather(xp, g, idx, self.size, self.stride, self.padding, out=out)
 
     def vjp(self, node, gg, wrt):
         g, idx = node.inputs
