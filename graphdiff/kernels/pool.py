@@ -177,12 +177,23 @@ def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None)
             d = dx[lo:hi]  # scatter straight into the result
         d.fill(0)  # per block, so the zeroing runs in cache just before the scatter
         idx = _flat_index(xp, argmax[lo:hi], plan, Hp, Wp)
-        xp.add.at(d.reshape(-1), idx.reshape(-1), dy[lo:hi].reshape(-1))
+        _scatter_add(xp, d.reshape(-1), idx.reshape(-1), dy[lo:hi].reshape(-1))
         if padded:
             dx[lo:hi] = d[:, :, plan.ph:plan.ph + H, plan.pw:plan.pw + W]
 
     parallel_blocks(xp, N, dx[:1].size, block)
     return dx
+
+
+def _scatter_add(xp, target, index, values):
+    """``target[index] += values``, summing repeated indices (``numpy.add.at``;
+    CuPy spells it ``cupyx.scatter_add``, an atomic add on the GPU)."""
+    if xp.__name__ == "numpy":
+        xp.add.at(target, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
 
 
 def max_pool2d_gather(xp, dx_like, argmax, size, stride, padding, out=None):
