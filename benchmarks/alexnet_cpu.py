@@ -37,7 +37,7 @@ def blas_info():
             for i in threadpool_info()]
 
 
-def sgemm_peak(n=2048, reps=5):
+def sgemm_peak(n=2048, reps=8):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.copy()
     c = np.empty_like(a)
@@ -203,6 +203,7 @@ def main():
           f"{build['grad_compile_ms']:.0f} ms = {total_ms:.0f} ms (weight init's random draws apart: "
           f"{build['init_draws_ms']:.0f} ms)")
 
+    summary = []
     for batch in args.batch:
         peak = max(peak, sgemm_peak())  # a busy machine under-measures it: keep the best seen
         images, labels = make_batch(batch)
@@ -227,6 +228,7 @@ def main():
         ratio_med = statistics.median(times["graphdiff"]) / statistics.median(times["pytorch"])
         ratio_min = min(times["graphdiff"]) / min(times["pytorch"])
         print(f"  ratio graphdiff/pytorch: median {ratio_med:.2f}x  min {ratio_min:.2f}x")
+        summary.append((batch, flops, times))
 
         eng = engine_breakdown(step, images, labels)
         tor = torch_breakdown(tstep.model, ti, tl)
@@ -241,6 +243,15 @@ def main():
               " pytorch: module hooks, with conv1's input gradient, which its training step skips,"
               " and without the optimizer step.)")
 
+    peak = max(peak, sgemm_peak())
+    print(f"\nsummary (sgemm peak: the best of all its measurements in this run, {peak:.0f} GFLOP/s)")
+    for batch, flops, times in summary:
+        eng, tor = times["graphdiff"], times["pytorch"]
+        print(f"  batch {batch:3d}: graphdiff median {statistics.median(eng) * 1e3:7.1f} ms "
+              f"({flops / statistics.median(eng) / 1e9 / peak:4.0%} of peak; min {min(eng) * 1e3:7.1f} ms, "
+              f"{flops / min(eng) / 1e9 / peak:4.0%}), pytorch median {statistics.median(tor) * 1e3:7.1f} ms "
+              f"({flops / statistics.median(tor) / 1e9 / peak:4.0%}), ratio median "
+              f"{statistics.median(eng) / statistics.median(tor):.2f}x min {min(eng) / min(tor):.2f}x")
     if not args.no_rss:
         for batch in args.batch:
             print(f"peak RSS, batch {batch}: graphdiff {measure_rss('engine', batch):.0f} MiB, "
