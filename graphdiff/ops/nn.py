@@ -3,7 +3,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Op, apply, as_tensor, fmt_shape, normalize_axis
-from .elementwise import Binary, cast, exp
+from .elementwise import Binary, exp
 from .reduce import Count, sum
 
 
