@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from graphdiff.kernels import conv, lrn, pool  # noqa: E402
+from graphdiff.kernels import conv, lrn, parallel, pool  # noqa: E402
 from graphdiff.ops.lrn import LRNNormalize, LRNScale  # noqa: E402
 from graphdiff.ops.pool import MaxPool2dArgmax  # noqa: E402
 
@@ -180,7 +180,7 @@ def main():
                         if i["user_api"] == "blas"), default=1)
     torch.set_num_threads(blas_threads)
     print("numpy", np.__version__, "| torch", torch.__version__, "threads", torch.get_num_threads(),
-          "| kernel threads", conv.NUM_THREADS)
+          "| kernel threads", parallel.NUM_THREADS)
     for line in blas_info():
         print("  ", line)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):

@@ -14,6 +14,7 @@ Calling the program checks every input (``InputError`` names the input and
 expected vs given shape/dtype), runs, then applies ``updates``: all new values
 are computed from the old ones before any variable changes.
 """
+import contextlib
 import functools
 import time
 
@@ -22,6 +23,7 @@ import numpy as np
 from .backends import get_backend
 from .errors import GraphdiffError, InputError, ShapeError
 from .fusion import fuse_elementwise
+from .kernels import parallel
 from .graph import ConstantOp, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
 
 
@@ -245,32 +247,37 @@ class Program:
         record = {} if plan is None else None
         instr = None
         timings = self._timings
-        try:
-            for k, instr in enumerate(self._instrs):
-                kernel, ins, out, frees, _ = instr
+        # On NumPy the BLAS runs on one thread and the kernels split the big GEMMs
+        # over their own threads (see kernels.parallel.gemm): OpenBLAS's spinning
+        # workers would otherwise take the cores from the passes between GEMMs.
+        threads = parallel.blas_on_one_thread() if self.backend.name == "numpy" else contextlib.nullcontext()
+        with threads:
+            try:
+                for k, instr in enumerate(self._instrs):
+                    kernel, ins, out, frees, _ = instr
+                    if timings is not None:
+                        timings.append(time.perf_counter())
+                    if plan is not None and plan[k] is not None:
+                        vals[out] = kernel(*[vals[i] for i in ins], out=plan[k])
+                    elif out in self._inplace:  # an update written into the variable's own buffer
+                        vals[out] = kernel(*[vals[i] for i in ins], out=self._inplace[out]._value)
+                    else:
+                        vals[out] = kernel(*[vals[i] for i in ins])
+                        if record is not None:
+                            record[out] = (vals[out].shape, vals[out].dtype)
+                    for f in frees:
+                        vals[f] = None
                 if timings is not None:
+                    self.backend.synchronize()
                     timings.append(time.perf_counter())
-                if plan is not None and plan[k] is not None:
-                    vals[out] = kernel(*[vals[i] for i in ins], out=plan[k])
-                elif out in self._inplace:  # an update written into the variable's own buffer
-                    vals[out] = kernel(*[vals[i] for i in ins], out=self._inplace[out]._value)
-                else:
-                    vals[out] = kernel(*[vals[i] for i in ins])
-                    if record is not None:
-                        record[out] = (vals[out].shape, vals[out].dtype)
-                for f in frees:
-                    vals[f] = None
-            if timings is not None:
-                self.backend.synchronize()
-                timings.append(time.perf_counter())
-        except GraphdiffError:
-            raise
-        except Exception as exc:  # a run-time shape clash (None dims) or a kernel failure
-            node = instr[4]
-            shapes = ", ".join(f"{x.name} {fmt_shape(vals[s].shape) if vals[s] is not None else '?'}"
-                               for x, s in zip(node.inputs, instr[1]))
-            raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
-                             f"{type(exc).__name__}: {exc}") from None
+            except GraphdiffError:
+                raise
+            except Exception as exc:  # a run-time shape clash (None dims) or a kernel failure
+                node = instr[4]
+                shapes = ", ".join(f"{x.name} {fmt_shape(vals[s].shape) if vals[s] is not None else '?'}"
+                                   for x, s in zip(node.inputs, instr[1]))
+                raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
+                                 f"{type(exc).__name__}: {exc}") from None
         if record is not None:
             if len(self._plans) >= 2:  # keep the plans of the two latest input shapes
                 self._plans.pop(next(iter(self._plans)))

@@ -21,7 +21,7 @@ in an ``im2col`` node that its weight gradient reads too.
 import numpy as np
 
 from .graph import Op, Tensor, static_size
-from .kernels.conv import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
+from .kernels.parallel import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
 from .ops.conv import Conv2d, Conv2dFromCols, Conv2dGradWeight, Conv2dGradWeightFromCols, Conv2dReLU, Im2col
 from .ops.elementwise import UFUNC_OF, Binary, Step, Unary
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from graphdiff.kernels import conv, lrn, pool
+from graphdiff.kernels import conv, lrn, parallel, pool
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -377,16 +377,16 @@ def test_lrn_forward_matches_formula_and_backward_matches_finite_differences(wit
 
 def test_lrn_large_batch_uses_blocks_and_threads(monkeypatch):
     """Cache blocks and threads must not change the result."""
-    monkeypatch.setattr(conv, "BLOCK_ELEMENTS", 100)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(conv, "NUM_THREADS", 2)
+    monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 100)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "NUM_THREADS", 2)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 7, 6, 6))
     y, scale = lrn.lrn_forward(np, x, 5, 0.1, 0.75, 2.0)
     np.testing.assert_allclose(y, ref_lrn(x, 5, 0.1, 0.75, 2.0), rtol=1e-12)
     dy = rng.standard_normal(x.shape)
     dx = lrn.lrn_backward(np, x, y, scale, dy, 5, 0.1, 0.75)
-    monkeypatch.setattr(conv, "NUM_THREADS", 1)
+    monkeypatch.setattr(parallel, "NUM_THREADS", 1)
     np.testing.assert_allclose(dx, lrn.lrn_backward(np, x, y, scale, dy, 5, 0.1, 0.75), rtol=1e-12)
 
 
@@ -426,7 +426,7 @@ def test_results_are_fresh_arrays_not_scratch():
     conv.conv2d_forward(np, 2 * x, w, None, (1, 1), (1, 1), 1)
     conv.conv2d_grad_input(np, y1, w, (8, 8), (1, 1), (1, 1), 1)
     np.testing.assert_array_equal(y1, keep)
-    conv.clear_workspace()  # scratch is re-created on demand
+    parallel.clear_workspace()  # scratch is re-created on demand
     np.testing.assert_array_equal(conv.conv2d_forward(np, x, w, None, (1, 1), (1, 1), 1), keep)
     p1, am1 = pool.max_pool2d_forward(np, x, (2, 2), (2, 2), (0, 0))
     keep = p1.copy(), am1.copy()
@@ -436,14 +436,14 @@ def test_results_are_fresh_arrays_not_scratch():
 
 
 def test_threaded_paths_match_single_thread(monkeypatch):
-    monkeypatch.setattr(conv, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(conv, "BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 50)
     rng = np.random.default_rng(2)
     x = tie_free(rng, (5, 3, 11, 10))
     w = rng.standard_normal((6, 3, 3, 3))
     results = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(conv, "NUM_THREADS", threads)
+        monkeypatch.setattr(parallel, "NUM_THREADS", threads)
         y = conv.conv2d_forward(np, x, w, None, (2, 1), (1, 2), 1)
         py, am = pool.max_pool2d_forward(np, x, (3, 3), (2, 2), (1, 1))
         results.append([y, conv.conv2d_grad_input(np, y, w, (11, 10), (2, 1), (1, 2), 1),

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphdiff as gd
-from graphdiff.kernels.conv import BLOCK_ELEMENTS
+from graphdiff.kernels.parallel import BLOCK_ELEMENTS
 
 UNARY = [gd.tanh, gd.relu, gd.exp, gd.neg, gd.sigmoid, lambda t: gd.sqrt(t * t + 1.0), gd.step]
 BINARY = [gd.add, gd.sub, gd.mul, lambda a, b: a / (b * b + 1.0), gd.maximum, gd.minimum]

@@ -26,149 +26,7 @@ caller. Every kernel returns a fresh array, or writes into ``out`` when the
 caller passes one (the compiler's planned buffers, reused across calls).
 """
 
-import os
-import threading
-import weakref
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy
-
-_local = threading.local()
-_pool = None
-_pool_lock = threading.Lock()
-_POOL_PREFIX = "graphdiff-kernels"
-
-
-class _Cache(dict):
-    """One thread's scratch buffers: a dict with identity semantics, so that it
-    can sit in a WeakSet."""
-
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
-
-
-_caches = weakref.WeakSet()  # every live thread's cache, for clear_workspace
-
-# Threads for NumPy copies/elementwise passes (GEMMs use the BLAS's own threads).
-NUM_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-PARALLEL_MIN_WORK = 1 << 20  # elements; below this, threads cost more than they save
-BLOCK_ELEMENTS = 1 << 18  # elements per cache block (parallel_blocks): ~1 MB of float32
-
-
-def workspace(xp, tag, shape, dtype):
-    """Scratch array of ``shape``/``dtype`` for ``tag``, reused across calls.
-
-    One flat byte buffer per ``(array module, device, tag)`` that only grows, so
-    memory is bounded by the largest request per tag. Callers must not return
-    it (or a view of it) and must not use one tag twice at the same time.
-    Contents are garbage on entry.
-    """
-    cache = getattr(_local, "cache", None)
-    if cache is None:
-        cache = _local.cache = _Cache()
-        with _pool_lock:
-            _caches.add(cache)
-    device = getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
-    key = (xp.__name__, device, tag)
-    dtype = numpy.dtype(dtype)
-    size = 1
-    for d in shape:
-        size *= int(d)
-    nbytes = size * dtype.itemsize
-    buf = cache.get(key)
-    if buf is None or buf.nbytes < nbytes:
-        cache.pop(key, None)  # free the old one before allocating the new one
-        buf = xp.empty(max(nbytes, 1), dtype=xp.uint8)
-        cache[key] = buf
-    return buf[:nbytes].view(dtype).reshape(shape)
-
-
-def clear_workspace():
-    """Release all threads' scratch buffers (e.g. after a large one-off batch);
-    they are re-created on demand."""
-    with _pool_lock:
-        for cache in list(_caches):
-            cache.clear()
-
-
-def parallel_for(xp, n, fn, work):
-    """Call ``fn(lo, hi)`` on chunks covering ``range(n)``.
-
-    NumPy copies and ufuncs run on one core while releasing the GIL, and the
-    GEMMs between them already use all cores; splitting the big copies and
-    strided adds over a small thread pool makes them ~1.7x faster on two cores.
-    Chunks must touch disjoint memory. Other array modules (CuPy) run
-    ``fn(0, n)`` at once, and so does ``work`` (elements) below PARALLEL_MIN_WORK.
-    """
-    global _pool
-    t = min(NUM_THREADS, n)
-    nested = threading.current_thread().name.startswith(_POOL_PREFIX)  # never wait on our own pool
-    if xp.__name__ != "numpy" or t < 2 or work < PARALLEL_MIN_WORK or nested:
-        fn(0, n)
-        return
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(1, NUM_THREADS - 1), thread_name_prefix=_POOL_PREFIX)
-    bounds = [n * i // t for i in range(t + 1)]
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    try:
-        fn(bounds[0], bounds[1])  # the first chunk runs on the calling thread
-    finally:
-        for f in futures:
-            f.result()
-
-
-def parallel_blocks(xp, n, item_size, fn, scale=1):
-    """``fn(lo, hi)`` over blocks of items (examples) covering ``range(n)``.
-
-    Threads split ``range(n)`` and each walks its share a few items at a time
-    (about ``scale * BLOCK_ELEMENTS`` elements, items of ``item_size``), so that a
-    chain of elementwise passes over a block runs from cache instead of memory.
-    Other array modules (CuPy) get one call ``fn(0, n)``.
-    """
-    if xp.__name__ != "numpy":
-        fn(0, n)
-        return
-    per = max(1, scale * BLOCK_ELEMENTS // max(1, item_size))
-
-    def walk(lo, hi):
-        for b in range(lo, hi, per):
-            fn(b, min(b + per, hi))
-
-    parallel_for(xp, n, walk, n * item_size)
-
-
-def _split_axis(shape, axes):
-    """The axis among ``axes`` with the largest extent: the one to split work on."""
-    return max(axes, key=lambda a: shape[a])
-
-
-def _take(a, axis, lo, hi):
-    """``a[..., lo:hi, ...]`` along ``axis``."""
-    return a[(slice(None),) * axis + (slice(lo, hi),)]
-
-
-def parallel_copy(xp, dst, src, axes=(0, 1, 2, 3)):
-    """``dst[...] = src`` with the work split along the longest of ``axes``."""
-    ax = _split_axis(dst.shape, axes)
-
-    def copy(lo, hi):
-        _take(dst, ax, lo, hi)[...] = _take(src, ax, lo, hi)
-
-    parallel_for(xp, dst.shape[ax], copy, dst.size)
-
-
-_zeros = {}  # (array module, dtype) -> a zero-filled vector, only ever read
-
-
-def zeros(xp, n, dtype):
-    """A read-only vector of ``n`` zeros. ``maximum(x, zeros)`` is NumPy's fast
-    ReLU: against a broadcast scalar ``maximum`` misses its SIMD loop (~4x slower)."""
-    key = (xp.__name__, numpy.dtype(dtype).str)
-    z = _zeros.get(key)
-    if z is None or z.size < n:
-        z = _zeros[key] = xp.zeros(max(n, BLOCK_ELEMENTS), dtype)
-    return z[:n]
+from .parallel import gemm, parallel_blocks, parallel_copy, parallel_for, workspace, zeros
 
 
 def conv_output_size(n, k, s, p):
@@ -279,11 +137,11 @@ def conv2d_from_cols(xp, cols, w, b, out_size, groups, out=None, relu=False):
     # needs a strided transpose, which only pays off against a long GEMM.
     if K >= 1024:
         yt = workspace(xp, "conv_yt", (g, N, OH, OW, O // g), cols.dtype)
-        xp.matmul(cols.transpose(0, 2, 1), wg.transpose(0, 2, 1), out=yt.reshape(g, M, O // g))
+        gemm(xp, cols.transpose(0, 2, 1), wg.transpose(0, 2, 1), out=yt.reshape(g, M, O // g))
         src = yt.transpose(1, 0, 4, 2, 3)
     else:
         yt = workspace(xp, "conv_yt", (g, O // g, N, OH, OW), cols.dtype)
-        xp.matmul(wg, cols, out=yt.reshape(g, O // g, M))
+        gemm(xp, wg, cols, out=yt.reshape(g, O // g, M))
         src = yt.transpose(2, 0, 1, 3, 4)
     # Back to NCHW; the bias add and the ReLU ride along with that copy.
     y = xp.empty((N, O, OH, OW), dtype=cols.dtype) if out is None else out
@@ -330,7 +188,7 @@ def conv2d_grad_weight_from_cols(xp, cols, dy, kernel_size, groups, out=None):
     # and OpenBLAS threads it badly: up to 20x slower when another process
     # competes for the cores.
     dwt = workspace(xp, "conv_dwt", (g, K, O // g), dy.dtype)
-    xp.matmul(cols, dyt.transpose(0, 2, 1), out=dwt)
+    gemm(xp, cols, dyt.transpose(0, 2, 1), out=dwt)
     dw = xp.empty((O, Cg, kh, kw), dtype=dy.dtype) if out is None else out
     dw.reshape(g, O // g, K)[...] = dwt.transpose(0, 2, 1)
     return dw
@@ -363,7 +221,7 @@ def _grad_input_by_rows(xp, dy, w, input_size, padding, groups, out):
     wr = w.reshape(g, Og, Cg, kh, kw)[..., ::-1].transpose(0, 2, 3, 1, 4)
     wr = xp.ascontiguousarray(wr).reshape(g, Cg * kh, Og * kw)
     T = workspace(xp, "conv_yt", (g, Cg * kh, N * OH * W), dy.dtype)
-    xp.matmul(wr, R.reshape(g, Og * kw, N * OH * W), out=T)
+    gemm(xp, wr, R.reshape(g, Og * kw, N * OH * W), out=T)
     T = T.reshape(C, kh, N, OH, W)
     dxc = workspace(xp, "conv_dxpad", (C, N, H, W), dy.dtype)
 
@@ -408,7 +266,7 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None):
         return _grad_input_by_rows(xp, dy, w, input_size, padding, g, out)  # AlexNet conv2
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
     cols = workspace(xp, "conv_cols", (g, K, M), dy.dtype)
-    xp.matmul(w.reshape(g, O // g, K).transpose(0, 2, 1), dyt, out=cols)
+    gemm(xp, w.reshape(g, O // g, K).transpose(0, 2, 1), dyt, out=cols)
     cols = cols.reshape(C, kh, kw, N, OH, OW)
     # col2im, channel-major like the columns so every add streams both operands.
     dxpad = workspace(xp, "conv_dxpad", (C, N, H + 2 * ph, W + 2 * pw), dy.dtype)

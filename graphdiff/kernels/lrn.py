@@ -24,7 +24,7 @@ run from cache; ~16 MB for the scans, whose per-channel slices must stay large
 enough that NumPy's per-call overhead does not dominate.
 """
 
-from .conv import parallel_blocks, workspace
+from .parallel import parallel_blocks, workspace
 
 LRN_BLOCK_SCALE = 16  # scan blocks of ~16 * BLOCK_ELEMENTS elements (see parallel_blocks)
 DIRECT_MAX_SIZE = 9  # across-channel windows up to this size are summed directly

@@ -26,7 +26,8 @@ then one scatter-add (``add.at``) or one ``take``.
 
 import numpy
 
-from .conv import conv_output_size, pad2d, parallel_blocks, workspace
+from .conv import conv_output_size, pad2d
+from .parallel import parallel_blocks, workspace
 
 
 def argmax_dtype(size):

@@ -16,7 +16,7 @@ has the slides' refactored gradient, also in graph ops. Kernels:
 """
 from ..graph import Op, apply, as_tensor
 from ..kernels import lrn as _k
-from ..kernels.conv import parallel_blocks, workspace
+from ..kernels.parallel import parallel_blocks, workspace
 from .reduce import sum as _sum
 
 

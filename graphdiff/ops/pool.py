@@ -14,7 +14,7 @@ import numpy as np
 
 from ..graph import Op, apply, as_tensor, fmt_shape
 from ..kernels import pool as _k
-from ..kernels.conv import parallel_blocks, workspace
+from ..kernels.parallel import parallel_blocks, workspace
 from .conv import _known_differ, _out, _pair
 
 
