@@ -24,7 +24,7 @@ from .backends import get_backend
 from .errors import GraphdiffError, InputError, ShapeError
 from .fusion import fuse_elementwise
 from .kernels import parallel
-from .graph import ConstantOp, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
+from .graph import ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
 
 
 def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True,  # noqa: A001
@@ -117,6 +117,11 @@ class Program:
                 escaping.add(r)
         self._root, self._group_end, self._escaping = root, group_end, escaping
         self._escaping_outputs = {root[slot[id(r)]] for r in roots[:len(self.outputs)]}
+        # Ops with several outputs: slot -> {output index: slot of its Part node}
+        self._parts = {i: {} for i, node in enumerate(order) if node.op.num_outputs > 1}
+        for i, node in enumerate(order):
+            if isinstance(node.op, Part):
+                self._parts[slot[id(node.inputs[0])]][node.op.index] = i
         self._inplace = self._plan_inplace_updates(order, slot, roots, last_use, root, group_end, keep)
         self._plans = {}  # input shapes -> buffers per instruction (see _memory_plan)
         xp = self.backend.xp
@@ -156,12 +161,16 @@ class Program:
         inplace = {}
         for (var, _), value in zip(self.updates, roots[len(self.outputs):]):
             v, s = slot.get(id(var)), slot[id(value)]
-            node = order[s]
-            if (v is not None and getattr(node.op, "inplace_safe", False) and node.dtype == var.dtype
-                    and root[v] == v and v not in self._escaping and group_end[v] <= s
-                    and root[s] == s and s not in self._escaping_outputs
-                    and s not in inplace):
-                inplace[s] = var
+            node, writer, part = order[s], s, None
+            if isinstance(node.op, Part):  # an output of an op with several: that op writes it
+                writer, part = slot[id(node.inputs[0])], node.op.index
+            if (v is not None and getattr(order[writer].op, "inplace_safe", False) and node.dtype == var.dtype
+                    and root[v] == v and v not in self._escaping and group_end[v] <= writer
+                    and root[s] == s and s not in self._escaping_outputs):
+                if part is None and s not in inplace:
+                    inplace[s] = var
+                elif part is not None and part not in inplace.setdefault(writer, {}):
+                    inplace[writer][part] = var  # {output index: variable}
         return inplace
 
     def _memory_plan(self, shapes):
@@ -176,23 +185,36 @@ class Program:
         training step allocates (and page-faults) nothing large after the first."""
         xp = self.backend.xp
         free, plan, releases = [], [], {}
+        def take(shape, dtype, release_after):
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if not nbytes:  # empty outputs need no buffer
+                return None
+            fits = [j for j, b in enumerate(free) if nbytes <= b.nbytes <= 4 * nbytes]
+            flat = free.pop(min(fits, key=lambda j: free[j].nbytes)) if fits else xp.empty(nbytes, xp.uint8)
+            releases.setdefault(release_after, []).append(flat)
+            return flat[:nbytes].view(dtype).reshape(shape)
+
         for k, (_, ins, out, _, node) in enumerate(self._instrs):
-            buf, nbytes = None, 0
-            if (getattr(node.op, "supports_out", False) and out not in self._inplace
-                    and self._root[out] == out and out not in self._escaping and out in shapes):
-                shape, dtype = shapes[out]
-                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            if nbytes:  # (empty outputs need no buffer)
-                fits = [j for j, b in enumerate(free) if nbytes <= b.nbytes <= 4 * nbytes]
-                if fits:
-                    flat = free.pop(min(fits, key=lambda j: free[j].nbytes))
-                else:
-                    flat = xp.empty(nbytes, xp.uint8)
-                buf = flat[:nbytes].view(dtype).reshape(shape)
-                releases.setdefault(self._group_end[out], []).append(flat)
+            buf = None
+            if not getattr(node.op, "supports_out", False) or out not in shapes:
+                pass
+            elif out in self._parts:  # one buffer per output, free after the last reader of its part
+                parts, inplace = self._parts[out], self._inplace.get(out, {})
+                buf = tuple(None if j in inplace or parts.get(j) in self._escaping
+                            else take(*shapes[out][j], self._group_end[parts[j]] if j in parts else out)
+                            for j in range(node.op.num_outputs))
+            elif out not in self._inplace and self._root[out] == out and out not in self._escaping:
+                buf = take(*shapes[out], self._group_end[out])
             plan.append(buf)
             free.extend(releases.pop(out, ()))
         return plan
+
+    def _outputs_of(self, k, out, plan):
+        """The ``out`` tuple of an op with several outputs: planned buffers and the
+        variables' own buffers (in-place updates), None where the kernel allocates."""
+        planned = plan[k] if plan is not None and plan[k] is not None else (None,) * self._instrs[k][4].op.num_outputs
+        inplace = self._inplace.get(out, {})
+        return tuple(inplace[j]._value if j in inplace else b for j, b in enumerate(planned))
 
     # ------------------------------------------------------------------ run
     def _feed(self, args, kwargs):
@@ -257,7 +279,11 @@ class Program:
                     kernel, ins, out, frees, _ = instr
                     if timings is not None:
                         timings.append(time.perf_counter())
-                    if plan is not None and plan[k] is not None:
+                    if out in self._parts:  # several outputs: a tuple
+                        vals[out] = kernel(*[vals[i] for i in ins], out=self._outputs_of(k, out, plan))
+                        if record is not None:
+                            record[out] = tuple((v.shape, v.dtype) for v in vals[out])
+                    elif plan is not None and plan[k] is not None:
                         vals[out] = kernel(*[vals[i] for i in ins], out=plan[k])
                     elif out in self._inplace:  # an update written into the variable's own buffer
                         vals[out] = kernel(*[vals[i] for i in ins], out=self._inplace[out]._value)
@@ -300,6 +326,15 @@ class Program:
         finally:
             self._timings = None
         return outputs, [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
+
+    @property
+    def in_place_updates(self):
+        """The variables whose new value each call writes straight into their own
+        buffer (see ``_plan_inplace_updates``), in update order."""
+        written = set()
+        for target in self._inplace.values():
+            written.update(id(v) for v in (target.values() if isinstance(target, dict) else [target]))
+        return [var for var, _ in self.updates if id(var) in written]
 
     # ------------------------------------------------------------------ state
     def get_rng_state(self):

@@ -11,19 +11,25 @@ inputs that only it reads (a tree), of the same shape and dtype, and whose
 other operands have that same shape or are scalars (so a flat block of every
 operand lines up). A group of two or more ops becomes one ``fused_elementwise``
 node; the graph the user built is left as it is (the compiled schedule holds
-the fused nodes).
+the fused nodes). A member that is also kept (an output or an update value,
+like SGD's new ``v``, which ``w + v`` reads again) becomes a second output of
+the fused op, read through a ``Part`` node: ``v`` and ``w`` are then updated in
+one pass, each written into its own buffer.
 
 Convolutions are rewritten first (:func:`_fuse_convolutions`): a ReLU that is
 a convolution's only reader rides along with the convolution's last copy
 (``conv2d_relu``), and a strided convolution builds its column matrix once,
-in an ``im2col`` node that its weight gradient reads too.
+in an ``im2col`` node that its weight gradient reads too. A max pooling and
+the argmax node its gradient reads become one op with two outputs
+(:func:`_fuse_pooling`).
 """
 import numpy as np
 
-from .graph import Op, Tensor, static_size
+from .graph import Op, Part, Tensor, static_size
 from .kernels.parallel import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
 from .ops.conv import Conv2d, Conv2dFromCols, Conv2dGradWeight, Conv2dGradWeightFromCols, Conv2dReLU, Im2col
 from .ops.elementwise import UFUNC_OF, Binary, Step, Unary
+from .ops.pool import MaxPool2d, MaxPool2dArgmax, MaxPool2dWithArgmax
 
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 
@@ -51,13 +57,17 @@ class FusedElementwise(Op):
 
     ``program`` is a tuple of steps ``(fn, args)``; an arg ``("in", k)`` is the
     k-th input, ``("t", j)`` the result of step j; the last step is the output.
+    ``extra_outputs`` (step indices) are further results, returned after the
+    last step's in a tuple: e.g. SGD's ``v' = 0.9 v - lr (g + 5e-4 w)`` and
+    ``w' = w + v'`` in one pass, each written into its variable's buffer.
     """
 
     name = "fused_elementwise"
     supports_out = inplace_safe = True
 
-    def __init__(self, program, text):
-        super().__init__(program=program, text=text)
+    def __init__(self, program, text, extra_outputs=()):
+        super().__init__(program=program, text=text, extra_outputs=extra_outputs)
+        self.num_outputs = 1 + len(extra_outputs)
 
     def describe(self):
         return f"fused: {self.text}"
@@ -67,50 +77,59 @@ class FusedElementwise(Op):
 
     def forward(self, xp, *arrays, out=None):
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
-        dtype = arrays[0].dtype if out is None else out.dtype
-        if out is None:
-            out = xp.empty(shape, dtype)
-        size = out.size
-        flat_ok = out.flags.c_contiguous and all(a.size in (size, 1) for a in arrays)
-        if not flat_ok or size < BLOCK_ELEMENTS or xp.__name__ != "numpy":  # small: blocks cost more than they save
-            self._evaluate(xp, arrays, out, None)  # whole arrays, NumPy broadcasting
-            return out
-        flat = [_flat_operand(a, size) for a in arrays]
-        if any(a is None for a in flat):  # a partial broadcast or strided view: no flat blocks
-            self._evaluate(xp, arrays, out, None)
-            return out
-        out_flat = out.reshape(-1)
+        outs = list(out) if self.num_outputs > 1 else [out]
+        dtype = next((o.dtype for o in outs if o is not None), arrays[0].dtype)
+        outs = [xp.empty(shape, dtype) if o is None else o for o in outs]
+        size = outs[0].size
+        blocks = (size >= BLOCK_ELEMENTS and xp.__name__ == "numpy" and all(o.flags.c_contiguous for o in outs)
+                  and all(a.size in (size, 1) for a in arrays))
+        flat = [_flat_operand(a, size) for a in arrays] if blocks else [None]
+        if any(a is None for a in flat):
+            # small (blocks cost more than they save), or a partial broadcast or strided
+            # view that has no flat blocks: whole arrays, NumPy broadcasting
+            self._evaluate(xp, arrays, outs, None)
+        else:
+            outs_flat = [o.reshape(-1) for o in outs]
+            nslots = max(self._slots(), default=-1) + 1
 
-        def block(lo, hi):
-            self._evaluate(xp, [a[lo:hi] if a.ndim else a for a in flat], out_flat[lo:hi], hi - lo)
+            def block(lo, hi):
+                scratch = workspace(xp, "fused", (nslots, hi - lo), dtype)  # one per thread, reused by every block
+                self._evaluate(xp, [a[lo:hi] if a.ndim else a for a in flat], [o[lo:hi] for o in outs_flat], scratch)
 
-        parallel_blocks(xp, size, 1, block)
-        return out
+            parallel_blocks(xp, size, 1, block)
+        return tuple(outs) if self.num_outputs > 1 else outs[0]
 
-    def _evaluate(self, xp, arrays, out, block):
+    def _evaluate(self, xp, arrays, outs, scratch):
+        """The steps on whole arrays (``scratch`` None: fresh temporaries) or on one
+        block (temporaries in the rows of ``scratch``, see :meth:`_slots`)."""
         temps = []
         last = len(self.program) - 1
         slots = self._slots()
         for j, (fn, args) in enumerate(self.program):
             vals = [arrays[k] if kind == "in" else temps[k] for kind, k in args]
             if j == last:
-                dest = out
-            elif block is None:
+                dest = outs[0]
+            elif scratch is None:
                 dest = None
             else:
-                dest = workspace(xp, ("fused", slots[j]), (block,), out.dtype)
+                dest = scratch[slots[j]]
             temps.append(_apply(xp, fn, vals, dest))
+        # The extra outputs are written last: each may be the buffer of an input
+        # (an in-place update) that a later step still reads.
+        for o, j in zip(outs[1:], self.extra_outputs):
+            o[...] = temps[j]
 
     def _slots(self):
         """Scratch slot of each step's result: a step may take over the slot of
         a temporary it reads for the last time (ufuncs work in place), so a
-        chain uses two or three block buffers, not one per step, and stays in cache."""
+        chain uses two or three block buffers, not one per step, and stays in cache.
+        Extra outputs keep their slots to the end."""
         slots = self.__dict__.get("_slot_of_step")
         if slots is None:
-            last_read = {}
+            last_read = {j: len(self.program) for j in self.extra_outputs}
             for j, (_, args) in enumerate(self.program):
                 for kind, k in args:
-                    if kind == "t":
+                    if kind == "t" and k not in self.extra_outputs:
                         last_read[k] = j
             slots, free, count = [], [], 0
             for j, (_, args) in enumerate(self.program):
@@ -161,21 +180,32 @@ def fuse_elementwise(order, roots):
             uses[id(i)] = uses.get(id(i), 0) + 1
     rooted = {id(r) for r in roots}
     heads, absorbed = _fuse_convolutions(order, uses, rooted)
+    heads.update(_fuse_pooling(order))
     for node in reversed(order):
         if id(node) in absorbed or id(node) in heads or not _fusable(node):
             continue
-        members, stack = {id(node)}, [node]
+        # An input that only this chain reads joins it; if the input is also kept
+        # (an output, an update value: SGD's new v, read again by w + v), it
+        # becomes an extra output of the fused op, so both are one pass.
+        members, stack, extras = {id(node)}, [node], []
         while stack:
             m = stack.pop()
             for i in m.inputs:
-                if (_fusable(i) and uses.get(id(i)) == 1 and id(i) not in rooted and i.shape == node.shape
+                if (_fusable(i) and uses.get(id(i)) == 1 and i.shape == node.shape
                         and i.dtype == node.dtype and id(i) not in members and id(i) not in heads
                         and all(_lines_up(o, node) for o in i.inputs)):
                     members.add(id(i))
                     stack.append(i)
+                    if id(i) in rooted:
+                        extras.append(i)
         if len(members) > 1 and all(_lines_up(o, node) for o in node.inputs):
             absorbed |= members - {id(node)}
-            heads[id(node)] = _build(node, members)
+            fused = _build(node, members, extras)
+            if not extras:
+                heads[id(node)] = fused
+            for index, kept in enumerate([node] + extras if extras else []):
+                heads[id(kept)] = Tensor(Part(index), (fused,), kept.shape, kept.dtype, name=kept.name,
+                                         scope=kept.scope, backward=kept.backward)
     return _rebuild(order, heads)
 
 
@@ -240,8 +270,31 @@ def _fuse_convolutions(order, uses, rooted):
     return heads, absorbed
 
 
-def _build(head, members):
-    """One fused node computing ``head`` from the group's outside operands."""
+def _fuse_pooling(order):
+    """A max pooling whose argmax node (read by its gradient) is in the schedule
+    computes both in one sweep over the windows (``max_pool2d_with_argmax``, two
+    outputs) instead of a second sweep comparing ``x`` with ``y``. Returns the
+    replacements of both nodes by id: the two ``Part`` nodes."""
+    heads = {}
+    for node in order:
+        if type(node.op) is not MaxPool2dArgmax:
+            continue
+        x, pooled = node.inputs
+        if type(pooled.op) is not MaxPool2d or pooled.inputs[0] is not x or pooled.op.attrs != node.op.attrs:
+            continue
+        if id(pooled) in heads:  # two argmax nodes of one pooling: the compiler merged them already
+            continue
+        both = Tensor(MaxPool2dWithArgmax(**pooled.op.attrs), (x,), pooled.shape, pooled.dtype,
+                      name=pooled.name, scope=pooled.scope, backward=pooled.backward)
+        for index, old in enumerate((pooled, node)):
+            heads[id(old)] = Tensor(Part(index), (both,), old.shape, old.dtype, name=old.name, scope=old.scope,
+                                    backward=old.backward)
+    return heads
+
+
+def _build(head, members, extras=()):
+    """One fused node computing ``head`` (and the ``extras``, further outputs
+    among the members) from the group's outside operands."""
     inputs, program, text_of, index = [], [], {}, {}
 
     def visit(node):  # post-order, iterative: operands before the op
@@ -264,7 +317,8 @@ def _build(head, members):
             text_of[id(n)] = _op_text(_fn(n), [text_of[id(i)] for i in n.inputs])
 
     visit(head)
-    op = FusedElementwise(tuple(program), text_of[id(head)])
+    text = "; ".join(text_of[id(n)] for n in [head, *extras])
+    op = FusedElementwise(tuple(program), text, tuple(index[id(n)][1] for n in extras))
     return Tensor(op, inputs, head.shape, head.dtype, name=head.name, scope=head.scope, backward=head.backward)
 
 
@@ -285,16 +339,16 @@ def _rebuild(order, replaced):
     (also the inputs of nodes the rewrites added, e.g. shared columns)."""
     canon = {}
 
-    def rebuilt(n):  # schedule nodes come in order, so only added nodes recurse (one level)
+    def rebuilt(n):
+        # Schedule nodes come in order, so mostly the inputs are done already; added
+        # nodes (and a fused op's operands scheduled after one of its outputs) recurse.
         if id(n) not in canon:
-            ins = tuple(rebuilt(i) for i in n.inputs)
-            canon[id(n)] = n if ins == n.inputs else Tensor(n.op, ins, n.shape, n.dtype, name=n.name,
-                                                            scope=n.scope, backward=n.backward)
+            new = replaced.get(id(n), n)
+            ins = tuple(rebuilt(i) for i in new.inputs)
+            canon[id(n)] = new if ins == new.inputs else Tensor(new.op, ins, new.shape, new.dtype, name=new.name,
+                                                                scope=new.scope, backward=new.backward)
         return canon[id(n)]
 
     for node in order:
-        new = replaced.get(id(node), node)
-        ins = tuple(rebuilt(i) for i in new.inputs)
-        canon[id(node)] = new if ins == new.inputs else Tensor(new.op, ins, new.shape, new.dtype, name=new.name,
-                                                               scope=new.scope, backward=new.backward)
+        rebuilt(node)
     return canon

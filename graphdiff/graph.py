@@ -87,6 +87,9 @@ class Op:
     #: an op that draws random numbers: never merged, never folded
     is_random = False
     differentiable = True
+    #: outputs of the kernel; above 1 it returns a tuple (and takes a tuple ``out``),
+    #: read through :class:`Part` nodes (compile-time ops only, see ``fusion``)
+    num_outputs = 1
 
     def __init__(self, **attrs):
         self.attrs = attrs
@@ -129,6 +132,22 @@ class Op:
 
     def __call__(self, *inputs, name=None):
         return apply(self, inputs, name=name)
+
+
+class Part(Op):
+    """Output ``index`` of an op with several outputs (``num_outputs > 1``): its
+    kernel returns a tuple, and its node carries the first output's shape.
+    The compiler makes such ops (max pooling with its argmax; one pass of SGD
+    updating ``v`` and ``w``) and reads their outputs through parts."""
+
+    name = "part"
+    differentiable = False
+
+    def __init__(self, index):
+        super().__init__(index=index)
+
+    def forward(self, xp, values):
+        return values[self.index]
 
 
 def _fmt(v):

@@ -56,7 +56,8 @@ def workspace(xp, tag, shape, dtype):
         cache = _local.cache = _Cache()
         with _pool_lock:
             _caches.add(cache)
-    device = getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
+    # (NumPy has no devices; asking its module for "cuda" goes through its slow __getattr__)
+    device = None if xp is numpy else getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
     key = (xp.__name__, device, tag)
     dtype = numpy.dtype(dtype)
     size = 1

@@ -103,21 +103,22 @@ def _scratch(xp, shape, *specs):
     return [workspace(xp, tag, shape, dtype) for tag, dtype in specs]
 
 
-def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True):
+def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True, argmax_out=None):
     """``y = max_ab Xpad[i*sh + a, j*sw + b]`` and ``argmax = a*kw + b`` of the first maximum.
 
     Returns ``(y, argmax)``, both ``(N, C, OH, OW)``; ``argmax`` has dtype
     :func:`argmax_dtype`. One sweep over the window offsets: a strictly greater
     value takes over the running maximum and its offset, so ties keep the first
     (offsets grow along the sweep, so "take over" is a max of ``mask * idx``).
-    ``y`` is written into ``out`` when given; ``argmax=False`` skips the argmax
-    (3 of the 4 passes per offset) and returns ``(y, None)``.
+    ``y`` is written into ``out`` and the argmax into ``argmax_out`` when given;
+    ``argmax=False`` skips the argmax (3 of the 4 passes per offset) and returns
+    ``(y, None)``.
     """
     N, C, H, W = x.shape
     plan = _Plan((H, W), size, stride, padding)
     idt = argmax_dtype(size)
     y = xp.empty((N, C, plan.OH, plan.OW), dtype=x.dtype) if out is None else out
-    am = xp.empty(y.shape, dtype=idt) if argmax else None
+    am = (xp.empty(y.shape, dtype=idt) if argmax_out is None else argmax_out) if argmax else None
 
     def block(lo, hi):
         buf = _to_phases(xp, x[lo:hi], plan, -numpy.inf)

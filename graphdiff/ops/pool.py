@@ -135,6 +135,23 @@ class MaxPool2dArgmax(_PoolBase):
         return idx
 
 
+class MaxPool2dWithArgmax(_PoolBase):
+    """``(y, idx)``: :class:`MaxPool2d` and :class:`MaxPool2dArgmax` in one sweep
+    over the windows. Compile-time only: the compiler puts it in place of a
+    pooling node and the argmax node reading it (outputs read by ``Part`` nodes)."""
+
+    name = "max_pool2d_with_argmax"
+    num_outputs = 2
+    supports_out = True
+    differentiable = False
+
+    def __init__(self, size, stride, padding):
+        super().__init__(size=size, stride=stride, padding=padding)
+
+    def forward(self, xp, x, out=(None, None)):
+        return _k.max_pool2d_forward(xp, x, self.size, self.stride, self.padding, out=out[0], argmax_out=out[1])
+
+
 def max_pool2d_argmax(x, y, size, stride=None, padding=0, name=None):
     """The argmax of each window of ``y = max_pool2d(x, ...)`` (see :class:`MaxPool2dArgmax`)."""
     size = _pair(size, "size")
