@@ -6,11 +6,13 @@ Run (the two OpenBLAS variables, if set, halve GEMM speed)::
 
 For every op and shape both sides run in this process, alternating, after a
 warm-up; we print min and median milliseconds per side for the forward pass and
-for forward + backward (conv: grad input + grad weight; pooling: the forward,
-then the argmax op and the gradient, as in a compiled training step; torch's
-input requires grad, so its forward keeps the indices), and ratios ours/torch
-(below 1: we are faster). Our side writes into preallocated outputs, as the
-compiled program's memory plan has it do after its first call. Torch gets as many threads as
+for forward + backward (conv: grad input + grad weight; pooling: the forward
+with its argmax, one op in a compiled training step, then the gradient;
+torch's input requires grad, so its forward keeps the indices), and ratios
+ours/torch (below 1: we are faster). Our side runs as in a compiled program:
+into preallocated outputs (the memory plan after the first call), with the
+BLAS on one thread and the big GEMMs split over the kernel threads
+(``kernels.parallel.blas_on_one_thread``). Torch gets as many threads as
 NumPy's BLAS. The machine may be shared: the min is the least noisy figure, and
 the load average is printed so a noisy run can be recognised.
 """
@@ -26,7 +28,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from graphdiff.kernels import conv, lrn, parallel, pool  # noqa: E402
 from graphdiff.ops.lrn import LRNNormalize, LRNScale  # noqa: E402
-from graphdiff.ops.pool import MaxPool2dArgmax  # noqa: E402
 
 # name, C_in, C_out, H (=W), kernel, stride, padding, groups
 CONVS = [
@@ -62,12 +63,16 @@ def timed(fn):
 
 def compare(name, ours, theirs, reps, warmup):
     """Alternate the two callables; return per-side lists of seconds."""
+    def run_ours():
+        with parallel.blas_on_one_thread():  # as a compiled program runs its kernels
+            ours()
+
     for _ in range(warmup):
-        ours()
+        run_ours()
         theirs()
     a, b = [], []
     for _ in range(reps):
-        a.append(timed(ours))
+        a.append(timed(run_ours))
         b.append(timed(theirs))
     return np.array(a), np.array(b)
 
@@ -116,15 +121,13 @@ def pool_cases(torch, F, N, dtype, rng):
         dy = rng.standard_normal((N, C, OH, OH)).astype(dtype)
         xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
         sz, st, pd = (3, 3), (2, 2), (0, 0)
-        argmax_op = MaxPool2dArgmax(sz, st, pd)
         y, am, dx = np.empty_like(dy), np.empty(dy.shape, pool.argmax_dtype(sz)), np.empty_like(x)
 
-        def f_ours(x=x, y=y):
+        def f_ours(x=x, y=y):  # inference: no argmax
             return pool.max_pool2d_forward(np, x, sz, st, pd, out=y, argmax=False)
 
-        def fb_ours(f=f_ours, x=x, y=y, am=am, dx=dx, dy=dy, H=H, op=argmax_op):
-            f()
-            op.forward(np, x, y, out=am)
+        def fb_ours(x=x, y=y, am=am, dx=dx, dy=dy, H=H):  # training: max_pool2d_with_argmax, then the gradient
+            pool.max_pool2d_forward(np, x, sz, st, pd, out=y, argmax_out=am)
             pool.max_pool2d_grad(np, dy, am, (H, H), sz, st, pd, out=dx)
 
         def f_torch():

@@ -10,7 +10,9 @@ threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
 def blas_threads():
-    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    """Thread counts of the BLAS libraries the kernels drive (NumPy's among them)."""
+    controller = parallel._blas_controller()
+    return [] if controller is None else [lib["num_threads"] for lib in controller.info()]
 
 
 @pytest.fixture
@@ -84,3 +86,30 @@ def test_compiled_program_splits_gemms_and_restores_blas(split_everything, monke
     h = xv @ w.value
     np.testing.assert_allclose(got[0], np.maximum(h, 0).sum(), rtol=1e-12)
     np.testing.assert_allclose(got[1], xv.T @ (h > 0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_long_reduction_convolution_is_the_same_in_both_gemm_layouts(split_everything, groups):
+    """A reduction of >= PIXEL_MAJOR_MIN_K (here 256 * 3 * 3 / groups) runs as
+    cols^T @ W^T when the BLAS threads itself and as W @ cols when gemm() splits."""
+    from graphdiff.kernels import conv
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 256 * groups, 5, 4))
+    w = rng.standard_normal((6, 256, 3, 3))
+    b = rng.standard_normal(6)
+    assert 256 * 9 >= conv.PIXEL_MAJOR_MIN_K
+    xg = x.reshape(2, groups, 256, 5, 4)
+    xpad = np.pad(xg, ((0, 0), (0, 0), (0, 0), (1, 1), (1, 1)))
+    wg = w.reshape(groups, 6 // groups, 256, 3, 3)
+    want = np.zeros((2, groups, 6 // groups, 5, 4))
+    for a in range(3):
+        for c in range(3):
+            want += np.einsum("ngchw,goc->ngohw",
+                              xpad[:, :, :, a:a + 5, c:c + 4], wg[:, :, :, a, c])
+    want = want.reshape(2, 6, 5, 4) + b[:, None, None]
+    threaded = conv.conv2d_forward(np, x, w, b, (1, 1), (1, 1), groups)
+    with parallel.blas_on_one_thread():
+        split = conv.conv2d_forward(np, x, w, b, (1, 1), (1, 1), groups)
+    np.testing.assert_allclose(threaded, want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(split, want, rtol=1e-10, atol=1e-10)

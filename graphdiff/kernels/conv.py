@@ -26,7 +26,10 @@ caller. Every kernel returns a fresh array, or writes into ``out`` when the
 caller passes one (the compiler's planned buffers, reused across calls).
 """
 
-from .parallel import gemm, parallel_blocks, parallel_copy, parallel_for, workspace, zeros
+from .parallel import gemm, gemms_split, parallel_blocks, parallel_copy, parallel_for, workspace, zeros
+
+
+PIXEL_MAJOR_MIN_K = 1024  # reductions this long may take the pixel-major product (see conv2d_from_cols)
 
 
 def conv_output_size(n, k, s, p):
@@ -130,12 +133,13 @@ def conv2d_from_cols(xp, cols, w, b, out_size, groups, out=None, relu=False):
     K, M = Cg * kh * kw, cols.shape[2]
     N = M // (OH * OW)
     wg = w.reshape(g, O // g, K)
-    # One GEMM per group, batched over the group axis. With a long reduction
-    # (K >= 1024) the pixel-major product cols^T @ W^T is used: OpenBLAS splits
-    # its many rows over threads cleanly, and stays fast when another process
-    # competes for the cores (W @ cols can then be 1.5x slower); its output
-    # needs a strided transpose, which only pays off against a long GEMM.
-    if K >= 1024:
+    # One GEMM per group, batched over the group axis. When OpenBLAS threads the
+    # GEMM itself, a long reduction (K >= 1024) takes the pixel-major product
+    # cols^T @ W^T: OpenBLAS splits its many rows over threads cleanly and stays
+    # fast when another process competes for the cores (W @ cols can then be
+    # 1.5x slower), though its output needs a strided transpose. When gemm()
+    # splits the work itself (a compiled program), W @ cols is 3-7% faster.
+    if K >= PIXEL_MAJOR_MIN_K and not gemms_split():
         yt = workspace(xp, "conv_yt", (g, N, OH, OW, O // g), cols.dtype)
         gemm(xp, cols.transpose(0, 2, 1), wg.transpose(0, 2, 1), out=yt.reshape(g, M, O // g))
         src = yt.transpose(1, 0, 4, 2, 3)

@@ -195,6 +195,12 @@ def gemm(xp, a, b, out=None):
     return out
 
 
+def gemms_split():
+    """Whether :func:`gemm` splits products over the kernel threads right now
+    (inside :func:`blas_on_one_thread`), for kernels whose best GEMM layout depends on it."""
+    return _gemm_split
+
+
 def _blas_controller():
     global _blas
     if _blas is None:
