@@ -55,6 +55,11 @@ def blas_info():
     ]
 
 
+# Idle BLAS and OpenMP worker threads spin for a while after a call (OpenBLAS:
+# 2^28 cycles, ~0.1 s) and would slow whatever runs next on the other side.
+PAUSE_S = 0.15
+
+
 def timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -67,12 +72,17 @@ def compare(name, ours, theirs, reps, warmup):
         with parallel.blas_on_one_thread():  # as a compiled program runs its kernels
             ours()
 
+    def pause():  # let the other side's idle threads stop spinning (OpenMP, OpenBLAS) before timing
+        time.sleep(PAUSE_S)
+
     for _ in range(warmup):
         run_ours()
         theirs()
     a, b = [], []
     for _ in range(reps):
+        pause()
         a.append(timed(run_ours))
+        pause()
         b.append(timed(theirs))
     return np.array(a), np.array(b)
 
