@@ -37,7 +37,14 @@ def blas_info():
             for i in threadpool_info()]
 
 
+# Idle OpenMP and BLAS worker threads spin for a while after a call (OpenBLAS:
+# 2^28 cycles, ~0.1 s); a pause before each timed run keeps one side's spinning
+# threads from slowing the other (and the peak's measurement).
+PAUSE_S = 0.15
+
+
 def sgemm_peak(n=2048, reps=8):
+    time.sleep(PAUSE_S)
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.copy()
     c = np.empty_like(a)
@@ -215,6 +222,7 @@ def main():
         times = {name: [] for name in sides}
         for _ in range(args.reps):  # alternating: the machine's drift hits both sides alike
             for name, fn in sides.items():
+                time.sleep(PAUSE_S)
                 times[name].append(_timed(fn))
         flops = STEP_FLOPS_PER_IMAGE * batch
         print(f"\n== batch {batch}: training step (forward, backward, SGD momentum + weight decay), "
