@@ -113,3 +113,16 @@ def test_long_reduction_convolution_is_the_same_in_both_gemm_layouts(split_every
         split = conv.conv2d_forward(np, x, w, b, (1, 1), (1, 1), groups)
     np.testing.assert_allclose(threaded, want, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(split, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_blas_with_more_threads_than_the_kernels_keeps_its_own_threading(split_everything, monkeypatch):
+    class ManyThreadBlas:  # e.g. OpenBLAS on 16 cores, where the kernel threads stop at 8
+        def info(self):
+            return [{"num_threads": 16}]
+
+        def limit(self, limits):
+            raise AssertionError("the BLAS should keep its threads")
+
+    monkeypatch.setattr(parallel, "_blas_controller", lambda: ManyThreadBlas())
+    with parallel.blas_on_one_thread():
+        assert not parallel.gemms_split()

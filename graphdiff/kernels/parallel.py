@@ -218,10 +218,14 @@ def blas_on_one_thread():
     """Run the block with the BLAS on one thread and :func:`gemm` splitting the
     big products over the kernel threads. A compiled program's run is such a
     block on NumPy. Re-entrant; the BLAS's thread count is restored on exit.
-    Where threadpoolctl cannot drive the BLAS, or there is one core, nothing
-    changes."""
+    Where threadpoolctl cannot drive the BLAS, where there is one core, or where
+    the BLAS has more threads than the kernels (``NUM_THREADS``), nothing changes."""
     global _gemm_split
     blas = _blas_controller() if NUM_THREADS > 1 else None
+    # Only where the kernel threads are as many as the BLAS's: on a bigger machine
+    # (NUM_THREADS is capped at 8) the BLAS's own threading keeps all the cores.
+    if blas is not None and max(lib["num_threads"] for lib in blas.info()) > NUM_THREADS:
+        blas = None
     with _blas_lock:
         enter = blas is not None and not _gemm_split
         if enter:
