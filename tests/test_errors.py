@@ -99,6 +99,8 @@ def test_slicing_out_of_bounds():
         x[0, 0, 0]
     with pytest.raises(TypeError, match="only ints, slices, None and ..."):
         x[1.5]
+    with pytest.raises(gd.ShapeError, match=re.escape("getitem: s (5, 3): slice step cannot be zero (axis 1)")):
+        x[:, ::0]
 
 
 def test_broadcast_to_an_incompatible_shape():

@@ -260,6 +260,8 @@ class GetItem(Op):
                 raise self.error(f"too many indices for {x.ndim} dimensions", x)
             d = x.shape[axis]
             if isinstance(k, tuple):
+                if k[3] == 0:
+                    raise self.error(f"slice step cannot be zero (axis {axis})", x)
                 shape.append(None if d is None else len(range(*slice(*k[1:]).indices(d))))
             elif d is not None and not -d <= k < d:
                 raise self.error(f"index {k} is out of bounds for axis {axis} of size {d}", x)
