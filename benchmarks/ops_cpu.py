@@ -6,7 +6,8 @@ Run (the two OpenBLAS variables, if set, halve GEMM speed)::
 
 For every op and shape both sides run in this process, alternating, after a
 warm-up; we print min and median milliseconds per side for the forward pass and
-for forward + backward (conv: grad input + grad weight; pooling: the forward
+for forward + backward (conv: grad input + grad weight, as the one
+``conv2d_backward`` op where a compiled step uses it; pooling: the forward
 with its argmax, one op in a compiled training step, then the gradient;
 torch's input requires grad, so its forward keeps the indices), and ratios
 ours/torch (below 1: we are faster). Our side runs as in a compiled program:
@@ -109,10 +110,13 @@ def conv_cases(torch, F, N, dtype, rng):
         def f_ours(y=y, x=x, w=w, b=b, st=st, pd=pd, g=g):
             return conv.conv2d_forward(np, x, w, b, st, pd, g, out=y)
 
-        def fb_ours(f=f_ours, x=x, w=w, dy=dy, dx=dx, dw=dw, H=H, k=k, st=st, pd=pd, g=g):
+        def fb_ours(f=f_ours, x=x, w=w, dy=dy, dx=dx, dw=dw, H=H, k=k, st=st, pd=pd, g=g, C=C, O=O):
             f()
-            conv.conv2d_grad_input(np, dy, w, (H, H), st, pd, g, out=dx)
-            conv.conv2d_grad_weight(np, x, dy, (k, k), st, pd, g, out=dw)
+            if conv.grad_input_as_convolution(O, C, st, pd, (k, k)):  # one op in a compiled step (conv3-5)
+                conv.conv2d_backward(np, x, dy, w, pd, g, out=(dx, dw))
+            else:
+                conv.conv2d_grad_input(np, dy, w, (H, H), st, pd, g, out=dx)
+                conv.conv2d_grad_weight(np, x, dy, (k, k), st, pd, g, out=dw)
 
         def f_torch():
             return F.conv2d(xt, wt, bt, s, p, 1, g)

@@ -123,7 +123,9 @@ def test_full_alexnet_step_at_batch_2_reduces_loss_on_a_fixed_batch():
 def test_small_model_loss_falls_on_digits():
     data = load_dataset("digits", 16, channels=3, seed=0)
     net = alexnet_small(num_classes=10, image_size=16, width=16, hidden=64, dropout=0.0, seed=0)
-    step = train_step(net, lr=0.02, momentum=0.9, weight_decay=5e-4, seed=0)
+    # lr 0.01: at 0.02 this run is chaotic (a 2e-7 relative change in the initial weights,
+    # or another float32 summation order, moved the last losses between 1.2 and 2.1)
+    step = train_step(net, lr=0.01, momentum=0.9, weight_decay=5e-4, seed=0)
     losses = [step(x, y) for x, y in data.train_batches(16, np.random.default_rng(0))]  # one epoch
     assert np.mean(losses[:5]) > 2.2  # starts near log(10) = 2.30
     assert np.mean(losses[-10:]) < 1.7, losses[-10:]

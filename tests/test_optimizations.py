@@ -243,14 +243,16 @@ def test_cnn_program_plans_buffers_for_conv_pool_lrn_and_reuses_them():
             plan = step._plans[((4, 3, 13, 13), (4,))]
             planned = {step._instrs[k][4].op.name for k, buf in enumerate(plan) if buf is not None}
             # the strided first convolution shares its columns with its weight gradient (and carries
-            # its ReLU); the second (3x3, stride 1) does not share them but carries its ReLU
+            # its ReLU); the second (3x3, stride 1) carries its ReLU, and its two gradients are one op
             assert {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols", "conv2d_relu",
-                    "conv2d_grad_weight", "conv2d_grad_input", "max_pool2d_with_argmax",
+                    "conv2d_backward", "max_pool2d_with_argmax",
                     "max_pool2d_grad", "lrn_scale", "lrn_normalize", "lrn_grad", "matmul"} <= planned
             # pooling and its argmax are one op with two outputs, each in a planned buffer
             pools = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "max_pool2d_with_argmax"]
             assert len(pools) == 2 and all(len(b) == 2 and all(p is not None for p in b) for b in pools)
             assert [b[1].dtype for b in pools] == [np.uint8, np.uint8]
+            (backward,) = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "conv2d_backward"]
+            assert [b.shape for b in backward] == [(4, 6, 3, 3), (8, 3, 3, 3)]  # dx, dw
             bases = {}
             for buf in plan:
                 for b in buf if isinstance(buf, tuple) else (buf,):
@@ -359,3 +361,30 @@ def test_pooling_and_its_argmax_run_as_one_op_with_two_outputs(return_pooled):
     for xb, copies, arrays in kept:  # earlier results are not overwritten by later calls
         for a, b in zip(arrays, copies):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("channels, filters, kernel, padding, groups, stride, fused", [
+    (4, 6, 3, 1, 1, 1, True),     # AlexNet conv3-5's case: O <= 2C
+    (6, 8, 3, 1, 2, 1, True),
+    (6, 6, 3, 0, 3, 1, True),
+    (3, 4, 5, 2, 1, 1, True),
+    (2, 8, 3, 1, 1, 1, False),    # O > 2C: the input gradient takes another route (AlexNet conv2)
+    (4, 6, 3, 1, 1, 2, False),    # strided
+])
+def test_stride_one_gradients_share_the_columns_of_dy(channels, filters, kernel, padding, groups, stride, fused):
+    """conv2d_grad_input and conv2d_grad_weight of one convolution become
+    conv2d_backward (two outputs, one column matrix of dy) where the input
+    gradient runs as a convolution of dy; results equal the plain program's."""
+    rng = np.random.default_rng(channels * filters + kernel)
+    x = gd.placeholder((None, channels, 9, 8), dtype="float64", name="x")
+    w = gd.variable(rng.standard_normal((filters, channels // groups, kernel, kernel)), name="w")
+    y = gd.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    c = gd.constant(rng.standard_normal(y.shape[1:]))
+    loss = gd.sum(gd.tanh(y) * c)
+    dx, dw = gd.grad(loss, [x, w])
+    fast, plain = gd.compile([dx, dw], [x]), gd.compile([dx, dw], [x], optimize=False)
+    assert ("conv2d_backward" in {n.op.name for n in fast.nodes}) == fused
+    for n in (2, 3, 2):
+        xb = rng.standard_normal((n, channels, 9, 8))
+        for a, b in zip(fast(xb), plain(xb)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -199,6 +199,27 @@ class Conv2dGradWeightFromCols(_CompiledOnly):
         return _k.conv2d_grad_weight_from_cols(xp, cols, dy, self.kernel_size, self.groups, out=out)
 
 
+class Conv2dBackward(_CompiledOnly):
+    """``(conv2d_grad_input, conv2d_grad_weight)`` of a stride-1 convolution from one
+    column matrix of ``dy`` (:func:`graphdiff.kernels.conv.conv2d_backward`): the
+    compiler's replacement for the pair, read through two ``Part`` nodes. Inputs
+    ``(dy, w, x)``."""
+
+    name = "conv2d_backward"
+    kind = "gradient"
+    num_outputs = 2
+    supports_out = True
+
+    def __init__(self, padding, groups):
+        super().__init__(padding=padding, groups=groups)
+
+    def infer(self, dy, w, x):  # built with the two gradients' own shapes
+        raise NotImplementedError
+
+    def forward(self, xp, dy, w, x, out=(None, None)):
+        return _k.conv2d_backward(xp, x, dy, w, self.padding, self.groups, out=out)
+
+
 def _input_size(op, x, *others):
     """The static ``(H, W)`` the input gradient must restore (strides may leave
     the last rows/columns uncovered, so it cannot be read off ``dy``)."""
