@@ -13,13 +13,14 @@ UNARY = [gd.tanh, gd.relu, gd.exp, gd.neg, gd.sigmoid, lambda t: gd.sqrt(t * t +
 BINARY = [gd.add, gd.sub, gd.mul, lambda a, b: a / (b * b + 1.0), gd.maximum, gd.minimum]
 
 
-def _random_expression(draw_ops, leaves):
-    """Combine ``leaves`` with a random sequence of elementwise ops."""
+def _random_expression(draw_ops, leaves, all_values=False):
+    """Combine ``leaves`` with a random sequence of elementwise ops (the last
+    value, or every value with ``all_values``)."""
     values = list(leaves)
     for kind, i, j in draw_ops:
         a, b = values[i % len(values)], values[j % len(values)]
         values.append(UNARY[i % len(UNARY)](a) if kind == "u" else BINARY[j % len(BINARY)](a, b))
-    return values[-1]
+    return values if all_values else values[-1]
 
 
 @settings(max_examples=60, deadline=None)
@@ -42,6 +43,37 @@ def test_fused_elementwise_equals_op_by_op(ops, large, dtype):
     for _ in range(2):  # the second call runs on the memory plan
         for a, b in zip(fused(xv, yv, sv), plain(xv, yv, sv)):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from("ub"), st.integers(0, 50), st.integers(0, 50)), min_size=2, max_size=12),
+       kept=st.lists(st.integers(0, 50), min_size=1, max_size=3), large=st.booleans(), in_place=st.booleans())
+def test_fused_chains_with_kept_intermediates_equal_op_by_op(ops, kept, large, in_place):
+    """Intermediates that are also outputs (or update values) become extra
+    outputs of the fused op; every output, and every variable after the
+    updates, equals the plain program's."""
+    shape = (2 * BLOCK_ELEMENTS // 64 + 7, 64) if large else (3, 5)
+    rng = np.random.default_rng(len(ops) + 7 * len(kept))
+    x = gd.placeholder(shape, name="x")
+    v = gd.variable(rng.standard_normal(shape).astype(np.float32), name="v")
+    w = gd.variable(rng.standard_normal(shape).astype(np.float32), name="w")
+    values = _random_expression(ops, [x, v, w * 0.5], all_values=True)[3:]
+    extra = [values[k % len(values)] for k in kept]
+    if in_place:  # like SGD: v's new value is read again by w's
+        outputs, updates = [values[-1]], [(v, extra[0]), (w, values[-1])] if extra[0] is not values[-1] else []
+    else:
+        outputs, updates = [values[-1]] + extra, []
+    xv = rng.standard_normal(shape).astype(np.float32)
+    start = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    results = []
+    for optimize in (True, False):
+        v.value, w.value = (a.copy() for a in start)
+        program = gd.compile(outputs, [x], updates=updates, optimize=optimize)
+        results.append([[np.array(a, copy=True) for a in program(xv)] + [v.value.copy(), w.value.copy()]
+                        for _ in range(2)])  # the second call runs on the memory plan
+    for fast_run, plain_run in zip(*results):
+        for a, b in zip(fast_run, plain_run):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_fusion_happens_and_reads_scalars_broadcast_to_full_size():
