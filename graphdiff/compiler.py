@@ -185,6 +185,7 @@ class Program:
         training step allocates (and page-faults) nothing large after the first."""
         xp = self.backend.xp
         free, plan, releases = [], [], {}
+
         def take(shape, dtype, release_after):
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if not nbytes:  # empty outputs need no buffer
@@ -196,15 +197,14 @@ class Program:
 
         for k, (_, ins, out, _, node) in enumerate(self._instrs):
             buf = None
-            if not getattr(node.op, "supports_out", False) or out not in shapes:
-                pass
-            elif out in self._parts:  # one buffer per output, free after the last reader of its part
-                parts, inplace = self._parts[out], self._inplace.get(out, {})
-                buf = tuple(None if j in inplace or parts.get(j) in self._escaping
-                            else take(*shapes[out][j], self._group_end[parts[j]] if j in parts else out)
-                            for j in range(node.op.num_outputs))
-            elif out not in self._inplace and self._root[out] == out and out not in self._escaping:
-                buf = take(*shapes[out], self._group_end[out])
+            if getattr(node.op, "supports_out", False) and out in shapes:
+                if out in self._parts:  # one buffer per output, free after the last reader of its part
+                    parts, inplace = self._parts[out], self._inplace.get(out, {})
+                    buf = tuple(None if j in inplace or parts.get(j) in self._escaping
+                                else take(*shapes[out][j], self._group_end[parts[j]] if j in parts else out)
+                                for j in range(node.op.num_outputs))
+                elif out not in self._inplace and self._root[out] == out and out not in self._escaping:
+                    buf = take(*shapes[out], self._group_end[out])
             plan.append(buf)
             free.extend(releases.pop(out, ()))
         return plan

@@ -203,12 +203,15 @@ def fuse_elementwise(order, roots):
         if len(members) > 1 and all(_lines_up(o, node) for o in node.inputs):
             absorbed |= members - {id(node)}
             fused = _build(node, members, extras)
-            if not extras:
-                heads[id(node)] = fused
-            for index, kept in enumerate([node] + extras if extras else []):
-                heads[id(kept)] = Tensor(Part(index), (fused,), kept.shape, kept.dtype, name=kept.name,
-                                         scope=kept.scope, backward=kept.backward)
+            heads.update(_parts(fused, [node] + extras) if extras else {id(node): fused})
     return _rebuild(order, heads)
+
+
+def _parts(multi, replaced):
+    """Replacements of the nodes ``replaced`` by the outputs of ``multi``, an op
+    with one output per node, in order: ``{id(node): Part node}``."""
+    return {id(old): Tensor(Part(index), (multi,), old.shape, old.dtype, name=old.name, scope=old.scope,
+                            backward=old.backward) for index, old in enumerate(replaced)}
 
 
 # A convolution and its weight gradient share one column matrix (one im2col
@@ -298,9 +301,7 @@ def _fuse_backward_pairs(order, heads):
             if id(gw) not in heads and id(gi) not in heads and x.shape[2:] == op.input_size and gw.dtype == gi.dtype:
                 both = Tensor(Conv2dBackward(op.padding, op.groups), (dy, w, x), gi.shape, gi.dtype, name=gi.name,
                               scope=gi.scope, backward=gi.backward)
-                for index, old in enumerate((gi, gw)):
-                    heads[id(old)] = Tensor(Part(index), (both,), old.shape, old.dtype, name=old.name,
-                                            scope=old.scope, backward=old.backward)
+                heads.update(_parts(both, [gi, gw]))
                 break
 
 
@@ -320,9 +321,7 @@ def _fuse_pooling(order):
             continue
         both = Tensor(MaxPool2dWithArgmax(**pooled.op.attrs), (x,), pooled.shape, pooled.dtype,
                       name=pooled.name, scope=pooled.scope, backward=pooled.backward)
-        for index, old in enumerate((pooled, node)):
-            heads[id(old)] = Tensor(Part(index), (both,), old.shape, old.dtype, name=old.name, scope=old.scope,
-                                    backward=old.backward)
+        heads.update(_parts(both, [pooled, node]))
     return heads
 
 

@@ -117,12 +117,14 @@ def test_long_reduction_convolution_is_the_same_in_both_gemm_layouts(split_every
 
 def test_a_blas_with_more_threads_than_the_kernels_keeps_its_own_threading(split_everything, monkeypatch):
     class ManyThreadBlas:  # e.g. OpenBLAS on 16 cores, where the kernel threads stop at 8
-        def info(self):
-            return [{"num_threads": 16}]
+        num_threads = 16
 
-        def limit(self, limits):
+        def set_num_threads(self, n):
             raise AssertionError("the BLAS should keep its threads")
 
-    monkeypatch.setattr(parallel, "_blas_controller", lambda: ManyThreadBlas())
+    class Controller:
+        lib_controllers = [ManyThreadBlas()]
+
+    monkeypatch.setattr(parallel, "_blas_controller", lambda: Controller())
     with parallel.blas_on_one_thread():
         assert not parallel.gemms_split()

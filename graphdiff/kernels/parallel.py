@@ -222,14 +222,15 @@ def blas_on_one_thread():
     the BLAS has more threads than the kernels (``NUM_THREADS``), nothing changes."""
     global _gemm_split
     blas = _blas_controller() if NUM_THREADS > 1 else None
-    # Only where the kernel threads are as many as the BLAS's: on a bigger machine
-    # (NUM_THREADS is capped at 8) the BLAS's own threading keeps all the cores.
-    if blas is not None and max(lib["num_threads"] for lib in blas.info()) > NUM_THREADS:
-        blas = None
+    libs = [] if blas is None else blas.lib_controllers
     with _blas_lock:
-        enter = blas is not None and not _gemm_split
+        counts = [lib.num_threads for lib in libs]
+        # Only where the kernel threads are as many as the BLAS's: on a bigger machine
+        # (NUM_THREADS is capped at 8) the BLAS's own threading keeps all the cores.
+        enter = bool(counts) and max(counts) <= NUM_THREADS and not _gemm_split
         if enter:
-            limits = blas.limit(limits=1)
+            for lib in libs:
+                lib.set_num_threads(1)
             _gemm_split = True
     try:
         yield
@@ -237,4 +238,5 @@ def blas_on_one_thread():
         if enter:
             with _blas_lock:
                 _gemm_split = False
-                limits.restore_original_limits()
+                for lib, count in zip(libs, counts):
+                    lib.set_num_threads(count)
