@@ -102,6 +102,22 @@ def test_forward_diagram_has_every_node_and_edge_with_shapes():
         assert f"subgraph cluster_{scope} {{" in d.source
 
 
+def test_compiled_program_diagram_shows_what_the_compiler_built():
+    """to_dot(program) draws the schedule the program runs: conv + ReLU in one
+    op, pooling with its argmax (two outputs read through parts), the fused
+    SGD chains."""
+    from graphdiff.optim import sgd_momentum
+
+    loss, params = small_cnn()
+    updates, _ = sgd_momentum(loss, params)
+    program = gd.compile(loss, [n for n in gd.toposort([loss]) if n.kind == "placeholder"], updates=updates)
+    d = vz.to_dot(program)
+    assert d.meta["nodes"] == len(program.nodes)
+    for label in ("conv2d_relu", "max_pool2d_with_argmax", "part", "fused_elementwise"):
+        assert label in d.source, label
+    assert 'label="max_pool2d_argmax' not in d.source  # computed by the pooling op itself (a part keeps its name)
+
+
 @needs_renderer
 def test_backward_diagram_marks_backward_nodes_and_reused_values():
     loss, params = small_cnn()

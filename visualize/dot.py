@@ -63,9 +63,12 @@ def size_of(shape):
 
 
 def as_outputs(outputs):
-    """A Tensor, a list of Tensors, or a model with ``.loss`` -> list of Tensors."""
+    """A Tensor, a list of Tensors, a model with ``.loss`` or a compiled program
+    (its schedule, as the compiler rewrote it) -> list of Tensors."""
     if isinstance(outputs, gd.Tensor):
         return [outputs]
+    if isinstance(outputs, gd.Program):
+        return list(outputs.nodes)
     if hasattr(outputs, "loss") and isinstance(outputs.loss, gd.Tensor):
         return [outputs.loss]
     outputs = list(outputs)
@@ -163,7 +166,9 @@ def to_dot(outputs, *, collapse=False, title=None, shapes=True, clusters=True, c
     ``graphviz.Digraph``).
 
     * ``outputs``: a Tensor, a list of Tensors, or a model with ``.loss``;
-      pass ``[loss, *grads]`` to draw both passes.
+      pass ``[loss, *grads]`` to draw both passes. A compiled program
+      (``gd.compile(...)``) draws the graph it runs: fused elementwise chains,
+      ``conv2d_relu``, ops with two outputs and the ``part`` nodes reading them.
     * ``collapse``: False draws every node; True one box per scope (an int
       ``k`` groups by the first ``k`` levels of nested scopes). Edges between
       boxes are summed (``x3``); ops outside any scope stay single nodes.
