@@ -54,6 +54,12 @@ def main():
     save("small_cnn_forward.svg", vz.to_dot(loss, title="small CNN, forward", legend=True))
     grads = gd.grad(loss, params)
     save("small_cnn_backward.svg", vz.to_dot([loss, *grads], title="small CNN, forward + backward", legend=True))
+    from graphdiff.optim import sgd_momentum
+
+    updates, _ = sgd_momentum(loss, params)
+    inputs = [n for n in gd.toposort([loss]) if n.kind == "placeholder"]
+    step = gd.compile(loss, inputs, updates=updates)
+    save("small_cnn_compiled.svg", vz.to_dot(step, title="small CNN, one compiled SGD step", legend=True))
     model = alexnet()
     grads = gd.grad(model.loss, list(model.params.values()))
     save("alexnet_annotated.svg", vz.annotated(model.loss))

@@ -329,6 +329,8 @@ def _build(head, members, extras=()):
     """One fused node computing ``head`` (and the ``extras``, further outputs
     among the members) from the group's outside operands."""
     inputs, program, text_of, index = [], [], {}, {}
+    # An extra output appears by name in the expressions that read it, and once in full.
+    kept, kept_text = {id(n) for n in extras}, {}
 
     def visit(node):  # post-order, iterative: operands before the op
         stack = [(node, False)]
@@ -348,9 +350,11 @@ def _build(head, members, extras=()):
             program.append((_fn(n), tuple(index[id(i)] for i in n.inputs)))
             index[id(n)] = ("t", len(program) - 1)
             text_of[id(n)] = _op_text(_fn(n), [text_of[id(i)] for i in n.inputs])
+            if id(n) in kept:
+                kept_text[id(n)], text_of[id(n)] = text_of[id(n)], _operand_text(n)
 
     visit(head)
-    text = "; ".join(text_of[id(n)] for n in [head, *extras])
+    text = "; ".join([text_of[id(head)]] + [f"{_operand_text(n)} = {kept_text[id(n)]}" for n in extras])
     op = FusedElementwise(tuple(program), text, tuple(index[id(n)][1] for n in extras))
     return Tensor(op, inputs, head.shape, head.dtype, name=head.name, scope=head.scope, backward=head.backward)
 

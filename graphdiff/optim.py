@@ -74,6 +74,7 @@ def sgd_momentum(loss, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
             step_lr = lr_var if w.dtype == lr_var.dtype else cast(lr_var, w.dtype)
             # v <- momentum*v - lr*(weight_decay*w + g); Python floats take w's dtype
             new_v = v * float(momentum) - step_lr * (w * float(weight_decay) + g)
+            new_v.name = f"{v.name}_next"  # diagrams and fused expressions read better
             updates.append((v, new_v))
             updates.append((w, w + new_v))
             velocities[name] = v

@@ -25,6 +25,7 @@ which keeps AlexNet's forward+backward graph readable.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import OrderedDict, defaultdict
 
 import graphviz
@@ -98,9 +99,14 @@ def _compact(value):
     return str(value)
 
 
-def op_label(op, width=24):
-    """The op's name, then its attributes ``k=v`` wrapped to ``width`` characters."""
+def op_label(op, width=24, max_lines=4):
+    """The op's name, then its attributes ``k=v`` wrapped to ``width`` characters;
+    an op with its own ``describe`` (a fused chain: its expression) shows that,
+    wrapped, at most ``max_lines`` lines."""
     text = op.describe()
+    if type(op).describe is not gd.Op.describe:
+        lines = textwrap.wrap(text, width=max(width, 36))
+        return "\n".join(lines[:max_lines]) + (" ..." if len(lines) > max_lines else "")
     attrs = getattr(op, "attrs", None)
     if not attrs or "(" not in text:
         return text
