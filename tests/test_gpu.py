@@ -33,6 +33,9 @@ CASES = {
     "softmax": (lambda a: gd.softmax(a) + gd.log_softmax(a), [_x(4, 10)]),
     "conv2d": (lambda x, w, b: gd.conv2d(x, w, b, stride=2, padding=1, groups=2), [_x(2, 4, 9, 9), _x(6, 2, 3, 3), _x(6)]),
     "conv2d_alexnet1": (lambda x, w: gd.conv2d(x, w, stride=4), [_x(2, 3, 35, 35), _x(8, 3, 11, 11)]),
+    # stride 1, O <= 2C: compiled as conv2d_relu and conv2d_backward (AlexNet conv3-5)
+    "conv2d_stride1": (lambda x, w, b: gd.relu(gd.conv2d(x, w, b, padding=1, groups=2)),
+                       [_x(2, 4, 7, 7), _x(6, 2, 3, 3), _x(6)]),
     "max_pool2d": (lambda x: gd.max_pool2d(x, 3, 2, padding=1), [_distinct(2, 3, 9, 9)]),
     "lrn": (lambda x: gd.lrn(x, 5, 1e-2, 0.75, 2.0), [_x(2, 8, 5, 5)]),
     "lrn_within": (lambda x: gd.lrn_within(x, 3, 1e-2, 0.75, 2.0), [_x(2, 3, 6, 6)]),
