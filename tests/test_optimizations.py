@@ -106,6 +106,25 @@ def test_memory_plan_keeps_results_equal_across_calls_and_shapes():
             np.testing.assert_array_equal(a, b)
 
 
+def _train_optimized_and_plain(build, batches, rtol, atol, **compile_args):
+    """Compile ``build()``'s SGD step with and without the optimizations, run
+    both on ``batches`` and assert equal losses (within 1e-5) and parameters
+    (``rtol``, ``atol``). Returns the optimized step with its updates and
+    parameters, for checks of what it did."""
+    results = []
+    for optimize in (True, False):
+        x, t, loss, updates, params = build()
+        step = gd.compile(loss, [x, t], updates=updates, optimize=optimize, **compile_args)
+        results.append(([float(step(xb, tb)) for xb, tb in batches], [p.value.copy() for p in params]))
+        if optimize:
+            fast = step, updates, params
+    (losses_a, params_a), (losses_b, params_b) = results
+    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    return fast
+
+
 @pytest.mark.parametrize("hidden", [8, (1 << 20) // 5 + 3])  # the large one runs in blocks, over threads
 def test_in_place_sgd_steps_equal_the_plain_program(hidden):
     """v and w of each parameter are updated in one pass (a fused op with two
@@ -124,18 +143,9 @@ def test_in_place_sgd_steps_equal_the_plain_program(hidden):
 
     rng = np.random.default_rng(2)
     batches = [(rng.standard_normal((6, 5)).astype(np.float32), rng.integers(0, 3, 6)) for _ in range(5)]
-    runs = []
-    for optimize in (True, False):
-        x, t, loss, updates, params = build()
-        step = gd.compile(loss, [x, t], updates=updates, optimize=optimize)
-        runs.append(([float(step(xb, tb)) for xb, tb in batches], [p.value.copy() for p in params]))
-        if optimize:
-            assert step.in_place_updates == [var for var, _ in updates], "the SGD updates should be written in place"
-            assert sum(n.op.name == "fused_elementwise" and n.op.num_outputs == 2 for n in step.nodes) == 2
-    (losses_a, params_a), (losses_b, params_b) = runs
-    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
-    for a, b in zip(params_a, params_b):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    step, updates, _ = _train_optimized_and_plain(build, batches, rtol=1e-5, atol=1e-7)
+    assert step.in_place_updates == [var for var, _ in updates], "the SGD updates should be written in place"
+    assert sum(n.op.name == "fused_elementwise" and n.op.num_outputs == 2 for n in step.nodes) == 2
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -159,17 +169,8 @@ def test_cnn_training_steps_equal_the_plain_program(seed):
         return x, t, loss, updates, (w, b, wf)
 
     rng = np.random.default_rng(5)
-    xb = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
-    tb = rng.integers(0, 4, 4)
-    results = []
-    for optimize in (True, False):
-        x, t, loss, updates, params = build()
-        step = gd.compile(loss, [x, t], updates=updates, optimize=optimize, seed=seed)
-        results.append(([float(step(xb, tb)) for _ in range(3)], [p.value.copy() for p in params]))
-    (la, pa), (lb, pb) = results
-    np.testing.assert_allclose(la, lb, rtol=1e-5)
-    for a, b in zip(pa, pb):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    batch = rng.standard_normal((4, 3, 12, 12)).astype(np.float32), rng.integers(0, 4, 4)
+    _train_optimized_and_plain(build, [batch] * 3, rtol=1e-4, atol=1e-6, seed=seed)
 
 
 # --------------------------------------------------------------------------- planned buffers for CNN ops
@@ -266,40 +267,31 @@ def test_cnn_program_plans_buffers_for_conv_pool_lrn_and_reuses_them():
 
     rng = np.random.default_rng(8)
     batches = [(rng.standard_normal((n, 3, 13, 13)).astype(np.float32), rng.integers(0, 5, n)) for n in (4, 4, 3, 4)]
-    results = []
-    for optimize in (True, False):
-        x, t, loss, updates, params = build()
-        step = gd.compile(loss, [x, t], updates=updates, optimize=optimize)
-        results.append(([float(step(xb, tb)) for xb, tb in batches], [p.value.copy() for p in params]))
-        if optimize:
-            plan = step._plans[((4, 3, 13, 13), (4,))]
-            planned = {step._instrs[k][4].op.name for k, buf in enumerate(plan) if buf is not None}
-            # the strided first convolution shares its columns with its weight gradient (and carries
-            # its ReLU); the second (3x3, stride 1) carries its ReLU, and its two gradients are one op
-            assert {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols", "conv2d_relu",
-                    "conv2d_backward", "max_pool2d_with_argmax",
-                    "max_pool2d_grad", "lrn_scale", "lrn_normalize", "lrn_grad", "matmul"} <= planned
-            # pooling and its argmax are one op with two outputs, each in a planned buffer
-            pools = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "max_pool2d_with_argmax"]
-            assert len(pools) == 2 and all(len(b) == 2 and all(p is not None for p in b) for b in pools)
-            assert [b[1].dtype for b in pools] == [np.uint8, np.uint8]
-            (backward,) = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "conv2d_backward"]
-            assert [b.shape for b in backward] == [(4, 6, 3, 3), (8, 3, 3, 3)]  # dx, dw
-            bases = {}
-            for buf in plan:
-                for b in buf if isinstance(buf, tuple) else (buf,):
-                    if b is not None:
-                        bases.setdefault(id(b.base), set()).add(b.shape)
-            assert any(len(shapes) > 1 for shapes in bases.values()), "no buffer is reused across shapes"
-            # every update is written in place, the momentum buffers' too (their new value is read again by w's)
-            assert step.in_place_updates == [var for var, _ in updates]
-            # and each parameter's v and w are updated by one op with two outputs, in one pass
-            sgd = [n for n in step.nodes if n.op.name == "fused_elementwise" and n.op.num_outputs == 2]
-            assert len(sgd) == len(params)
-    (la, pa), (lb, pb) = results
-    np.testing.assert_allclose(la, lb, rtol=1e-5)
-    for a, b in zip(pa, pb):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    step, updates, params = _train_optimized_and_plain(build, batches, rtol=1e-4, atol=1e-6)
+    plan = step._plans[((4, 3, 13, 13), (4,))]
+    planned = {step._instrs[k][4].op.name for k, buf in enumerate(plan) if buf is not None}
+    # the strided first convolution shares its columns with its weight gradient (and carries
+    # its ReLU); the second (3x3, stride 1) carries its ReLU, and its two gradients are one op
+    assert {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols", "conv2d_relu",
+            "conv2d_backward", "max_pool2d_with_argmax",
+            "max_pool2d_grad", "lrn_scale", "lrn_normalize", "lrn_grad", "matmul"} <= planned
+    # pooling and its argmax are one op with two outputs, each in a planned buffer
+    pools = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "max_pool2d_with_argmax"]
+    assert len(pools) == 2 and all(len(b) == 2 and all(p is not None for p in b) for b in pools)
+    assert [b[1].dtype for b in pools] == [np.uint8, np.uint8]
+    (backward,) = [buf for k, buf in enumerate(plan) if step._instrs[k][4].op.name == "conv2d_backward"]
+    assert [b.shape for b in backward] == [(4, 6, 3, 3), (8, 3, 3, 3)]  # dx, dw
+    bases = {}
+    for buf in plan:
+        for b in buf if isinstance(buf, tuple) else (buf,):
+            if b is not None:
+                bases.setdefault(id(b.base), set()).add(b.shape)
+    assert any(len(shapes) > 1 for shapes in bases.values()), "no buffer is reused across shapes"
+    # every update is written in place, the momentum buffers' too (their new value is read again by w's)
+    assert step.in_place_updates == [var for var, _ in updates]
+    # and each parameter's v and w are updated by one op with two outputs, in one pass
+    sgd = [n for n in step.nodes if n.op.name == "fused_elementwise" and n.op.num_outputs == 2]
+    assert len(sgd) == len(params)
 
 
 @pytest.mark.parametrize("size", [2, 5, 9])
