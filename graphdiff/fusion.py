@@ -19,8 +19,10 @@ one pass, each written into its own buffer.
 Convolutions are rewritten first (:func:`_fuse_convolutions`): a ReLU that is
 a convolution's only reader rides along with the convolution's last copy
 (``conv2d_relu``), and a strided convolution builds its column matrix once,
-in an ``im2col`` node that its weight gradient reads too. A max pooling and
-the argmax node its gradient reads become one op with two outputs
+in an ``im2col`` node that its weight gradient reads too; a stride-1
+convolution's two gradients become one op with two outputs built from one
+column matrix of ``dy`` (:func:`_fuse_backward_pairs`). A max pooling and the
+argmax node its gradient reads become one op with two outputs
 (:func:`_fuse_pooling`).
 """
 import numpy as np

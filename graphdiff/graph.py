@@ -138,7 +138,8 @@ class Part(Op):
     """Output ``index`` of an op with several outputs (``num_outputs > 1``): its
     kernel returns a tuple, and its node carries the first output's shape.
     The compiler makes such ops (max pooling with its argmax; one pass of SGD
-    updating ``v`` and ``w``) and reads their outputs through parts."""
+    updating ``v`` and ``w``; a stride-1 convolution's two gradients) and reads
+    their outputs through parts."""
 
     name = "part"
     differentiable = False

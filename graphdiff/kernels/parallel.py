@@ -83,8 +83,8 @@ def clear_workspace():
 def parallel_for(xp, n, fn, work):
     """Call ``fn(lo, hi)`` on chunks covering ``range(n)``.
 
-    NumPy copies and ufuncs run on one core while releasing the GIL, and the
-    GEMMs between them already use all cores; splitting the big copies and
+    NumPy copies and ufuncs run on one core while releasing the GIL (so do the
+    parts of a split GEMM, see :func:`gemm`); splitting the big copies and
     strided adds over a small thread pool makes them ~1.7x faster on two cores.
     Chunks must touch disjoint memory. Other array modules (CuPy) run
     ``fn(0, n)`` at once, and so does ``work`` (elements) below PARALLEL_MIN_WORK.
