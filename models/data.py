@@ -29,7 +29,9 @@ Problems with the data on disk raise :class:`DataError`, naming the file.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -49,6 +51,8 @@ __all__ = [
 DEFAULT_SYNTHETIC_SIZE = 200
 
 CIFAR10_RECORD_BYTES = 1 + 3 * 32 * 32  # one label byte + R, G, B planes
+CIFAR10_RECORDS_PER_FILE = 10000  # each data_batch_*.bin and test_batch.bin
+CIFAR10_MAX_BATCH_BYTES = CIFAR10_RECORDS_PER_FILE * CIFAR10_RECORD_BYTES
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch.bin"
 CIFAR10_CLASS_NAMES = (
@@ -211,23 +215,51 @@ def load_dataset(spec: str, image_size: int, channels: int = 3, seed: int = 0,
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
-    kind, _, arg = spec.partition(":")
-    if kind == "digits" and not arg:
+    kind, arg = parse_spec(spec)
+    if kind == "digits":
         return _load_digits(image_size, channels, seed, val_fraction)
     if kind == "synthetic":
-        num_classes = int(arg) if arg else 4
         return _load_synthetic(image_size, channels, seed, val_fraction,
-                               synthetic_size, num_classes)
-    if kind == "cifar10" and arg:
+                               synthetic_size, arg)
+    if kind == "cifar10":
         return _load_cifar10(arg, image_size, channels)
-    if kind == "folder" and arg:
-        if resize_to is None:
-            resize_to = round(image_size * 256 / 227)
-        return _load_folder(arg, image_size, channels, seed, val_fraction,
-                            max(int(resize_to), image_size))
-    raise ValueError(
-        f"unknown data set spec {spec!r}; expected 'digits', 'synthetic', "
-        "'synthetic:K', 'cifar10:DIR' or 'folder:DIR'")
+    if resize_to is None:
+        resize_to = round(image_size * 256 / 227)
+    return _load_folder(arg, image_size, channels, seed, val_fraction,
+                        max(int(resize_to), image_size))
+
+
+#: The forms :func:`load_dataset` understands, for error messages.
+SPEC_FORMS = "'digits', 'synthetic', 'synthetic:K', 'cifar10:DIR' or 'folder:DIR'"
+
+
+def parse_spec(spec: str) -> tuple:
+    """``"cifar10:DIR"`` -> ``("cifar10", "DIR")``; ``"synthetic:7"`` ->
+    ``("synthetic", 7)`` (default 4 classes); ``"digits"`` -> ``("digits",
+    None)``. Checks the form only (nothing is read), so a command can refuse
+    a bad spec before any work; raises :class:`DataError` saying what is
+    expected."""
+    if not isinstance(spec, str):
+        raise DataError(f"data set spec must be a string, got {type(spec).__name__}")
+    kind, colon, arg = spec.partition(":")
+    if kind == "digits" and not colon:
+        return kind, None
+    if kind == "synthetic":
+        if not colon:
+            return kind, 4
+        try:
+            classes = int(arg)
+        except ValueError:
+            classes = None
+        if classes is None or classes < 2:
+            raise DataError(f"data set spec {spec!r}: synthetic:K needs a whole number of "
+                            f"classes K >= 2, got {arg!r}")
+        return kind, classes
+    if kind in ("cifar10", "folder"):
+        if not arg:
+            raise DataError(f"data set spec {spec!r} names no folder: give {kind}:DIR")
+        return kind, arg
+    raise DataError(f"unknown data set spec {spec!r}; expected {SPEC_FORMS}")
 
 
 # --------------------------------------------------------------------------
@@ -324,7 +356,11 @@ def _make_dataset(train_x, train_y, val_x, val_y, class_names, name,
 
 
 def _load_digits(image_size, channels, seed, val_fraction) -> Dataset:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn
+    try:
+        from sklearn.datasets import load_digits  # bundled with scikit-learn
+    except ImportError as exc:
+        raise DataError("digits: the bundled digits come with scikit-learn, which is not "
+                        f"installed ({exc}): pip install '.[data]'") from None
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
@@ -365,6 +401,33 @@ def _load_synthetic(image_size, channels, seed, val_fraction, size,
 # --------------------------------------------------------------------------
 
 
+def _cifar_batch_size(path: str) -> int:
+    """The size in bytes of a CIFAR-10 batch file, checked before anything is
+    read: a wrong file of many gigabytes is a DataError here, not a
+    MemoryError (or swapping) inside NumPy."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"cifar10: {path}: cannot read ({exc.strerror or exc})"
+                        ) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"cifar10: {path}: not a regular file")
+    size = info.st_size
+    if size == 0:
+        raise DataError(f"cifar10: {path}: file is empty")
+    if size > CIFAR10_MAX_BATCH_BYTES:
+        raise DataError(
+            f"cifar10: {path}: file is {size:,} bytes; a CIFAR-10 batch holds "
+            f"{CIFAR10_RECORDS_PER_FILE:,} records of {CIFAR10_RECORD_BYTES} bytes "
+            f"({CIFAR10_MAX_BATCH_BYTES:,} bytes) at most")
+    if size % CIFAR10_RECORD_BYTES:
+        raise DataError(
+            f"cifar10: {path}: truncated record {size // CIFAR10_RECORD_BYTES}"
+            f" (file is {size} bytes, not a multiple of "
+            f"{CIFAR10_RECORD_BYTES})")
+    return size
+
+
 def read_cifar10_batch(path: str) -> tuple:
     """Read one CIFAR-10 binary batch file.
 
@@ -372,18 +435,15 @@ def read_cifar10_batch(path: str) -> tuple:
     order and int64 ``(N,)``.  Raises :class:`DataError` naming the file and
     the first bad record if the file is truncated or holds a label above 9.
     """
+    size = _cifar_batch_size(path)
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"cifar10: {path}: cannot read ({exc.strerror or exc})"
                         ) from exc
-    if raw.size == 0:
-        raise DataError(f"cifar10: {path}: file is empty")
-    if raw.size % CIFAR10_RECORD_BYTES:
-        raise DataError(
-            f"cifar10: {path}: truncated record {raw.size // CIFAR10_RECORD_BYTES}"
-            f" (file is {raw.size} bytes, not a multiple of "
-            f"{CIFAR10_RECORD_BYTES})")
+    if raw.size != size:
+        raise DataError(f"cifar10: {path}: read {raw.size} bytes of {size} "
+                        "(the file changed while it was read)")
     records = raw.reshape(-1, CIFAR10_RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
     bad = np.flatnonzero(labels > 9)
@@ -438,6 +498,8 @@ def _load_cifar10(directory: str, image_size, channels) -> Dataset:
     if missing:
         raise DataError("cifar10: missing file(s): " + ", ".join(missing))
     class_names = _cifar_class_names(directory)
+    for f in files:  # every size first: a wrong file fails before any reading
+        _cifar_batch_size(f)
     # Read and validate every file before converting anything, so a bad
     # file fails fast and nothing is ever returned half-loaded.
     train = [read_cifar10_batch(f) for f in files[:-1]]
@@ -455,18 +517,36 @@ def _load_cifar10(directory: str, image_size, channels) -> Dataset:
 # --------------------------------------------------------------------------
 
 
+def _entry_kind(path: str) -> Optional[str]:
+    """"file", "dir" or None (anything else) for a folder entry, following
+    symbolic links; a link that loops or points nowhere raises
+    :class:`DataError` rather than being skipped without a word."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            why = ("a loop of symbolic links" if exc.errno == errno.ELOOP
+                   else f"a broken symbolic link ({exc.strerror})")
+            raise DataError(f"folder: {path}: {why}") from None
+        raise DataError(f"folder: {path}: cannot read ({exc.strerror or exc})"
+                        ) from None
+    if stat.S_ISREG(mode):
+        return "file"
+    return "dir" if stat.S_ISDIR(mode) else None
+
+
 def _list_images(class_dir: str) -> list:
     """Image files directly inside ``class_dir``, sorted (hidden files and
     other extensions are ignored)."""
-    return sorted(
-        os.path.join(class_dir, f) for f in os.listdir(class_dir)
-        if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        and os.path.isfile(os.path.join(class_dir, f)))
+    names = (f for f in os.listdir(class_dir)
+             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(p for p in (os.path.join(class_dir, f) for f in names)
+                  if _entry_kind(p) == "file")
 
 
 def _class_dirs(root: str) -> list:
     return sorted(d for d in os.listdir(root)
-                  if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+                  if not d.startswith(".") and _entry_kind(os.path.join(root, d)) == "dir")
 
 
 def _scan_folder(root: str, class_names: Optional[Sequence[str]] = None
@@ -497,6 +577,10 @@ def _scan_folder(root: str, class_names: Optional[Sequence[str]] = None
     return paths, np.array(labels, dtype=np.int64), list(class_names)
 
 
+#: PIL modes of 16-bit (and 32-bit integer) grey images.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _read_image(path: str, short_side: int, crop: int, channels: int
                 ) -> np.ndarray:
     """Open an image, scale its shorter side to ``short_side``, take the
@@ -505,7 +589,13 @@ def _read_image(path: str, short_side: int, crop: int, channels: int
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")  # forces decode
+            if im.mode in _WIDE_GREY_MODES:
+                # 16-bit grey (PNG "I;16", or "I"): PIL's convert("L") clips
+                # at 255 (an all-white image); scale 0..65535 to 0..1 instead.
+                grey = np.asarray(im, dtype=np.float32) / 65535.0
+                im = Image.fromarray(grey, mode="F")
+            else:
+                im = im.convert("L" if channels == 1 else "RGB")  # forces decode
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DataError(f"folder: {path}: cannot read image "
                         f"({type(exc).__name__}: {exc})") from exc
@@ -515,7 +605,10 @@ def _read_image(path: str, short_side: int, crop: int, channels: int
     im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - crop) // 2, (new_h - crop) // 2
     im = im.crop((left, top, left + crop, top + crop))
-    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = np.asarray(im, dtype=np.float32)
+    if im.mode == "F":  # already scaled to 0..1; grey, copied to each channel
+        return np.repeat(arr[None], channels, axis=0)
+    arr = arr / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

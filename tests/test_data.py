@@ -80,7 +80,7 @@ def test_digits_seeded_split_reproducible_and_seed_dependent(digits):
 def test_bad_spec_and_arguments():
     with pytest.raises(ValueError, match="unknown data set spec"):
         load_dataset("mnist", 8)
-    with pytest.raises(ValueError, match="unknown data set spec"):
+    with pytest.raises(ValueError, match="names no folder"):
         load_dataset("cifar10:", 8)
     with pytest.raises(ValueError, match="val_fraction"):
         load_dataset("digits", 8, val_fraction=1.0)
@@ -370,4 +370,78 @@ def test_folder_without_images(tmp_path):
         load_dataset(f"folder:{tmp_path}", image_size=8)
     (tmp_path / "a").mkdir()
     with pytest.raises(DataError, match="no .* images"):
+        load_dataset(f"folder:{tmp_path}", image_size=8)
+
+
+# --------------------------------------------------------------------------
+# user mistakes and odd files: each a DataError naming what is wrong
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("synthetic:abc", r"synthetic:K needs a whole number of classes K >= 2, got 'abc'"),
+    ("synthetic:1", r"K >= 2, got '1'"),
+    ("cifar10", r"'cifar10' names no folder: give cifar10:DIR"),
+    ("folder:", r"names no folder: give folder:DIR"),
+    ("imagenet:/data", r"unknown data set spec 'imagenet:/data'; expected 'digits'"),
+    ("digits:3", r"unknown data set spec"),
+])
+def test_bad_specs_are_data_errors_before_any_reading(spec, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(spec, 8)
+
+
+def test_digits_without_scikit_learn_names_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if absent
+    with pytest.raises(DataError, match=r"scikit-learn.*pip install '\.\[data\]'"):
+        load_dataset("digits", 8)
+
+
+def test_huge_cifar_batch_is_refused_by_its_size_before_reading(tmp_path, monkeypatch):
+    _write_cifar_dir(tmp_path)
+    huge = tmp_path / "data_batch_2.bin"
+    with open(huge, "wb") as f:  # 60 GB, sparse: no disk used
+        f.truncate(60 * 10 ** 9)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(np, "fromfile", no_reading)
+    with pytest.raises(DataError, match=r"data_batch_2\.bin: file is 60,000,000,000 bytes; a CIFAR-10 batch"):
+        load_dataset(f"cifar10:{tmp_path}", image_size=32)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    levels = {"dark": 8000, "light": 50000}  # of 65535: 12% and 76% grey
+    for name, level in levels.items():
+        os.makedirs(tmp_path / name)
+        for i in range(3):
+            pixels = np.full((10, 10), level, np.uint16)
+            Image.fromarray(pixels).save(tmp_path / name / f"img{i}.png")
+        with Image.open(tmp_path / name / "img0.png") as im:
+            assert im.mode.startswith("I")  # really a 16-bit image
+    for channels in (1, 3):
+        d = load_dataset(f"folder:{tmp_path}", image_size=8, channels=channels, val_fraction=0.34)
+        for images, labels in ((d.train_images, d.train_labels), (d.val_images, d.val_labels)):
+            raw = images + d.mean[None, :, None, None]
+            assert raw.shape[1] == channels and len(labels)
+            for k, name in enumerate(d.class_names):
+                np.testing.assert_allclose(raw[labels == k], levels[name] / 65535, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["image", "class folder"])
+def test_symlink_loops_are_reported(tmp_path, where):
+    _write_png_folder(tmp_path)
+    if where == "image":
+        os.symlink(tmp_path / "dog" / "b.png", tmp_path / "dog" / "a.png")
+        os.symlink(tmp_path / "dog" / "a.png", tmp_path / "dog" / "b.png")
+        bad = "a.png"
+    else:
+        os.symlink(tmp_path / "loop", tmp_path / "loop")
+        bad = "loop"
+    with pytest.raises(DataError, match=f"{bad}: a loop of symbolic links"):
         load_dataset(f"folder:{tmp_path}", image_size=8)
