@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 from typing import Any, Mapping, Optional
 
@@ -27,6 +28,7 @@ __all__ = [
     "META_KEY",
     "generator_state",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_generator",
     "save_checkpoint",
 ]
@@ -122,6 +124,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Any],
     checked = _check_arrays(arrays)
     meta_bytes = _encode_meta(meta)  # fail on bad meta before writing
     directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     try:
@@ -142,6 +145,42 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Any],
             pass
         raise
     _fsync_dir(directory)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process (or cannot tell): keep its file
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list:
+    """Delete ``<path>.tmp-<pid>`` files left by writers that were killed
+    mid-save (each may be as large as the checkpoint), keeping those of live
+    processes and this one. Returns the paths removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + ".tmp-"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+        except OSError:
+            pass
+    return removed
 
 
 # --------------------------------------------------------------------------
@@ -179,9 +218,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple:
         return CheckpointError(f"checkpoint {path}: {what}{detail}")
 
     try:
-        f = open(path, "rb")
+        info = os.stat(path)
     except FileNotFoundError:
         raise fail("file not found") from None
+    except OSError as exc:
+        raise fail("cannot open file", exc) from exc
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block open() until a writer appears; a device never ends.
+        raise fail("not a regular file")
+    try:
+        f = open(path, "rb")
     except OSError as exc:
         raise fail("cannot open file", exc) from exc
     # We own the handle (np.load on a path leaks it when the zip is bad).

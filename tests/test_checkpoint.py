@@ -163,6 +163,28 @@ def test_missing_and_empty_file(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    os.mkfifo(path)
+    result = queue.Queue()
+
+    def load():
+        try:
+            load_checkpoint(path)
+        except CheckpointError as exc:
+            result.put(str(exc))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # unblock the reader so the test run can end
+        with open(path, "wb"):
+            pass
+        pytest.fail("load_checkpoint blocked on a FIFO")
+    assert "ckpt.npz: not a regular file" in result.get_nowait()
+
+
 def test_not_a_zip(tmp_path):
     path = tmp_path / "ckpt.npz"
     path.write_bytes(b"hello, I am not a checkpoint")
@@ -322,9 +344,20 @@ def test_sigkill_mid_save_keeps_previous_checkpoint(tmp_path):
     arrays, meta = load_checkpoint(path)
     _assert_same_arrays(arrays, previous)
     assert meta == {"epoch": 1}
-    # The dead writer's temp file is left behind but is clearly not it.
+    # The dead writer's temp file is left behind but is clearly not it ...
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp)
+    # ... and the next save removes it (a live writer's temp file stays).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = f"{path}.tmp-{sleeper.pid}"
+        with open(live, "wb") as f:
+            f.write(b"being written")
+        save_checkpoint(path, previous, {"epoch": 3})
+        assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.npz", os.path.basename(live)])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
