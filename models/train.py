@@ -19,6 +19,10 @@ rule, :mod:`graphdiff.optim`) and writes into ``--out``:
 ``forward.svg``, ``backward.svg``
     the model's forward graph and its backward (gradient) graph, collapsed
     by layer scope (skipped with a warning if rendering is unavailable).
+``tensorboard/``
+    TensorBoard event files (``--tensorboard DIR`` elsewhere; on by default
+    when the ``tensorboard`` package is installed): the same figures per
+    epoch and the forward graph (:mod:`models.tensorboard_log`).
 ``checkpoint.npz``
     written after every epoch (and before the first): parameters, momentum
     buffers, epoch, learning rate, the dropout and shuffle generators' states
@@ -28,11 +32,19 @@ rule, :mod:`graphdiff.optim`) and writes into ``--out``:
     completed epoch and exits with a message (status 130).
 
 The learning rate is divided by 10 when the validation error has not improved
-for ``--lr-drop-patience`` epochs, as in the paper (0 turns this off).
+for ``--lr-drop-patience`` epochs, as in the paper (0 turns this off). A data
+set without validation images trains with the validation figures ``null``
+and no drops.
+
+An output folder that already holds a run is refused unless ``--resume``
+(continue it) or ``--overwrite`` (start again) is given. Every mistake in the
+command line or its environment is one ``error: ...`` line and exit status 2.
 """
 import argparse
+import importlib.util
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -40,13 +52,33 @@ import warnings
 
 import numpy as np
 
+import graphdiff as gd
 from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
 from models.alexnet import alexnet, alexnet_small, train_step
 from models.cnn import cnn4
-from models.data import DataError, load_dataset
+from models.data import DataError, load_dataset, parse_spec
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
+DEFAULT_LR = 0.01
+
+#: the keys of a metrics.jsonl line, in the order they are written
+METRIC_KEYS = ("epoch", "train_loss", "train_error", "val_loss", "val_error", "val_accuracy", "lr", "seconds",
+               "images_per_second")
+#: files of a run in ``--out``; one of the first two there means the folder holds a run
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg")
+TENSORBOARD_DIR = "tensorboard"  # inside --out, where the event files go by default
+INTEROP_INSTALL = "pip install -e '.[interop]'"
+
+
+class UsageError(Exception):
+    """A mistake in the command line or in what it needs (a missing package,
+    an output folder in use): :func:`cli` prints it as one ``error:`` line."""
+
+
+class OutputError(Exception):
+    """Writing into the output folder failed (disk full, permissions); what
+    was saved before is intact."""
 
 #: configuration keys a checkpoint must agree on to be resumed
 STRUCTURE_KEYS = ("model", "data", "image_size", "channels", "groups", "activation", "width", "hidden",
@@ -92,7 +124,8 @@ def train_epoch(step, dataset, batch_size, rng, progress=None):
 
 def evaluate(predict, dataset, batch_size):
     """``(mean loss, error rate)`` of the evaluation program ``predict``
-    (images -> logits, dropout off) on the validation split."""
+    (images -> logits, dropout off) on the validation split; ``(None, None)``
+    when the split is empty."""
     total_loss, wrong, seen = 0.0, 0, 0
     for images, labels in dataset.val_batches(batch_size):
         logits = np.asarray(predict(images), dtype=np.float64)
@@ -102,7 +135,9 @@ def evaluate(predict, dataset, batch_size):
         wrong += int(np.count_nonzero(np.argmax(logits, axis=1) != labels))
         seen += len(labels)
     if seen == 0:
-        return float("nan"), float("nan")
+        return None, None
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"the validation loss became {total_loss / seen}: lower the learning rate")
     return total_loss / seen, wrong / seen
 
 
@@ -135,15 +170,19 @@ def plot_curves(history, path, title=""):
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    validated = [h for h in history if h["val_error"] is not None]
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "s--", label="validation")
+    if validated:
+        ax_loss.plot([h["epoch"] for h in validated], [h["val_loss"] for h in validated], "s--", label="validation")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
     ax_err.plot(epochs, [100 * h["train_error"] for h in history], "o-", label="train")
-    ax_err.plot(epochs, [100 * h["val_error"] for h in history], "s--", label="validation")
+    if validated:
+        ax_err.plot([h["epoch"] for h in validated], [100 * h["val_error"] for h in validated], "s--",
+                    label="validation")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error rate (%)")
     ax_err.legend()
@@ -154,20 +193,38 @@ def plot_curves(history, path, title=""):
     fig.suptitle(title)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9, wspace=0.25)  # tight_layout costs ~1 s
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)  # a full disk must not leave a half-written picture behind
+        raise
+    finally:
+        plt.close(fig)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- the command
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line through cli(), not usage + message
+        raise UsageError(message)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The parsed command line, checked by :func:`validate_args`."""
+    p = _ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="alexnet-small")
     p.add_argument("--data", default="digits", help="digits, synthetic[:K], cifar10:DIR or folder:DIR")
     p.add_argument("--epochs", type=int, default=10, help="train until this many epochs in total")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    p.add_argument("--lr", type=float, default=None, help=f"initial learning rate (default {DEFAULT_LR})")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-drop-patience", type=int, default=3,
@@ -175,7 +232,9 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--seed", type=int, default=0, help="seeds the init, the split, the shuffling and dropout")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    again.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
     p.add_argument("--image-size", type=int, default=None, help="input side (default 227 for alexnet, else 32)")
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--activation", choices=("relu", "tanh"), default="relu")
@@ -185,33 +244,200 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=256, help="alexnet-small dense layer size")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop (with a checkpoint) before an epoch that would end past this budget")
+    board = p.add_mutually_exclusive_group()
+    board.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                       help=f"TensorBoard event files into DIR (default OUT/{TENSORBOARD_DIR}; on by default "
+                            f"when the tensorboard package is installed: {INTEROP_INSTALL})")
+    board.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     p.add_argument("--no-diagrams", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args):
+    """Check the arguments and what they need before any work or any write;
+    fills in the defaults that depend on others. Raises :class:`UsageError`."""
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.model]
+    args.lr_given = args.lr is not None
+    if args.lr is None:
+        args.lr = DEFAULT_LR
     for name in ("epochs", "batch_size", "image_size", "channels", "groups", "width", "hidden"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if not args.lr > 0:
-        p.error("--lr must be positive")
-    return args
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        raise UsageError("--lr must be positive")
+    try:
+        kind, _ = parse_spec(args.data)
+    except DataError as exc:
+        raise UsageError(f"--data: {exc}") from None
+    if kind == "digits" and not _installed("sklearn"):
+        raise UsageError("--data digits needs scikit-learn (the digits come with it): pip install '.[data]'")
+    if kind == "folder" and not _installed("PIL"):
+        raise UsageError("--data folder:DIR needs Pillow to read images: pip install '.[data]'")
+    if args.backend == "cupy":
+        try:
+            gd.get_backend("cupy")
+        except gd.BackendError as exc:
+            raise UsageError(f"--backend cupy: {exc}") from None
+    smallest = min_image_size(args)
+    if args.image_size < smallest:
+        raise UsageError(f"--image-size {args.image_size} is too small for {args.model}: its convolutions and "
+                         f"poolings need images of at least {smallest}x{smallest}")
+    held = [f for f in RUN_FILES[:2] if os.path.exists(os.path.join(args.out, f))]
+    if held and not (args.resume or args.overwrite):
+        raise UsageError(f"--out {args.out} already holds a run ({', '.join(held)}): pass --resume to continue it "
+                         "or --overwrite to start again")
+    args.tensorboard_dir = tensorboard_dir(args)
+
+
+def _installed(module):
+    """Whether ``module`` can be imported (without importing it)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def tensorboard_dir(args):
+    """Where the event files go, or None: ``--tensorboard [DIR]`` asks for
+    them (an error without the package), ``--no-tensorboard`` turns them
+    off, and by default they go to ``OUT/tensorboard`` if the package is
+    installed."""
+    installed = _installed("tensorboard")
+    if args.no_tensorboard or (args.tensorboard is None and not installed):
+        return None
+    if not installed:
+        raise UsageError(f"--tensorboard needs the tensorboard package: {INTEROP_INSTALL}")
+    return args.tensorboard or os.path.join(args.out, TENSORBOARD_DIR)
+
+
+def min_image_size(args):
+    """The smallest image side ``args.model`` accepts, computed from its layer
+    geometry: walking its convolutions and poolings from the last one down,
+    an output of side ``m`` needs an input of side ``(m - 1) * stride +
+    kernel - 2 * padding`` (starting from ``m = 1``). Builds the model at its
+    default size (2 classes) to read the geometry off the graph."""
+    try:
+        probe = build_model(args.model, 2, DEFAULT_IMAGE_SIZE[args.model], args.channels, args.groups,
+                            args.activation, args.dropout, args.seed, args.width, args.hidden)
+    except ValueError as exc:  # e.g. --width 5 with --groups 2
+        raise UsageError(f"--model {args.model}: {exc}") from None
+    geometry = []  # (kernel, stride, padding) along the image path, input first
+    for t in gd.toposort([probe.logits]):
+        if t.kind in ("placeholder", "variable", "constant"):
+            continue
+        attrs = t.op.attrs
+        if t.op.name in ("conv2d", "conv2d_relu"):
+            geometry.append((t.inputs[1].shape[2], attrs["stride"][0], attrs["padding"][0]))
+        elif "size" in attrs and "stride" in attrs and isinstance(attrs["size"], tuple):  # poolings
+            geometry.append((attrs["size"][0], attrs["stride"][0], attrs["padding"][0]))
+    side = 1
+    for kernel, stride, padding in reversed(geometry):
+        side = max(1, (side - 1) * stride + kernel - 2 * padding)
+    return side
 
 
 def _config(args, num_classes):
     keys = ("model", "data", "image_size", "channels", "groups", "activation", "width", "hidden", "dropout",
-            "batch_size", "momentum", "weight_decay", "seed", "lr_drop_patience", "backend")
+            "batch_size", "lr", "momentum", "weight_decay", "seed", "lr_drop_patience", "backend")
     config = {k: getattr(args, k) for k in keys}
     config["num_classes"] = num_classes
     return config
 
 
+def _ordered(record):
+    """A metrics record with :data:`METRIC_KEYS` first, in that order (a
+    checkpoint's JSON comes back with its keys sorted)."""
+    return {**{k: record[k] for k in METRIC_KEYS if k in record}, **record}
+
+
 def _write_metrics(path, history):
+    """Rewrite ``metrics.jsonl`` atomically (strict JSON: no NaN)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for h in history:
-            f.write(json.dumps(h) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for h in history:
+                f.write(json.dumps(_ordered(h), allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _restore(step, shuffle_rng, arrays, meta, config, path, log):
+    """Check a checkpoint read for ``--resume`` whole before using any of it,
+    then load it into ``step`` and ``shuffle_rng``. Returns ``(history,
+    best_val_error, stale_epochs)``. Raises :class:`CheckpointError` naming
+    the file and what is wrong."""
+    def fail(what):
+        return CheckpointError(f"checkpoint {path}: {what}")
+
+    saved = meta.get("config", {})
+    if not isinstance(saved, dict):
+        raise fail(f"config must be an object, got {type(saved).__name__}")
+    clash = [f"{k}: {saved.get(k)!r} in the checkpoint, {config[k]!r} now"
+             for k in STRUCTURE_KEYS if saved.get(k) != config[k]]
+    if clash:
+        raise CheckpointError(f"checkpoint {path} was written for another setup; " + "; ".join(clash))
+
+    def number(key, ok):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
+            raise fail(f"metadata {key!r} is {value!r}")
+        return value
+
+    epoch = number("epoch", lambda v: isinstance(v, numbers.Integral) and v >= 0)
+    lr = number("lr", lambda v: math.isfinite(v) and v > 0)
+    stale = number("stale_epochs", lambda v: isinstance(v, numbers.Integral) and v >= 0)
+    best_val = meta.get("best_val_error")
+    if best_val is not None:
+        best_val = number("best_val_error", lambda v: 0 <= v <= 1)
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise fail(f"metadata 'history' must be a list of {epoch} epochs, got {type(history).__name__}"
+                   + (f" of {len(history)}" if isinstance(history, list) else ""))
+    for i, h in enumerate(history, 1):
+        if not isinstance(h, dict) or h.get("epoch") != i or not set(METRIC_KEYS) <= set(h):
+            raise fail(f"metadata 'history' entry {i} is not the record of epoch {i}")
+
+    expected = step.state_arrays()
+    unknown = sorted(set(arrays) - set(expected))
+    missing = sorted(set(expected) - set(arrays))
+    if unknown or missing:
+        raise fail("holds arrays the model does not have: " * bool(unknown) + ", ".join(unknown)
+                   + ("; " if unknown and missing else "") + "lacks " * bool(missing) + ", ".join(missing))
+    for name, want in expected.items():
+        got = arrays[name]
+        if got.shape != want.shape or got.dtype.kind != want.dtype.kind:
+            raise fail(f"array {name!r} is {got.dtype} {got.shape}; the model has {want.dtype} {want.shape}")
+    try:
+        state = restore_generator(meta.get("shuffle_rng"), np.random.default_rng(0))
+        dropout_state = restore_generator(meta.get("dropout_rng")).bit_generator.state
+    except Exception as exc:  # noqa: BLE001 - any malformed state: KeyError, TypeError, ValueError
+        raise fail(f"bad random generator state ({type(exc).__name__}: {exc})") from None
+
+    step.load_state_arrays(arrays)
+    step.lr = lr
+    step.set_rng_state(dropout_state)
+    shuffle_rng.bit_generator.state = state.bit_generator.state
+    return history, best_val, stale
+
+
+def _prepare_out(args):
+    """Create ``--out``; with ``--overwrite`` remove the previous run's files
+    (only those a run writes, and its TensorBoard event files)."""
+    os.makedirs(args.out, exist_ok=True)
+    if not args.overwrite:
+        return
+    for name in RUN_FILES:
+        _remove(os.path.join(args.out, name))
+    board = os.path.join(args.out, TENSORBOARD_DIR)
+    if os.path.isdir(board):
+        for name in os.listdir(board):
+            if name.startswith("events.out.tfevents."):
+                _remove(os.path.join(board, name))
 
 
 def main(argv=None):
@@ -219,12 +445,12 @@ def main(argv=None):
     "interrupted"), ``history`` (the per-epoch metrics) and ``out``."""
     args = parse_args(argv)
     log = print
-    os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     curves_path = os.path.join(args.out, "curves.png")
 
     dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
+    validated = len(dataset.val_labels) > 0
     config = _config(args, dataset.num_classes)
     model = build_model(args.model, dataset.num_classes, args.image_size, args.channels, args.groups,
                         args.activation, args.dropout, args.seed, args.width, args.hidden)
@@ -233,26 +459,20 @@ def main(argv=None):
     predict = model.compile_eval(args.backend)
     shuffle_rng = np.random.default_rng([args.seed, 1])
     history, best_val, stale = [], None, 0
+    _prepare_out(args)
 
     resumed = False
     if args.resume and os.path.exists(ckpt_path):
         arrays, meta = load_checkpoint(ckpt_path)
-        saved = meta.get("config", {})
-        clash = [f"{k}: {saved.get(k)!r} in the checkpoint, {config[k]!r} now"
-                 for k in STRUCTURE_KEYS if saved.get(k) != config[k]]
-        if clash:
-            raise CheckpointError(f"checkpoint {ckpt_path} was written for another setup; " + "; ".join(clash))
-        try:
-            step.load_state_arrays(arrays)
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {ckpt_path}: {exc}") from exc
-        step.lr = meta["lr"]
-        step.set_rng_state(meta["dropout_rng"])
-        restore_generator(meta["shuffle_rng"], shuffle_rng)
-        history, best_val, stale = meta["history"], meta["best_val_error"], meta["stale_epochs"]
+        history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path, log)
         _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
         resumed = True
-        log(f"resumed from {ckpt_path} after epoch {meta['epoch']} (lr {step.lr:g})")
+        log(f"resumed from {ckpt_path} after epoch {len(history)} (lr {step.lr:g})")
+        initial = meta["config"].get("lr", step.lr)  # the run's --lr (older checkpoints: the current rate)
+        config["lr"] = initial  # what the run started with, whatever this resume says
+        if args.lr_given and args.lr != initial:
+            log(f"--lr {args.lr:g} is not used: training continues with the checkpoint's learning rate "
+                f"{step.lr:g} (the run's schedule); --overwrite starts again at {args.lr:g}")
     elif args.resume:
         log(f"no checkpoint at {ckpt_path}: starting from scratch")
 
@@ -260,15 +480,29 @@ def main(argv=None):
         meta = dict(epoch=epoch, lr=step.lr, dropout_rng=step.get_rng_state(),
                     shuffle_rng=generator_state(shuffle_rng), best_val_error=best_val, stale_epochs=stale,
                     history=history, config=config)
-        save_checkpoint(ckpt_path, step.state_arrays(), meta)
+        try:
+            save_checkpoint(ckpt_path, step.state_arrays(), meta)
+        except OSError as exc:
+            kept = f"it still holds epoch {epoch - 1}" if os.path.exists(ckpt_path) else "nothing was saved"
+            raise OutputError(f"cannot write {ckpt_path}: {exc.strerror or exc}; {kept}") from exc
+
+    def write_metrics():
+        try:
+            _write_metrics(metrics_path, history)
+        except OSError as exc:
+            raise OutputError(f"cannot write {metrics_path}: {exc.strerror or exc}; {ckpt_path} holds epoch "
+                              f"{len(history)} (--resume rewrites the metrics from it)") from exc
 
     log(f"{model!r}; data {dataset.name}: {len(dataset.train_labels)} train / {len(dataset.val_labels)} val "
         f"images {dataset.input_shape}; backend {args.backend}")
+    if not validated:
+        log("no validation images: the validation figures are null and the learning rate is not dropped")
     if not resumed:
-        _write_metrics(metrics_path, [])
+        write_metrics()
         save(0)  # so that Ctrl-C in the first epoch still leaves a resumable checkpoint
     if not args.no_diagrams and not (resumed and os.path.exists(os.path.join(args.out, "backward.svg"))):
         render_diagrams(model, step, args.out, log)
+    board = open_tensorboard(args.tensorboard_dir, model, resumed, log)
 
     from tqdm.auto import tqdm
 
@@ -290,28 +524,32 @@ def main(argv=None):
                 train_loss, train_error, speed = train_epoch(step, dataset, args.batch_size, shuffle_rng, bar)
             val_loss, val_error = evaluate(predict, dataset, args.batch_size)
             record = dict(epoch=epoch, train_loss=train_loss, train_error=train_error, val_loss=val_loss,
-                          val_error=val_error, val_accuracy=1.0 - val_error, lr=lr,
+                          val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error, lr=lr,
                           seconds=time.perf_counter() - t0, images_per_second=speed)
             history.append(record)
             # The paper's schedule: lr / 10 when the validation error stops improving
             # with the current learning rate (so the best resets after each drop).
             dropped = False
-            if best_val is None or val_error < best_val:
+            if val_error is None:
+                pass
+            elif best_val is None or val_error < best_val:
                 best_val, stale = val_error, 0
             else:
                 stale += 1
                 if args.lr_drop_patience and stale >= args.lr_drop_patience:
                     step.lr, best_val, stale, dropped = lr / 10, None, 0, True
             pending_save = True  # from here until saved, the state is exactly the end of `epoch`
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             save(epoch)
             pending_save = False
+            write_metrics()
+            val_text = "val -" if val_error is None else (f"val error {100 * val_error:5.2f}%  "
+                                                            f"val acc {100 * (1 - val_error):5.2f}%")
             log(f"epoch {epoch:3d}  loss {train_loss:.4f}  train error {100 * train_error:5.2f}%  "
-                f"val error {100 * val_error:5.2f}%  val acc {100 * (1 - val_error):5.2f}%  lr {lr:g}  "
-                f"{record['seconds']:.1f}s  {speed:.0f} img/s")
-            if dropped:
+                f"{val_text}  lr {lr:g}  {record['seconds']:.1f}s  {speed:.0f} img/s")
+            if dropped and epoch < args.epochs:  # after the last epoch there is no next one to use it
                 log(f"validation error has not improved for {args.lr_drop_patience} epochs: lr -> {step.lr:g}")
+            if board is not None:
+                board.add_epoch(record)
             try:
                 plot_curves(history, curves_path, f"{model.name} on {dataset.name}")
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop training
@@ -319,20 +557,45 @@ def main(argv=None):
     except KeyboardInterrupt:
         if pending_save:
             save(len(history))
+            write_metrics()
         status = "interrupted"
         log(f"\ninterrupted: {ckpt_path} holds epoch {len(history)}; continue with the same command plus --resume")
+    finally:
+        if board is not None:
+            board.close()
     if history:
         last = history[-1]
-        log(f"{status}: {len(history)} epochs, val accuracy {100 * last['val_accuracy']:.2f}%, "
+        accuracy = "no validation" if last["val_accuracy"] is None else \
+            f"val accuracy {100 * last['val_accuracy']:.2f}%"
+        log(f"{status}: {len(history)} epochs, {accuracy}, "
             f"{time.perf_counter() - started:.0f}s this run; outputs in {args.out}")
     return dict(status=status, history=history, out=args.out)
 
 
+def open_tensorboard(directory, model, resumed, log=print):
+    """A :class:`models.tensorboard_log.TensorBoardLog` in ``directory`` (None:
+    off) holding the forward graph (written once, not again on resume)."""
+    if directory is None:
+        return None
+    from models.tensorboard_log import TensorBoardLog
+
+    board = TensorBoardLog(directory)
+    if not resumed:
+        board.add_graph([model.loss])
+    log(f"TensorBoard: tensorboard --logdir {directory}")
+    return board
+
+
 def cli(argv=None):
+    """``python -m models.train``: a user's mistake is one ``error:`` line
+    on stderr and exit status 2; Ctrl-C is 130."""
     try:
         result = main(argv)
-    except (DataError, CheckpointError, FloatingPointError) as exc:
+    except (UsageError, DataError, CheckpointError, OutputError, FloatingPointError, gd.BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out where it cannot be created
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 2
     return 130 if result["status"] == "interrupted" else 0
 

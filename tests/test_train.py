@@ -142,3 +142,329 @@ def test_max_minutes_stops_after_an_epoch_with_a_checkpoint(tmp_path):
     assert result["status"] == "stopped" and len(metrics(tmp_path)) == 1
     _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
     assert meta["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- user mistakes: one line, exit 2
+def one_error_line(capsys, argv):
+    """Run the command as a user would; returns its one stderr line."""
+    code = train.cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "mnist"], r"--data: unknown data set spec 'mnist'; expected 'digits', 'synthetic'"),
+    (["--data", "cifar10"], r"'cifar10' names no folder: give cifar10:DIR"),
+    (["--data", "synthetic:abc"], r"synthetic:K needs a whole number of classes K >= 2, got 'abc'"),
+    (["--image-size", "14"], r"--image-size 14 is too small for alexnet-small: .* at least 15x15"),
+    (["--model", "cnn4", "--image-size", "9"], r"too small for cnn4: .* at least 15x15"),
+    (["--width", "5"], r"--model alexnet-small: conv2: 5 -> 10 channels do not split into 2 groups"),
+    (["--epochs", "0"], r"--epochs must be positive"),
+    (["--model", "resnet"], r"argument --model: invalid choice: 'resnet'"),
+    (["--resume", "--overwrite"], r"argument --overwrite: not allowed with argument --resume"),
+])
+def test_user_mistakes_are_one_error_line(tmp_path, capsys, extra, message):
+    import re
+
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "run"), "--epochs", "1", *extra])
+    assert re.search(message, line), line
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_smallest_image_size_is_computed_from_the_layer_geometry(capsys):
+    import graphdiff as gd
+
+    cases = {"alexnet-small": ["--width", "4", "--hidden", "8"], "cnn4": ["--width", "4"], "alexnet": []}
+    for model, extra in cases.items():
+        argv = ["--model", model, "--out", "unused", *extra]
+        smallest = train.min_image_size(train.parse_args(argv))
+        args = train.parse_args(argv + ["--image-size", str(smallest)])
+        train.build_model(model, 3, smallest, groups=args.groups, width=args.width, hidden=args.hidden)  # builds
+        with pytest.raises((ValueError, gd.ShapeError)):
+            train.build_model(model, 3, smallest - 1, groups=args.groups, width=args.width, hidden=args.hidden)
+        line = one_error_line(capsys, argv + ["--image-size", str(smallest - 1)])
+        assert f"at least {smallest}x{smallest}" in line
+    assert train.min_image_size(train.parse_args(["--model", "alexnet", "--out", "unused"])) == 67
+
+
+def test_cupy_backend_without_cupy_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import graphdiff.backends as backends
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails, as where it is not installed
+    monkeypatch.setattr(backends, "_CACHE", {k: v for k, v in backends._CACHE.items() if k != "cupy"})
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path), "--backend", "cupy"])
+    assert line.startswith("error: --backend cupy: backend 'cupy' needs CuPy") and "pip install" in line
+
+
+def test_digits_without_scikit_learn_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    line = one_error_line(capsys, ["--data", "digits", "--out", str(tmp_path)])
+    assert "scikit-learn" in line and "pip install '.[data]'" in line
+
+
+def test_the_module_itself_prints_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "models.train", "--data", "imagenet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --data: unknown data set spec 'imagenet'") and proc.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- an output folder in use
+def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    run(tmp_path, "--epochs", "1")
+    first = metrics(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path), "--epochs", "2"])
+    assert "already holds a run (checkpoint.npz, metrics.jsonl): pass --resume to continue it or --overwrite" in line
+    assert metrics(tmp_path) == first  # untouched
+    result = run(tmp_path, "--epochs", "1", "--overwrite", "--lr", "0.05")
+    assert [r["lr"] for r in metrics(tmp_path)] == [0.05] and result["status"] == "done"
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files go
+    events = os.listdir(tmp_path / "tensorboard")
+    assert len([e for e in events if e.startswith("events.out.tfevents.")]) == 1  # the old run's were removed
+
+
+# --------------------------------------------------------------------------- metrics and messages
+def test_metrics_keep_their_key_order_across_resume(tmp_path):
+    run(tmp_path, "--epochs", "1")
+    run(tmp_path, "--epochs", "2", "--resume")
+    with open(tmp_path / "metrics.jsonl") as f:
+        orders = [list(json.loads(line)) for line in f]
+    assert orders == [list(train.METRIC_KEYS)] * 2
+
+
+def test_no_lr_drop_is_announced_after_the_last_epoch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
+    run(tmp_path, "--epochs", "2", "--lr-drop-patience", "1")
+    out = capsys.readouterr().out
+    assert "lr ->" not in out  # the drop after epoch 2 has no epoch to act on
+    run(tmp_path, "--epochs", "3", "--lr-drop-patience", "1", "--resume")
+    assert [r["lr"] for r in metrics(tmp_path)] == pytest.approx([0.02, 0.02, 0.002])  # kept for a longer run
+    run(tmp_path, "--epochs", "5", "--lr-drop-patience", "1", "--resume")
+    assert "lr -> 0.0002" in capsys.readouterr().out  # after epoch 4, used by epoch 5
+
+
+def test_resume_with_another_lr_says_which_it_uses(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
+    run(tmp_path, "--epochs", "3", "--lr-drop-patience", "1")  # drops to 0.002 after epoch 2, for epoch 3
+    capsys.readouterr()
+    run(tmp_path, "--epochs", "4", "--lr-drop-patience", "1", "--resume", "--lr", "0.5")
+    out = capsys.readouterr().out
+    assert "--lr 0.5 is not used: training continues with the checkpoint's learning rate 0.002 (the run" in out
+    assert metrics(tmp_path)[-1]["lr"] == pytest.approx(0.002)
+    run(tmp_path, "--epochs", "5", "--lr-drop-patience", "1", "--resume")  # the run's own --lr: nothing to say
+    assert "is not used" not in capsys.readouterr().out
+    train.main(TINY[:TINY.index("--lr")] + TINY[TINY.index("--lr") + 2:] + ["--out", str(tmp_path), "--epochs", "6",
+                                                                           "--lr-drop-patience", "1", "--resume"])
+    assert "is not used" not in capsys.readouterr().out  # no --lr at all
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+def _rewrite_checkpoint(path, change_meta=None, change_arrays=None):
+    from graphdiff.checkpoint import save_checkpoint
+
+    arrays, meta = load_checkpoint(path)
+    if change_meta:
+        change_meta(meta)
+    if change_arrays:
+        change_arrays(arrays)
+    save_checkpoint(path, arrays, meta)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("lr"), r"metadata 'lr' is None"),
+    (lambda m: m.update(lr="abc"), r"metadata 'lr' is 'abc'"),
+    (lambda m: m.update(lr=-1), r"metadata 'lr' is -1"),
+    (lambda m: m.update(epoch="1"), r"metadata 'epoch' is '1'"),
+    (lambda m: m.update(dropout_rng={"bit_generator": "PCG64", "state": "x"}), r"bad random generator state"),
+    (lambda m: m.update(shuffle_rng=None), r"bad random generator state"),
+    (lambda m: m.update(history={"a": 1}), r"metadata 'history' must be a list of 1 epochs, got dict"),
+    (lambda m: m.update(history=[[1, 2]]), r"'history' entry 1 is not the record of epoch 1"),
+    (lambda m: m.update(config=[]), r"config must be an object"),
+])
+def test_bad_checkpoint_metadata_is_a_checkpoint_error(tmp_path, capsys, change, message):
+    import re
+
+    run(tmp_path, "--epochs", "1", "--no-tensorboard")
+    _rewrite_checkpoint(tmp_path / "checkpoint.npz", change_meta=change)
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path), "--epochs", "2", "--resume"])
+    assert "checkpoint.npz" in line and re.search(message, line), line
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update({"conv9/w": np.ones(3, np.float32)}), r"holds arrays the model does not have: conv9/w"),
+    (lambda a: a.pop("momentum/fc8/b"), r"lacks momentum/fc8/b"),
+    (lambda a: a.update({"conv1/w": a["conv1/w"].astype(np.int8)}), r"'conv1/w' is int8 \(4, 3, 5, 5\); the model has float32"),
+    (lambda a: a.update({"fc8/w": a["fc8/w"].astype(np.complex64)}), r"'fc8/w' is complex64"),
+    (lambda a: a.update({"fc8/b": a["fc8/b"][:2]}), r"'fc8/b' is float32 \(2,\); the model has float32 \(4,\)"),
+])
+def test_checkpoint_arrays_the_model_lacks_or_of_another_kind_are_refused(tmp_path, capsys, change, message):
+    import re
+
+    run(tmp_path, "--epochs", "1", "--no-tensorboard")
+    _rewrite_checkpoint(tmp_path / "checkpoint.npz", change_arrays=change)
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path), "--epochs", "2", "--resume"])
+    assert re.search(message, line), line
+
+
+def test_resume_from_a_fifo_is_refused_without_hanging(tmp_path):
+    import subprocess
+    import sys
+
+    run(tmp_path, "--epochs", "1", "--no-tensorboard")
+    os.unlink(tmp_path / "checkpoint.npz")
+    os.mkfifo(tmp_path / "checkpoint.npz")
+    proc = subprocess.run([sys.executable, "-m", "models.train", *TINY, "--out", str(tmp_path), "--epochs", "2",
+                           "--resume"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("checkpoint.npz: not a regular file")
+
+
+# --------------------------------------------------------------------------- a full disk
+class _FullDisk:
+    """``open`` as on a disk that fills up once ``full`` is set: writes to
+    files whose name starts with ``victim`` fail with ENOSPC."""
+
+    def __init__(self, victim):
+        import builtins
+
+        self.victim, self.full, self.real_open = victim, False, builtins.open
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        f = self.real_open(file, mode, *args, **kwargs)
+        name = os.path.basename(os.fspath(file)) if isinstance(file, (str, os.PathLike)) else ""
+        if self.full and name.startswith(self.victim) and any(c in mode for c in "wa+"):
+            return _FailingFile(f)
+        return f
+
+
+class _FailingFile:
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize("victim", ["checkpoint.npz.tmp", "metrics.jsonl.tmp", "curves.png.tmp"])
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(tmp_path, capsys, monkeypatch, victim):
+    import builtins
+
+    disk = _FullDisk(victim)
+    monkeypatch.setattr(builtins, "open", disk)
+    real_plot = train.plot_curves
+
+    def plot_then_fill_the_disk(*args, **kwargs):
+        real_plot(*args, **kwargs)
+        disk.full = True  # after epoch 1 is completely written
+
+    monkeypatch.setattr(train, "plot_curves", plot_then_fill_the_disk)
+    code = train.cli(TINY + ["--out", str(tmp_path), "--epochs", "2", "--no-tensorboard", "--no-diagrams"])
+    out, err = capsys.readouterr()
+    monkeypatch.setattr(builtins, "open", disk.real_open)
+    leftovers = [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    assert leftovers == []
+    _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
+    if victim == "curves.png.tmp":  # a picture is not worth stopping for: a warning, training goes on
+        assert code == 0 and meta["epoch"] == 2 and len(metrics(tmp_path)) == 2
+        return
+    assert code == 2 and "Traceback" not in out + err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot write") and "No space left on device" in line
+    if victim == "checkpoint.npz.tmp":
+        assert meta["epoch"] == 1 and "it still holds epoch 1" in line
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1]
+    run(tmp_path, "--epochs", "2", "--resume", "--no-tensorboard", "--no-diagrams")  # the run goes on
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1, 2]
+
+
+# --------------------------------------------------------------------------- no validation images
+def test_an_empty_validation_split_trains_without_validation_and_resumes(tmp_path, monkeypatch, capsys):
+    real_load = train.load_dataset
+
+    def no_validation(*args, **kwargs):
+        d = real_load(*args, **kwargs)
+        d.val_images, d.val_labels = d.val_images[:0], d.val_labels[:0]
+        return d
+
+    monkeypatch.setattr(train, "load_dataset", no_validation)
+    run(tmp_path, "--epochs", "2", "--lr-drop-patience", "1")
+    assert "no validation images" in capsys.readouterr().out
+    run(tmp_path, "--epochs", "3", "--lr-drop-patience", "1", "--resume")
+    with open(tmp_path / "metrics.jsonl") as f:
+        text = f.read()
+    assert "NaN" not in text
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["lr"] for r in rows] == [0.02] * 3  # no drops
+    assert all(r["val_loss"] is None and r["val_error"] is None and r["val_accuracy"] is None for r in rows)
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
+    with open(tmp_path / "curves.png", "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_events_match_the_metrics_and_hold_the_graph(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install -e '.[interop]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "board"
+    run(tmp_path / "run", "--epochs", "2", "--tensorboard", str(board))
+    run(tmp_path / "run", "--epochs", "3", "--tensorboard", str(board), "--resume")
+    events = EventAccumulator(str(board))
+    events.Reload()
+    rows = metrics(tmp_path / "run")
+    assert set(events.Tags()["scalars"]) == set(train_tb_tags())
+    for tag, key in train_tb_tags().items():
+        got = events.Scalars(tag)
+        assert [e.step for e in got] == [1, 2, 3], tag
+        np.testing.assert_allclose([e.value for e in got], [r[key] for r in rows], rtol=1e-6, err_msg=tag)
+    graph = events.Graph()
+    ops = {n.op for n in graph.node}
+    assert {"placeholder", "variable", "conv2d", "relu", "max_pool2d", "matmul"} <= ops
+    names = {n.name: n for n in graph.node}
+    conv = next(n for n in graph.node if n.op == "conv2d" and n.name.startswith("conv1/"))
+    assert set(conv.input) == {"images", "conv1/w", "conv1/b"} and set(conv.input) <= set(names)
+    dims = [d.size for d in conv.attr["_output_shapes"].list.shape[0].dim]
+    assert dims == [-1, 4, 16, 16]
+
+
+def train_tb_tags():
+    from models.tensorboard_log import SCALARS
+
+    return SCALARS
+
+
+def test_tensorboard_default_is_on_when_installed_and_an_error_when_asked_for_without_it(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import sys
+
+    pytest.importorskip("tensorboard", reason="pip install -e '.[interop]'")
+    run(tmp_path / "on", "--epochs", "1")
+    assert any(f.startswith("events.out.tfevents.") for f in os.listdir(tmp_path / "on" / "tensorboard"))
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    run(tmp_path / "off", "--epochs", "1")
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "asked"), "--tensorboard"])
+    assert line == "error: --tensorboard needs the tensorboard package: pip install -e '.[interop]'"
