@@ -14,6 +14,10 @@ import graphdiff as gd  # noqa: E402
 import visualize as vz  # noqa: E402
 
 
+#: the window of docs/maxpool_multiplexer.svg: one maximum (3 at x01), no tie
+MULTIPLEXER_WINDOW = [[1.0, 3.0, 0.0], [2.5, 2.0, -1.0], [0.5, 1.0, 2.0]]
+
+
 def small_cnn():
     """conv -> ReLU -> LRN -> max pool -> dense -> softmax cross-entropy."""
     rng = np.random.default_rng(0)
@@ -49,7 +53,7 @@ def main():
     save("conv_pseudograph.svg", vz.conv_pseudograph(4, 2))
     save("conv_pseudograph_backward.svg", vz.conv_pseudograph(4, 2, backward=True))
     save("relu_switch.svg", vz.relu_switch([0.7, -1.2, 0.0, 2.5]))
-    save("maxpool_multiplexer.svg", vz.maxpool_multiplexer([[1.0, 3.0, 0.0], [3.0, 2.0, -1.0], [0.5, 1.0, 2.0]]))
+    save("maxpool_multiplexer.svg", vz.maxpool_multiplexer(MULTIPLEXER_WINDOW))
     loss, params = small_cnn()
     save("small_cnn_forward.svg", vz.to_dot(loss, title="small CNN, forward", legend=True))
     grads = gd.grad(loss, params)
@@ -59,7 +63,12 @@ def main():
     updates, _ = sgd_momentum(loss, params)
     inputs = [n for n in gd.toposort([loss]) if n.kind == "placeholder"]
     step = gd.compile(loss, inputs, updates=updates)
-    save("small_cnn_compiled.svg", vz.to_dot(step, title="small CNN, one compiled SGD step", legend=True))
+    save("small_cnn_compiled.svg", vz.to_dot(step, collapse=False, title="small CNN, one compiled SGD step",
+                                             legend=True))
+    from models.alexnet import alexnet_small, train_step
+
+    small_step = train_step(alexnet_small(10, 24)).program
+    save("alexnet_small_compiled.svg", vz.to_dot(small_step, title="alexnet-small, one compiled SGD step", legend=True))
     model = alexnet()
     grads = gd.grad(model.loss, list(model.params.values()))
     save("alexnet_annotated.svg", vz.annotated(model.loss))

@@ -46,9 +46,9 @@ def parse_svg(diagram):
         text = " ".join("".join(t.itertext()) for t in g.iter(SVG + "text"))
         if cls == "node":
             shapes = [e for e in g.iter() if e.tag in (SVG + "ellipse", SVG + "polygon", SVG + "path")]
-            first_text = next(g.iter(SVG + "text"))
+            first_text = next(g.iter(SVG + "text"), None)  # a legend's edge ends are points, without text
             nodes[title] = {"text": text, "fill": shapes[0].get("fill") if shapes else None,
-                            "y": float(first_text.get("y"))}
+                            "y": float(first_text.get("y")) if first_text is not None else None}
         else:
             path = next(g.iter(SVG + "path"), None)
             edges.append((title, text, dict(path.attrib) if path is not None else {}))
@@ -111,7 +111,7 @@ def test_compiled_program_diagram_shows_what_the_compiler_built():
     loss, params = small_cnn()
     updates, _ = sgd_momentum(loss, params)
     program = gd.compile(loss, [n for n in gd.toposort([loss]) if n.kind == "placeholder"], updates=updates)
-    d = vz.to_dot(program)
+    d = vz.to_dot(program, collapse=False)
     assert d.meta["nodes"] == len(program.nodes)
     for label in ("conv2d_relu", "max_pool2d_with_argmax", "part", "fused: "):
         assert label in d.source, label
@@ -133,7 +133,7 @@ def test_backward_diagram_marks_backward_nodes_and_reused_values():
         assert (node["fill"] == backward_fill) == (by_id[key].kind == "gradient"), by_id[key]
     # crossing edges: forward op -> backward node, dashed and labelled "reused"
     expected = {(f"n{i.id}", f"n{t.id}") for t in nodes for i in t.inputs
-                if not i.backward and i.kind in ("forward",) and t.backward}
+                if not i.backward and i.kind in ("forward", "placeholder") and t.backward}
     reused = set()
     for title, text, path in svg["edges"]:
         if "reused" in text:
@@ -144,6 +144,8 @@ def test_backward_diagram_marks_backward_nodes_and_reused_values():
     assert ("relu", "step") in ops_reading  # ReLU's switch reads the forward output
     assert any(b == "max_pool2d_argmax" for _, b in ops_reading)  # the pooling argmax
     assert any(a.startswith("lrn") and b.startswith("lrn") for a, b in ops_reading)  # LRN's scale
+    images = next(t for t in nodes if t.name == "x")  # the first layer's input, read by its weight gradient
+    assert ("placeholder", "conv2d_grad_weight") in ops_reading and any(a == f"n{images.id}" for a, _ in reused)
     # backward edges are drawn reversed (the backward descends), arrowheads kept on the user
     assert "dir=back" in d.source
 
@@ -166,6 +168,78 @@ def test_collapsed_diagram_has_one_box_per_scope_and_pass():
     assert any(t.startswith("fc2 ") and "80 params" in t for t in texts)  # 16*5
     assert d.meta["reused"] >= 4 and sum("reused" in text for _, text, _ in svg["edges"]) == d.meta["reused"]
     assert any(re.search(r"x\d+", text) for _, text, _ in svg["edges"])  # summed edges
+
+
+@needs_renderer
+def test_legend_shows_only_the_styles_drawn_with_their_shapes():
+    loss, params = small_cnn()
+    forward = vz.to_dot(loss, legend=True)
+    kinds = {t.kind for t in gd.toposort([loss])}
+    texts = {"placeholder": "placeholder", "variable": "variable", "constant": "constant", "forward": "forward op"}
+    assert set(forward.meta["legend"]["nodes"]) == {texts[k] for k in kinds}
+    assert forward.meta["legend"]["edges"] == []  # no backward, nothing reused
+    assert "backward op" not in forward.source and "reused" not in forward.source
+
+    grads = gd.grad(loss, params)
+    collapsed = vz.to_dot([loss, *grads], collapse=True, legend=True)
+    root = ET.fromstring(collapsed.pipe("svg"))
+    shapes = {}  # node title -> the SVG element kinds that draw it
+    for g in root.iter(SVG + "g"):
+        if g.get("class") == "node":
+            shapes[g.find(SVG + "title").text] = {e.tag[len(SVG):] for e in g if e.tag != SVG + "text"} - {"title"}
+    drawn = {k: v for k, v in shapes.items() if not k.startswith("legend_")}
+    legend = {k: v for k, v in shapes.items() if k.startswith("legend_n")}
+    assert not any("ellipse" in v for v in drawn.values())  # layers are boxes, the inputs too ...
+    assert legend and not any("ellipse" in v for v in legend.values())  # ... and so is every legend entry
+    assert set(collapsed.meta["legend"]["nodes"]) == {"placeholder", "layer (forward pass)", "layer, backward pass",
+                                                      "layer holding gradient outputs \u2202E/\u2202W"}
+    assert set(collapsed.meta["legend"]["edges"]) == {"reused forward value", "backward"}
+
+
+@needs_renderer
+def test_gradient_outputs_are_marked_with_the_variable_they_belong_to():
+    loss, params = small_cnn()
+    grads = gd.grad(loss, params)
+    svg = parse_svg(vz.to_dot([loss, *grads]))
+    for g, p in zip(grads, params):
+        assert svg["nodes"][f"n{g.id}"]["text"].startswith(f"\u2202E/\u2202{p.name}"), p.name
+    marked = [k for k, n in svg["nodes"].items() if "\u2202E/\u2202" in n["text"]]
+    assert len(marked) == 3
+    d = vz.to_dot([loss, *grads], collapse=True)
+    boxes = parse_svg(d)["nodes"].values()
+    assert any(n["text"].startswith("conv1 (backward)") and "\u2202E/\u2202conv1/w" in n["text"]
+               and "\u2202E/\u2202conv1/b" in n["text"] for n in boxes)
+    assert 'penwidth=3' in d.source
+    assert "\u2202E" not in vz.to_dot(loss).source  # a forward graph has none
+
+
+def _compiled_alexnet_small_step():
+    from models.alexnet import alexnet_small, train_step
+
+    return train_step(alexnet_small(10, 24)).program
+
+
+@needs_renderer
+def test_a_compiled_training_step_draws_collapsed_by_layer_and_legible_at_1920_px():
+    program = _compiled_alexnet_small_step()
+    d = vz.to_dot(program, legend=True)  # collapsed by default
+    svg = parse_svg(d)
+    texts = [n["text"] for n in svg["nodes"].values()]
+    scopes = {t.scope for t in program.nodes if t.scope}
+    # every fused op sits in the box of the layer it came from: one box per layer and pass, no loose op
+    assert len(svg["nodes"]) - sum(k.startswith("legend_") for k in svg["nodes"]) == d.meta["nodes"] <= 2 * len(scopes) + 2
+    assert any(t.startswith("conv3 ") and "conv2d_relu" in t for t in texts)
+    assert any(t.startswith("conv3 (backward)") and "conv2d_backward" in t for t in texts)
+    assert any(t.startswith("pool1 ") and "max_pool2d_with_argmax" in t for t in texts)
+    (sgd,) = [t for t in texts if t.startswith("sgd ")]  # the SGD updates in one box
+    assert f"updates {len(program.updates)} variables" in sgd
+    into_updates = [e for e in svg["edges"] if e[2].get("stroke") == vz.dot.UPDATE_EDGE["color"]]
+    assert len(into_updates) >= 16 and not any("(" in text for _, text, _ in into_updates)  # thin, no shapes
+    # legible: the smallest text, 9 pt, still at least 9 pixels tall with the picture scaled to 1,920 px wide
+    root = ET.fromstring(d.pipe("svg"))
+    width_pt = float(root.get("width").rstrip("pt"))
+    smallest_pt = min(float(t.get("font-size")) for t in root.iter(SVG + "text"))
+    assert smallest_pt * 96 / 72 * min(1.0, 1920 / (width_pt * 96 / 72)) >= 9
 
 
 def test_legend_and_jupyter_display():
@@ -290,10 +364,31 @@ def test_maxpool_multiplexer_routes_the_first_maximum():
     svg = parse_svg(d)
     selected = [title for title, text, _ in svg["edges"] if "selected" in text]
     assert selected == ["x_1->mux"]
-    assert d.meta["selected"] == 1 and d.meta["selected_index"] == (0, 1)
+    assert d.meta["selected"] == 1 and d.meta["selected_index"] == (0, 1) and d.meta["tied"] == [2]
     assert len(svg["edges"]) == 5 and set(svg["nodes"]) == {"x_0", "x_1", "x_2", "x_3", "mux", "y"}
+    assert "tie with x10" in svg["nodes"]["mux"]["text"] and "first in row-major order wins" in svg["nodes"]["mux"]["text"]
     d = vz.maxpool_multiplexer([-5, -1, -3])
-    assert d.meta["selected"] == 1 and "select x01" in d.source
+    assert d.meta["selected"] == 1 and "select x01" in d.source and d.meta["tied"] == [] and "tie" not in d.source
+
+
+def test_the_documented_multiplexer_has_no_tie_and_the_docs_say_what_it_selects():
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+    spec = importlib.util.spec_from_file_location("make_diagrams", os.path.join(here, "make_diagrams.py"))
+    make_diagrams = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_diagrams)
+    window = np.asarray(make_diagrams.MULTIPLEXER_WINDOW)
+    assert np.count_nonzero(window == window.max()) == 1
+    d = vz.maxpool_multiplexer(window)
+    r, c = d.meta["selected_index"]
+    assert d.meta["tied"] == [] and window[r, c] == window.max()
+    with open(os.path.join(here, "diagrams.md")) as f:
+        text = f.read()
+    assert f"`x{r}{c} = {window.max():g}`" in text and "appears twice" not in text
+    with open(os.path.join(here, "maxpool_multiplexer.svg")) as f:
+        svg = f.read()
+    assert f"select x{r}{c}" in svg and "tie" not in svg  # the committed picture is this window's
 
 
 # --------------------------------------------------------------------------- summary

@@ -5,7 +5,7 @@
     vz.render(loss, "alexnet.svg")               # SVG or PNG (PDF with system Graphviz)
     vz.conv_pseudograph(4, 2, backward=True)     # the slides' element-level pseudo-graph
     vz.relu_switch([0.7, -1.2, 0.0])             # ReLU's gradient as a switch
-    vz.maxpool_multiplexer([[1, 3], [3, 2]])     # max pooling's gradient as a multiplexer
+    vz.maxpool_multiplexer([[1, 3], [2, 0]])     # max pooling's gradient as a multiplexer
     vz.summary(model.loss)                       # per-layer params, MACs, FLOPs
     vz.annotated(model.loss)                     # the AlexNet slide: params red, FLOPs green
 

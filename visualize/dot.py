@@ -3,24 +3,30 @@ course slides: inputs at the bottom, the loss at the top.
 
 Node kinds are styled apart:
 
-=============  ==========================================================
-placeholder    blue rounded box (inputs fed at run time)
-variable       yellow box (trainable parameters)
-constant       small grey dashed box
-forward op     white ellipse
-backward node  red ellipse (built by ``grad``); first-class gradient ops
-               (``conv2d_grad_input``, ``max_pool2d_grad``, ...) get a double
-               outline
-=============  ==========================================================
+===============  ========================================================
+placeholder      blue rounded box (inputs fed at run time)
+variable         yellow box (trainable parameters)
+constant         small grey dashed box
+forward op       white ellipse
+backward node    red ellipse (built by ``grad``); first-class gradient ops
+                 (``conv2d_grad_input``, ``max_pool2d_grad``, ...) get a
+                 double outline
+gradient output  a requested gradient (``dE/dW``): a thick dark red outline,
+                 labelled ``∂E/∂<variable>``
+===============  ========================================================
 
 In a graph holding both passes the backward flows top-down beside the
 forward (its edges are drawn reversed, arrowheads still on the user), and the
 values the backward reuses from the forward pass (ReLU's output that opens the
-switch, the pooling argmax's inputs, LRN's scale, ...) are drawn as dashed
-blue edges labelled ``reused``. Edges carry the shape of the value they carry
-(``?`` for a dimension known only at run time). Scopes (layers) are clusters;
-``collapse=True`` draws one box per scope instead, with edge counts summed,
-which keeps AlexNet's forward+backward graph readable.
+switch, the pooling argmax's inputs, LRN's scale, a layer's input (the images
+too) for its weight gradient, ...) are drawn as dashed blue edges labelled
+``reused``. Edges carry the shape of the value they carry (``?`` for a
+dimension known only at run time). Scopes (layers) are clusters;
+``collapse=True`` draws one box per scope instead (forward boxes white and
+rounded, backward boxes red), with edge counts summed, which keeps AlexNet's
+forward+backward graph readable; a compiled program is drawn collapsed by
+default, its fused ops in the layers they came from and its updates (SGD's)
+in one box. The legend shows the styles the picture uses, and only those.
 """
 from __future__ import annotations
 
@@ -48,6 +54,13 @@ STYLE = {
 }
 REUSED = dict(style="dashed", color="#2166ac", fontcolor="#2166ac", penwidth="1.6", constraint="false")
 BACKWARD_EDGE = dict(color="#b2182b", fontcolor="#b2182b")
+#: a requested gradient (an output of the backward pass), drawn over its kind's style
+GRADIENT_OUTPUT = dict(penwidth="3", color="#67000d")
+#: parameters and gradients flowing into a compiled program's update box (thin: many of them)
+UPDATE_EDGE = dict(color="#8c8c8c", fontcolor="#6b6b6b", penwidth="0.8", arrowsize="0.6", constraint="false")
+#: collapsed view: one box per layer and pass
+LAYER_BOX = {False: dict(STYLE["forward"], shape="box", style="filled,rounded"),
+             True: dict(STYLE["gradient"], shape="box")}
 
 
 def shape_label(shape):
@@ -84,8 +97,59 @@ def is_op(t):
 
 
 def is_reused(src, dst):
-    """A value computed by the forward pass and read by a backward node."""
-    return is_op(src) and not src.backward and dst.backward
+    """A forward value read by a backward node: an op's output, or an input
+    placeholder (the images that the first layer's weight gradient reads,
+    like every other layer's input)."""
+    return (is_op(src) or src.kind == "placeholder") and not src.backward and dst.backward
+
+
+def gradient_outputs(outputs, nodes):
+    """``id -> "∂E/∂<variable>"`` for the backward nodes among ``outputs`` (the
+    gradients asked for): the variable is the one of the gradient's shape in
+    its scope, ``∂E/∂(...)`` where that is not unique."""
+    variables = defaultdict(list)
+    for t in nodes:
+        if t.kind == "variable":
+            variables[(t.scope, t.shape)].append(t)
+    marks = {}
+    for o in outputs:
+        if o.backward and is_op(o):
+            match = variables.get((o.scope, o.shape), [])
+            marks[id(o)] = "\u2202E/\u2202" + (match[0].name if len(match) == 1 else f"({o.name})")
+    return marks
+
+
+class _Key:
+    """The styles a diagram uses, in first-use order, for its legend."""
+
+    def __init__(self):
+        self.nodes, self.edges = OrderedDict(), OrderedDict()
+
+    def node(self, text, style):
+        self.nodes.setdefault(text, style)
+
+    def edge(self, text, style):
+        self.edges.setdefault(text, style)
+
+
+_KIND_TEXT = {"placeholder": "placeholder", "variable": "variable", "constant": "constant",
+              "forward": "forward op", "gradient": "backward op"}
+
+
+def _note_node(key, t, style):
+    if t.kind == "gradient" and style.get("peripheries") == "2":
+        key.node("gradient op (its own VJP)", style)
+    else:
+        key.node(_KIND_TEXT[t.kind], style)
+
+
+def _note_edge(key, attrs):
+    if attrs.get("style") == "dashed" and attrs.get("color") == REUSED["color"]:
+        key.edge("reused forward value", REUSED)
+    elif attrs.get("color") == BACKWARD_EDGE["color"]:
+        key.edge("backward", BACKWARD_EDGE)
+    elif attrs.get("color") == UPDATE_EDGE["color"]:
+        key.edge("into the updates", UPDATE_EDGE)
 
 
 def _compact(value):
@@ -166,7 +230,7 @@ def _scope_key(scope, depth):
     return "/".join(parts[:depth]) if depth else scope
 
 
-def to_dot(outputs, *, collapse=False, title=None, shapes=True, clusters=True, constants=True,
+def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, constants=True,
            legend=False, rankdir="BT"):
     """The graph ``outputs`` depend on, as a :class:`Diagram` (a
     ``graphviz.Digraph``).
@@ -178,27 +242,40 @@ def to_dot(outputs, *, collapse=False, title=None, shapes=True, clusters=True, c
     * ``collapse``: False draws every node; True one box per scope (an int
       ``k`` groups by the first ``k`` levels of nested scopes). Edges between
       boxes are summed (``x3``); ops outside any scope stay single nodes.
+      Default: True for a compiled program (its fused ops sit in their
+      layers' boxes, its updates in one box), False otherwise.
     * ``shapes``: label edges with the shapes they carry.
     * ``clusters``: draw scopes as boxes around their nodes (full view).
     * ``constants``: draw constant nodes (full view; collapsed views fold them
       into their user's box).
-    * ``legend``: add a key of the node and edge styles.
+    * ``legend``: add a key of the node and edge styles the picture uses.
 
-    ``d.meta`` has ``nodes``, ``edges`` (as drawn) and ``reused`` (crossing edges).
+    Backward nodes among ``outputs`` (the gradients asked for, ``dE/dW``) are
+    marked ``∂E/∂<variable>`` with a thick outline.
+
+    ``d.meta`` has ``nodes``, ``edges`` (as drawn), ``reused`` (crossing
+    edges) and ``legend`` (the node and edge styles drawn, by legend text).
     """
+    program = outputs if isinstance(outputs, gd.Program) else None
+    if collapse is None:
+        collapse = program is not None
     outputs = as_outputs(outputs)
     nodes = gd.toposort(outputs)
+    marks = {} if program is not None else gradient_outputs(outputs, nodes)
+    updating = {new.name for _, new in program.updates} if program is not None else set()
     d = new_diagram("graphdiff", title=title, rankdir=rankdir, newrank="true", nodesep="0.25", ranksep="0.35")
+    key = _Key()
     if collapse:
-        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes)
+        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes, marks, updating, key)
     else:
-        _full(d, nodes, shapes, clusters, constants)
+        _full(d, nodes, shapes, clusters, constants, marks, key)
+    d.meta["legend"] = {"nodes": list(key.nodes), "edges": list(key.edges)}
     if legend:
-        _legend(d)
+        _legend(d, key)
     return d
 
 
-def _full(d, nodes, shapes, clusters, constants):
+def _full(d, nodes, shapes, clusters, constants, marks, key):
     drawn = [t for t in nodes if constants or t.kind != "constant"]
     ids = {id(t): f"n{t.id}" for t in drawn}
     users = defaultdict(list)
@@ -221,7 +298,12 @@ def _full(d, nodes, shapes, clusters, constants):
         by_cluster[cluster_of(t)].append(t)
 
     def emit(graph, t):
-        graph.node(ids[id(t)], _node_label(t), tooltip=f"{t.name} {t.dtype.name}", **_node_style(t))
+        style, label = _node_style(t), _node_label(t)
+        _note_node(key, t, style)
+        if id(t) in marks:
+            style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"
+            key.node("gradient output \u2202E/\u2202W", style)
+        graph.node(ids[id(t)], label, tooltip=f"{t.name} {t.dtype.name}", **style)
 
     # Nested clusters: "block/conv1" is drawn inside "block".
     tree = {}
@@ -251,13 +333,14 @@ def _full(d, nodes, shapes, clusters, constants):
             if id(i) not in ids:
                 continue
             attrs = _edge_attrs(i, t, shapes)
+            _note_edge(key, attrs)
             _edge(d, ids[id(i)], ids[id(t)], attrs)
             n_edges += 1
             n_reused += is_reused(i, t)
     d.meta.update(nodes=len(drawn), edges=n_edges, reused=n_reused)
 
 
-def _collapsed(d, nodes, depth, shapes):
+def _collapsed(d, nodes, depth, shapes, marks, updating, key):
     # Group key per node: ("scope", scope, backward) or ("node", id). Constants
     # join their first user's group; scoped variables join their scope's box.
     users = defaultdict(list)
@@ -266,11 +349,11 @@ def _collapsed(d, nodes, depth, shapes):
             users[id(i)].append(t)
     group = {}
     for t in nodes:
-        key = _scope_key(t.scope, depth)
-        if t.kind in ("placeholder",) or (not key and t.kind != "constant"):
+        scope_key = _scope_key(t.scope, depth)
+        if t.kind in ("placeholder",) or (not scope_key and t.kind != "constant"):
             group[id(t)] = ("node", t.id)
         elif t.kind != "constant":
-            group[id(t)] = ("scope", key, bool(t.backward) and is_op(t))
+            group[id(t)] = ("scope", scope_key, bool(t.backward) and is_op(t))
     for t in nodes:
         if t.kind == "constant" and id(t) not in group:
             first = users[id(t)]
@@ -284,24 +367,39 @@ def _collapsed(d, nodes, depth, shapes):
         if g is not None:
             members.setdefault(g, []).append(t)
 
-    gid = {}
+    gid, update_groups = {}, set()
     for k, (g, ts) in enumerate(members.items()):
         gid[g] = f"g{k}"
         if g[0] == "node":
             t = ts[0]
-            d.node(gid[g], _node_label(t), tooltip=t.name, **_node_style(t))
+            style, label = _node_style(t), _node_label(t)
+            _note_node(key, t, style)
+            if id(t) in marks:
+                style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"
+                key.node("gradient output \u2202E/\u2202W", style)
+            d.node(gid[g], label, tooltip=t.name, **style)
             continue
         _, scope, backward = g
         ops = list(OrderedDict.fromkeys(t.op.name for t in ts if is_op(t)))
-        params = sum(size_of(t.shape) for t in ts if t.kind == "variable")
+        values = sum(size_of(t.shape) for t in ts if t.kind == "variable")
+        updates = len({t.name for t in ts if is_op(t) and t.name in updating})  # a fused pass and its parts share names
         lines = [scope + (" (backward)" if backward else "")]
+        if updates:
+            lines.append(f"updates {updates} variables")
         for k0 in range(0, len(ops), 3):
             lines.append(", ".join(ops[k0:k0 + 3]))
         n_ops = sum(is_op(t) for t in ts)
-        lines.append(f"{n_ops} op{'s' if n_ops != 1 else ''}" + (f", {params:,} params" if params else ""))
-        style = dict(STYLE["gradient" if backward else "forward"], shape="box")
-        if not backward:
-            style["style"] = "filled,rounded"
+        held = "values held" if updates else "params"  # an update box holds state (momentum), not weights
+        lines.append(f"{n_ops} op{'s' if n_ops != 1 else ''}" + (f", {values:,} {held}" if values else ""))
+        style = dict(LAYER_BOX[bool(backward)])
+        key.node("layer, backward pass" if backward else "layer (forward pass)", style)
+        grads = [marks[id(t)] for t in ts if id(t) in marks]
+        if grads:  # the gradients asked for: dE/dW of this layer's variables
+            lines.append(", ".join(grads))
+            style.update(GRADIENT_OUTPUT)
+            key.node("layer holding gradient outputs \u2202E/\u2202W", style)
+        if updates:
+            update_groups.add(g)
         d.node(gid[g], "\n".join(lines), tooltip=scope, **style)
 
     counts = OrderedDict()
@@ -327,7 +425,11 @@ def _collapsed(d, nodes, depth, shapes):
         s_back = gi[0] == "scope" and gi[2] or gi[0] == "node" and src.backward
         t_back = gt[0] == "scope" and gt[2] or gt[0] == "node" and dst.backward
         attrs = {}
-        if c["reused"] and not s_back and t_back:
+        if gt in update_groups and gi not in update_groups:
+            # every layer's parameters and gradients go to the updates: thin, counted, unlabelled by shape
+            attrs.update(UPDATE_EDGE)
+            text = f"x{c['n']}" if c["n"] > 1 else ""
+        elif c["reused"] and not s_back and t_back:
             attrs.update(REUSED)
             text = "reused " + text
             n_reused += 1
@@ -335,18 +437,23 @@ def _collapsed(d, nodes, depth, shapes):
             attrs.update(BACKWARD_EDGE, dir="back")
         if text:
             attrs["label"] = text.strip()
+        _note_edge(key, attrs)
         _edge(d, gid[gi], gid[gt], attrs)
     d.meta.update(nodes=len(members), edges=len(counts), reused=n_reused)
 
 
-def _legend(d):
+def _legend(d, key):
+    """A key of exactly the node and edge styles drawn (``key``), each with
+    the shape and colours it has in the picture."""
     with d.subgraph(name="cluster_legend") as c:
         c.attr(label="legend", style="rounded", color="#bbbbbb", fontname="Helvetica", fontsize="10")
-        names = [("placeholder", "placeholder"), ("variable", "variable"), ("constant", "constant"),
-                 ("forward", "forward op"), ("gradient", "backward op")]
-        for kind, text in names:
-            c.node(f"legend_{kind}", text, **STYLE[kind])
-        c.edge("legend_forward", "legend_gradient", label="reused", **REUSED)
+        for k, (text, style) in enumerate(key.nodes.items()):
+            c.node(f"legend_n{k}", text, **style)
+        for k, (text, style) in enumerate(key.edges.items()):
+            c.node(f"legend_e{k}_from", "", shape="point", width="0.05", color=style.get("color", "black"))
+            c.node(f"legend_e{k}_to", "", shape="point", width="0.05", color=style.get("color", "black"))
+            attrs = {a: v for a, v in style.items() if a not in ("constraint", "dir")}
+            c.edge(f"legend_e{k}_from", f"legend_e{k}_to", label=text, **attrs)
 
 
 def render(outputs_or_digraph, path, format=None, **to_dot_kwargs):

@@ -188,7 +188,9 @@ def maxpool_multiplexer(window_values):
     sit at the bottom, the multiplexer in the middle, the output ``y = max``
     on top. The routed input, the first maximum in row-major order (the
     engine's tie rule), gets a bold green edge labelled ``selected``; the
-    backward sends ``dE/dy`` only there. Node names: ``x_k`` (row-major
+    backward sends ``dE/dy`` only there. Where the window holds equal maxima
+    the multiplexer says so and names the rule that picked;
+    ``d.meta["tied"]`` lists the other maxima. Node names: ``x_k`` (row-major
     position k), ``mux``, ``y``; ``d.meta["selected"]`` is k and
     ``d.meta["selected_index"]`` the (row, column) in the window.
     """
@@ -198,9 +200,14 @@ def maxpool_multiplexer(window_values):
     if w.ndim != 2 or w.size == 0 or w.size > 64:
         raise ValueError(f"maxpool_multiplexer: give one window (1-D or 2-D, 1 to 64 values), got shape {w.shape}")
     flat = w.ravel()
-    sel = int(np.argmax(flat))  # first maximum in row-major order
+    sel = int(np.argmax(flat))  # first maximum in row-major order (a NaN, if any: it propagates)
     rows, cols = w.shape
     sel_rc = (sel // cols, sel % cols)
+    tied = [k for k in np.flatnonzero(flat == flat[sel]) if k != sel]
+    tie_note = ""
+    if tied:  # say which rule picked: the engine's (max_pool2d_argmax), the first in row-major order
+        others = ", ".join(f"x{k // cols}{k % cols}" for k in tied)
+        tie_note = f"\n(tie with {others}:\nthe first in row-major order wins)"
     d = new_diagram("maxpool_multiplexer", nodesep="0.3", ranksep="0.7",
                     title=f"max pooling is a multiplexer: the forward selects x{sel_rc[0]}{sel_rc[1]}; "
                           f"the backward routes \u2202E/\u2202y there")
@@ -213,7 +220,7 @@ def maxpool_multiplexer(window_values):
                      fillcolor="#c7e9c0" if chosen else "#cfe2f3", color="#238b45" if chosen else "#2b5797",
                      penwidth="2" if chosen else "1")
         _keep_order(row, [f"x_{k}" for k in range(flat.size)])
-    d.node("mux", f"MUX\nselect x{sel_rc[0]}{sel_rc[1]}", shape="invtrapezium", style="filled",
+    d.node("mux", f"MUX\nselect x{sel_rc[0]}{sel_rc[1]}{tie_note}", shape="invtrapezium", style="filled",
            fillcolor="#fff2b3")
     d.node("y", f"y = max = {_fmt(flat[sel])}\n\u2202E/\u2202x{sel_rc[0]}{sel_rc[1]} = \u2202E/\u2202y, others 0",
            shape="ellipse")
@@ -223,5 +230,5 @@ def maxpool_multiplexer(window_values):
         else:
             d.edge(f"x_{k}", "mux", color="#aaaaaa", style="dashed", arrowsize="0.5")
     d.edge("mux", "y")
-    d.meta.update(selected=sel, selected_index=sel_rc, values=flat.tolist())
+    d.meta.update(selected=sel, selected_index=sel_rc, values=flat.tolist(), tied=[int(k) for k in tied])
     return d
