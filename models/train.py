@@ -366,7 +366,7 @@ def _write_metrics(path, history):
         raise
 
 
-def _restore(step, shuffle_rng, arrays, meta, config, path, log):
+def _restore(step, shuffle_rng, arrays, meta, config, path):
     """Check a checkpoint read for ``--resume`` whole before using any of it,
     then load it into ``step`` and ``shuffle_rng``. Returns ``(history,
     best_val_error, stale_epochs)``. Raises :class:`CheckpointError` naming
@@ -464,7 +464,7 @@ def main(argv=None):
     resumed = False
     if args.resume and os.path.exists(ckpt_path):
         arrays, meta = load_checkpoint(ckpt_path)
-        history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path, log)
+        history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path)
         _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
         resumed = True
         log(f"resumed from {ckpt_path} after epoch {len(history)} (lr {step.lr:g})")
