@@ -425,6 +425,23 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
     return history, best_val, stale
 
 
+def _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
+    """``--resume``: load the checkpoint into ``step`` and ``shuffle_rng``
+    (see :func:`_restore`), rewrite ``metrics.jsonl`` to its epochs and keep
+    the run's initial learning rate in ``config``. Returns ``(history,
+    best_val_error, stale_epochs)``."""
+    arrays, meta = load_checkpoint(ckpt_path)
+    history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path)
+    _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
+    log(f"resumed from {ckpt_path} after epoch {len(history)} (lr {step.lr:g})")
+    initial = meta["config"].get("lr", step.lr)  # the run's --lr (older checkpoints: the current rate)
+    config["lr"] = initial  # what the run started with, whatever this resume says
+    if args.lr_given and args.lr != initial:
+        log(f"--lr {args.lr:g} is not used: training continues with the checkpoint's learning rate "
+            f"{step.lr:g} (the run's schedule); --overwrite starts again at {args.lr:g}")
+    return history, best_val, stale
+
+
 def _prepare_out(args):
     """Create ``--out``; with ``--overwrite`` remove the previous run's files
     (only those a run writes, and its TensorBoard event files)."""
@@ -461,18 +478,9 @@ def main(argv=None):
     history, best_val, stale = [], None, 0
     _prepare_out(args)
 
-    resumed = False
-    if args.resume and os.path.exists(ckpt_path):
-        arrays, meta = load_checkpoint(ckpt_path)
-        history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path)
-        _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
-        resumed = True
-        log(f"resumed from {ckpt_path} after epoch {len(history)} (lr {step.lr:g})")
-        initial = meta["config"].get("lr", step.lr)  # the run's --lr (older checkpoints: the current rate)
-        config["lr"] = initial  # what the run started with, whatever this resume says
-        if args.lr_given and args.lr != initial:
-            log(f"--lr {args.lr:g} is not used: training continues with the checkpoint's learning rate "
-                f"{step.lr:g} (the run's schedule); --overwrite starts again at {args.lr:g}")
+    resumed = args.resume and os.path.exists(ckpt_path)
+    if resumed:
+        history, best_val, stale = _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log)
     elif args.resume:
         log(f"no checkpoint at {ckpt_path}: starting from scratch")
 
