@@ -37,10 +37,18 @@ def grad(y, xs, grad_output=None):
 
     ``y`` must be a scalar unless ``grad_output`` (a tensor of ``y``'s shape)
     seeds the backward pass: then the result is the vector-Jacobian product
-    ``grad_output^T dy/dx``. Returns a list, one tensor of each input's shape;
-    an input that ``y`` does not depend on gets zeros.
+    ``grad_output^T dy/dx``. ``xs`` is a tensor (the result is one tensor),
+    a list or tuple (a list, in order), or a dict ``name -> tensor`` such as a
+    model's ``params`` (a dict with the same keys, in the same order). Each
+    gradient has its input's shape; an input that ``y`` does not depend on
+    gets zeros.
     """
+    if isinstance(xs, dict):
+        return dict(zip(xs.keys(), grad(y, list(xs.values()), grad_output)))
     single = isinstance(xs, Tensor)
+    if not single and (isinstance(xs, (str, bytes)) or not hasattr(xs, "__iter__")):
+        raise TypeError(f"grad: xs must be a Tensor, a list or tuple of Tensors or a dict of them, "
+                        f"got {type(xs).__name__}")
     xs = [xs] if single else list(xs)
     if not isinstance(y, Tensor):
         raise TypeError(f"grad: y must be a Tensor, got {type(y).__name__}")
@@ -48,7 +56,7 @@ def grad(y, xs, grad_output=None):
         raise ShapeError(f"grad: {y.name} has dtype {y.dtype}; only float outputs can be differentiated")
     for x in xs:
         if not isinstance(x, Tensor):
-            raise TypeError(f"grad: xs must be Tensors, got {type(x).__name__}")
+            raise TypeError(f"grad: xs must be Tensors, got {type(x).__name__} {x!r}")
         if x.dtype.kind != "f":
             raise ShapeError(f"grad: cannot differentiate with respect to {x.name}: dtype {x.dtype} is not float")
     with _in_scope(y.scope, backward=True):

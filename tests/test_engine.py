@@ -472,3 +472,25 @@ def test_cupy_backend_without_a_gpu_says_what_to_install():
         gd.compile(x * 2.0, [x], backend="cupy")
     assert "pip install" in str(info.value) and "cupy-cuda12x" in str(info.value)
     assert "cupy" not in gd.available_backends()
+
+
+def test_grad_keeps_the_structure_of_xs():
+    """A dict gives a dict with the same keys in the same order (a model's
+    ``params``); a list or tuple gives a list; one tensor gives one tensor."""
+    x = gd.placeholder((3,), "float64", name="x")
+    params = {"fc/w": gd.variable(np.full(3, 2.0), name="fc/w"), "fc/b": gd.variable(np.ones(3), name="fc/b")}
+    loss = gd.sum(x * params["fc/w"] + params["fc/b"] * params["fc/b"])
+    grads = gd.grad(loss, params)
+    assert isinstance(grads, dict) and list(grads) == ["fc/w", "fc/b"]
+    xv = np.array([1.0, 2.0, 3.0])
+    gw, gb = gd.compile([grads["fc/w"], grads["fc/b"]], [x])(xv)
+    np.testing.assert_array_equal(gw, xv)
+    np.testing.assert_array_equal(gb, [2.0, 2.0, 2.0])
+    as_list = gd.grad(loss, (params["fc/w"], params["fc/b"]))
+    assert isinstance(as_list, list) and len(as_list) == 2
+    assert isinstance(gd.grad(loss, params["fc/b"]), gd.Tensor)
+    assert len(gd.grad(loss, params.values())) == 2
+    with pytest.raises(TypeError, match="grad: xs must be Tensors, got str"):
+        gd.grad(loss, ["fc/w"])
+    with pytest.raises(TypeError, match="grad: xs must be a Tensor, a list or tuple"):
+        gd.grad(loss, "fc/w")
