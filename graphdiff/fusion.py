@@ -32,7 +32,7 @@ from .kernels.parallel import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
 from .kernels.conv import grad_input_as_convolution
 from .ops.conv import (Conv2d, Conv2dBackward, Conv2dFromCols, Conv2dGradInput, Conv2dGradWeight,
                        Conv2dGradWeightFromCols, Conv2dReLU, Im2col)
-from .ops.elementwise import UFUNC_OF, Binary, Step, Unary
+from .ops.elementwise import UFUNC_OF, Binary, ReluGrad, Step, Unary, relu_grad_kernel
 from .ops.pool import MaxPool2d, MaxPool2dArgmax, MaxPool2dWithArgmax
 
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
@@ -44,11 +44,11 @@ def _fusable(node):
         return False
     if isinstance(op, Unary):
         return op.fn in UFUNC_OF or op.fn == "relu"
-    return isinstance(op, (Binary, Step)) and all(i.dtype == node.dtype for i in node.inputs)
+    return isinstance(op, (Binary, Step, ReluGrad)) and all(i.dtype == node.dtype for i in node.inputs)
 
 
 def _fn(node):
-    return "step" if isinstance(node.op, Step) else node.op.fn
+    return node.op.fn if isinstance(node.op, (Unary, Binary)) else node.op.name  # step, relu_grad
 
 
 def _lines_up(operand, head):
@@ -170,6 +170,8 @@ def _apply(xp, fn, vals, out):
         if out is None:
             return (vals[0] > 0).astype(vals[0].dtype)
         return xp.greater(vals[0], 0, out=out)  # one pass; sign + maximum took two and ~6x longer
+    if fn == "relu_grad":  # g where y > 0, else 0: a select, as ReluGrad (inf * 0 would be NaN)
+        return relu_grad_kernel(xp, *vals, out=out)
     return getattr(xp, UFUNC_OF[fn])(*vals, out=out)
 
 

@@ -622,3 +622,34 @@ def test_slicing_runs_with_the_static_shape(shape_and_key):
     expected = np.zeros(shape)
     expected[key] += 1.0  # basic indexing never repeats an element
     np.testing.assert_array_equal(gv, expected)
+
+
+def test_relu_and_maximum_gradients_select_instead_of_multiplying():
+    """An infinite incoming gradient at a closed switch gives 0, not inf * 0 = NaN
+    (PyTorch: d/dx sum(log(relu(x))) at [0, 1, -1, 2] is [0, 1, 0, 0.5])."""
+    x = gd.placeholder((4,), "float64", name="x")
+    xv = np.array([0.0, 1.0, -1.0, 2.0])
+    (g,) = gd.grad(gd.sum(gd.log(gd.relu(x))), [x])
+    with np.errstate(divide="ignore"):
+        for optimize in (True, False):
+            np.testing.assert_array_equal(gd.compile(g, [x], optimize=optimize)(xv), [0.0, 1.0, 0.0, 0.5])
+        # maximum(x, 0) is the same function; minimum's closed side too
+        (gm,) = gd.grad(gd.sum(gd.log(gd.maximum(x, 0.0))), [x])
+        np.testing.assert_array_equal(gd.compile(gm, [x])(np.array([-1.0, 1.0, -3.0, 2.0])), [0.0, 1.0, 0.0, 0.5])
+        (gn,) = gd.grad(gd.sum(gd.log(-gd.minimum(x, 0.0))), [x])
+        np.testing.assert_array_equal(gd.compile(gn, [x])(np.array([1.0, -1.0, 3.0, -2.0])), [0.0, -1.0, 0.0, -0.5])
+
+
+def test_relu_gradient_fuses_with_the_chain_that_feeds_it():
+    """The switch stays one elementwise step: fused with the ops around it, and
+    its double VJP (the same switch) still checks against finite differences."""
+    x = gd.placeholder((64, 64), "float64", name="x")
+    w = gd.placeholder((64, 64), "float64", name="w")
+    (g,) = gd.grad(gd.sum(gd.relu(x) * w), [x])
+    program = gd.compile(g * 2.0 + 1.0, [x, w])
+    ops = [n.op.name for n in program.nodes if not n.op.name in ("placeholder", "constant")]
+    assert ops == ["fused_elementwise"], ops
+    assert "relu_grad" in program.nodes[-1].op.describe()
+    xv, wv = away_from_zero((64, 64), 3), rng(4).standard_normal((64, 64))
+    np.testing.assert_array_equal(program(xv, wv), np.where(xv > 0, wv, 0.0) * 2 + 1)
+    assert_gradients(lambda a: gd.relu(a) * a, [away_from_zero((3, 4), 5)])

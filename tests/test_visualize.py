@@ -141,7 +141,7 @@ def test_backward_diagram_marks_backward_nodes_and_reused_values():
             reused.add(tuple(title.split("->")))
     assert reused == expected and len(reused) == d.meta["reused"]
     ops_reading = {(by_id[a].op.name, by_id[b].op.name) for a, b in reused}
-    assert ("relu", "step") in ops_reading  # ReLU's switch reads the forward output
+    assert ("relu", "relu_grad") in ops_reading  # ReLU's switch reads the forward output
     assert any(b == "max_pool2d_argmax" for _, b in ops_reading)  # the pooling argmax
     assert any(a.startswith("lrn") and b.startswith("lrn") for a, b in ops_reading)  # LRN's scale
     images = next(t for t in nodes if t.name == "x")  # the first layer's input, read by its weight gradient

@@ -2,7 +2,7 @@
 rule, its kernel (written against an array module ``xp``) and its VJP rule."""
 from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight
 from .elementwise import (abs_, add, cast, div, equal, exp, greater, greater_equal, less, less_equal, log,
-                          maximum, minimum, mul, neg, not_equal, pow, relu, sigmoid, sign, sqrt, step, sub,
+                          maximum, minimum, mul, neg, not_equal, pow, relu, relu_grad, sigmoid, sign, sqrt, step, sub,
                           tanh, where)
 from .linalg import matmul
 from .lrn import lrn, lrn_within, normalize_cross_map, window_sum_channels, window_sum_spatial

@@ -32,8 +32,8 @@ UNARY = {
     "tanh":    (lambda xp, x: xp.tanh(x),     lambda x, y, g: g * (1.0 - y * y),   np.tanh),
     "sigmoid": (_sigmoid,                     lambda x, y, g: g * y * (1.0 - y),   np.tanh),
     "abs":     (lambda xp, x: xp.abs(x),      lambda x, y, g: g * sign(x),         np.abs),
-    # ReLU's gradient is a switch: open (1) where the forward value was positive.
-    "relu":    (lambda xp, x: xp.maximum(x, 0), lambda x, y, g: g * step(y),       np.positive),
+    # ReLU's gradient is a switch: dE passes where the forward value was positive.
+    "relu":    (lambda xp, x: xp.maximum(x, 0), lambda x, y, g: relu_grad(y, g),   np.positive),
 }
 
 
@@ -80,9 +80,48 @@ neg, exp, log, sqrt, tanh, sigmoid, abs_ = (_unary(n) for n in ("neg", "exp", "l
 
 
 def relu(x, name=None):
-    """``y = max(0, x)``. Its VJP is ``dE * step(y)``: a switch decided by one
+    """``y = max(0, x)``. Its VJP is :func:`relu_grad`: a switch decided by one
     forward pass, open where the forward value was positive."""
     return apply(Unary("relu"), [as_tensor(x)], name=name)
+
+
+class ReluGrad(Op):
+    """ReLU's VJP, ``dE/dx = dE/dy if y > 0 else 0``: a switch set by the
+    forward output ``y``. A select, not ``dE * step(y)``: a closed switch
+    gives 0 also where ``dE`` is infinite or NaN (``inf * 0`` would be NaN),
+    as in PyTorch (``d/dx log(relu(x))`` at ``x = 0`` is 0). Its own VJP:
+    the same switch for ``dE``, none for ``y`` (piecewise constant)."""
+
+    name = "relu_grad"
+    kind = "gradient"
+    supports_out = inplace_safe = True
+
+    def infer(self, y, g):
+        return broadcast_shapes(self, y, g), g.dtype
+
+    def forward(self, xp, y, g, out=None):
+        return relu_grad_kernel(xp, y, g, out)
+
+    def vjp(self, node, gg, wrt):
+        y, _ = node.inputs
+        return [None, sum_to(relu_grad(y, gg), node.inputs[1]) if wrt[1] else None]
+
+
+def relu_grad_kernel(xp, y, g, out=None):
+    """``where(y > 0, g, 0)``, into ``out`` if given (it may be ``y``'s or ``g``'s
+    own buffer: the mask is taken before anything is written). The fused
+    elementwise kernels call it too."""
+    closed = xp.logical_not(xp.greater(y, 0))  # NaN in y: closed, as step(NaN) = 0
+    if out is None:
+        return xp.where(closed, xp.zeros((), g.dtype), g)
+    xp.copyto(out, g)
+    xp.copyto(out, 0, where=closed)
+    return out
+
+
+def relu_grad(y, g, name=None):
+    """``g`` where ``y > 0``, else 0 (see :class:`ReluGrad`)."""
+    return apply(ReluGrad(), [as_tensor(y), as_tensor(g)], name=name)
 
 
 # name: (forward(xp, a, b), vjp(a, b, y, g) -> (ga, gb), NumPy ufunc for the dtype rule)
@@ -92,9 +131,16 @@ BINARY = {
     "mul":     (lambda xp, a, b: xp.multiply(a, b), lambda a, b, y, g: (g * b, g * a),                       np.multiply),
     "div":     (lambda xp, a, b: xp.divide(a, b),   lambda a, b, y, g: (g / b, -g * y / b),                  np.divide),
     "pow":     (lambda xp, a, b: xp.power(a, b),    lambda a, b, y, g: (g * b * a ** (b - 1.0), g * y * log(a)), np.power),
-    "maximum": (lambda xp, a, b: xp.maximum(a, b),  lambda a, b, y, g: (g * cast(a >= b, g.dtype), g * cast(a < b, g.dtype)), np.maximum),
-    "minimum": (lambda xp, a, b: xp.minimum(a, b),  lambda a, b, y, g: (g * cast(a <= b, g.dtype), g * cast(a > b, g.dtype)), np.minimum),
+    # max/min select (not g * mask: an infinite g must give 0 to the input not chosen)
+    "maximum": (lambda xp, a, b: xp.maximum(a, b),  lambda a, b, y, g: _select(a >= b, g),                   np.maximum),
+    "minimum": (lambda xp, a, b: xp.minimum(a, b),  lambda a, b, y, g: _select(a <= b, g),                   np.minimum),
 }
+
+
+def _select(to_a, g):
+    """``g`` split by a mask: to ``a`` where ``to_a``, else to ``b``; zeros elsewhere."""
+    zero = as_tensor(0.0, like=g)
+    return where(to_a, g, zero), where(to_a, zero, g)
 
 
 class Binary(Op):
