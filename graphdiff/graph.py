@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import threading
 
 import numpy as np
@@ -351,13 +352,40 @@ def _array_module(a):
     return np
 
 
+def as_int(value, what, expected="an int"):
+    """An integer argument (a dimension, a window size, a stride) as a Python
+    int. A float (``3.7``, also ``3.0``), a string or a bool is a TypeError
+    naming ``what``: ``int()`` would truncate 3.7 to 3 without a word."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be {expected}, got {type(value).__name__} {value!r}") from None
+
+
+def as_dtype(dtype, what):
+    """A NumPy dtype of numbers or booleans (what the kernels compute with);
+    anything else (``object``, strings, an unknown name) is a TypeError naming ``what``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{what}: unknown dtype {dtype!r} ({exc})") from None
+    if dt.kind not in "fiub":
+        raise TypeError(f"{what}: unsupported dtype {dt} (numbers and booleans only)")
+    return dt
+
+
 def placeholder(shape, dtype="float32", name=None):
     """An input fed when the compiled program runs. ``None`` marks a dimension
-    known only then (e.g. the batch)."""
-    shape = tuple(None if d is None else int(d) for d in shape)
+    known only then (e.g. the batch); the others are non-negative ints."""
+    label = f"placeholder {name!r}"
+    if isinstance(shape, (int, np.integer)) or not hasattr(shape, "__iter__") or isinstance(shape, str):
+        raise TypeError(f"{label}: shape must be a tuple of ints and None, got {shape!r}")
+    shape = tuple(None if d is None else as_int(d, f"{label}: dimension {k}", "an int or None") for k, d in enumerate(shape))
     if any(d is not None and d < 0 for d in shape):
-        raise ShapeError(f"placeholder {name!r}: negative dimension in {fmt_shape(shape)}")
-    return Tensor(PlaceholderOp(), (), shape, np.dtype(dtype), name=name or "placeholder")
+        raise ShapeError(f"{label}: negative dimension in {fmt_shape(shape)}")
+    return Tensor(PlaceholderOp(), (), shape, as_dtype(dtype, label), name=name or "placeholder")
 
 
 def variable(value, name=None, copy=True):

@@ -12,18 +12,18 @@ VJP rules. The three ops close under differentiation, so grad of grad works:
 """
 import numpy as np
 
-from ..graph import Op, apply, as_tensor, fmt_shape
+from ..graph import Op, apply, as_int, as_tensor, fmt_shape
 from ..kernels import conv as _k
 from .reduce import sum as _sum
 
 
 def _pair(value, what):
-    """An int or a pair -> a pair of Python ints."""
+    """An int or a pair -> a pair of Python ints (a float such as 2.7 is a TypeError, not 2)."""
     if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
+        return (as_int(value, what),) * 2
     try:
         a, b = value
-        return (int(a), int(b))
+        return (as_int(a, what), as_int(b, what))
     except (TypeError, ValueError):
         raise TypeError(f"{what} must be an int or a pair of ints, got {value!r}") from None
 
@@ -244,7 +244,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1, name=None):
     """
     x, w = as_tensor(x), as_tensor(w)
     inputs = [x, w] if b is None else [x, w, as_tensor(b)]
-    op = Conv2d(_pair(stride, "stride"), _pair(padding, "padding"), int(groups))
+    op = Conv2d(_pair(stride, "stride"), _pair(padding, "padding"), as_int(groups, "conv2d: groups"))
     return apply(op, inputs, name=name)
 
 
@@ -295,7 +295,7 @@ def conv2d_grad_weight(x, dy, kernel_size, stride=1, padding=0, groups=1, name=N
     """``dE/dW`` of ``conv2d(x, w, stride, padding, groups)`` given ``dy = dE/dY``
     (``kernel_size`` is ``w``'s ``(kh, kw)``). See :class:`Conv2dGradWeight`."""
     op = Conv2dGradWeight(_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"),
-                          int(groups))
+                          as_int(groups, "conv2d: groups"))
     return apply(op, [as_tensor(x), as_tensor(dy)], name=name)
 
 
@@ -346,5 +346,5 @@ def conv2d_grad_input(dy, w, input_size, stride=1, padding=0, groups=1, name=Non
     """``dE/dX`` of ``conv2d(x, w, stride, padding, groups)`` given ``dy = dE/dY``,
     for an input of spatial size ``input_size = (H, W)``. See :class:`Conv2dGradInput`."""
     op = Conv2dGradInput(_pair(input_size, "input_size"), _pair(stride, "stride"), _pair(padding, "padding"),
-                         int(groups))
+                         as_int(groups, "conv2d: groups"))
     return apply(op, [as_tensor(dy), as_tensor(w)], name=name)

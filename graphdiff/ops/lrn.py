@@ -14,7 +14,7 @@ grad works. The simplified form ``normalize_cross_map`` (``y = x / sum_k x_k``)
 has the slides' refactored gradient, also in graph ops. Kernels:
 :mod:`graphdiff.kernels.lrn`.
 """
-from ..graph import Op, apply, as_tensor
+from ..graph import Op, apply, as_int, as_tensor
 from ..kernels import lrn as _k
 from ..kernels.parallel import parallel_blocks, workspace
 from .reduce import sum as _sum
@@ -72,12 +72,14 @@ class WindowSumSpatial(_WindowSum):
 
 def window_sum_channels(x, size, transpose=False, name=None):
     """Sum over ``size`` neighbouring channels (see :class:`WindowSumChannels`)."""
-    return apply(WindowSumChannels(int(size), bool(transpose)), [as_tensor(x)], name=name)
+    op = WindowSumChannels(as_int(size, "window_sum_channels: size"), bool(transpose))
+    return apply(op, [as_tensor(x)], name=name)
 
 
 def window_sum_spatial(x, size, transpose=False, name=None):
     """Sum over a ``size x size`` spatial neighbourhood (see :class:`WindowSumSpatial`)."""
-    return apply(WindowSumSpatial(int(size), bool(transpose)), [as_tensor(x)], name=name)
+    op = WindowSumSpatial(as_int(size, "window_sum_spatial: size"), bool(transpose))
+    return apply(op, [as_tensor(x)], name=name)
 
 
 # --------------------------------------------------------------------------- LRN: scale, normalize, grad
@@ -232,7 +234,7 @@ class LRNWithinNormalize(_LRNNormalize):
 
 def _lrn(scale_op, normalize_op, x, size, alpha, beta, k, name):
     x = as_tensor(x)
-    size, alpha, beta, k = int(size), float(alpha), float(beta), float(k)
+    size, alpha, beta, k = as_int(size, f"{normalize_op.name.replace('_normalize', '')}: size"), float(alpha), float(beta), float(k)
     scale = apply(scale_op(size, alpha, k), [x])
     return apply(normalize_op(size, alpha, beta, k), [x, scale], name=name)
 
