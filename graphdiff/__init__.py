@@ -11,6 +11,7 @@ from .autodiff import grad, zeros_like
 from .backends import available_backends, get_backend, register_backend
 from .compiler import Program, compile
 from .errors import BackendError, GraphdiffError, InputError, ShapeError
+from .feed import from_dlpack
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
 from .nx import to_networkx, graph_stats
 from .ops import *  # noqa: F401,F403 - the op functions are the public API

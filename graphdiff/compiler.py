@@ -22,6 +22,7 @@ import numpy as np
 
 from .backends import get_backend
 from .errors import GraphdiffError, InputError, ShapeError
+from .feed import as_input, exportable
 from .fusion import fuse_elementwise
 from .kernels import parallel
 from .graph import ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
@@ -48,7 +49,7 @@ class Program:
     def __init__(self, outputs, inputs, updates, backend, training, seed, optimize, fuse):
         self.backend = get_backend(backend)
         self.single = isinstance(outputs, Tensor)
-        self.outputs = [outputs] if self.single else list(outputs)
+        self.outputs = [outputs] if self.single else _output_list(outputs)
         self.inputs = list(inputs)
         self.updates = list(updates)
         self.training = training
@@ -239,20 +240,7 @@ class Program:
         return [self._check_input(p, a) for p, a in zip(self.inputs, args)]
 
     def _check_input(self, p, value):
-        xp = self.backend.xp
-        if not hasattr(value, "dtype"):
-            value = np.asarray(value)
-        kind, want = value.dtype.kind, p.dtype.kind
-        if want in "iub" and kind in "fc":
-            raise InputError(f"input {p.name!r}: expected {p.dtype} (integers), got {value.dtype}")
-        if kind not in "fiub":
-            raise InputError(f"input {p.name!r}: expected {p.dtype}, got {value.dtype}")
-        shape = tuple(value.shape)
-        if len(shape) != len(p.shape) or any(d is not None and d != s for d, s in zip(p.shape, shape)):
-            raise InputError(f"input {p.name!r}: expected shape {fmt_shape(p.shape)}, got {fmt_shape(shape)}")
-        if not isinstance(value, xp.ndarray) or value.dtype != p.dtype:
-            value = self.backend.asarray(value, dtype=p.dtype)
-        return value
+        return as_input(p, value, self.backend)  # checks and converts (DLPack arrays without a copy)
 
     def __call__(self, *args, **kwargs):
         fed = self._feed(args, kwargs)
@@ -308,7 +296,7 @@ class Program:
             if len(self._plans) >= 2:  # keep the plans of the two latest input shapes
                 self._plans.pop(next(iter(self._plans)))
             self._plans[signature] = self._memory_plan(record)
-        results = [self.backend.to_host(vals[s]) for s in self._out_slots]
+        results = [exportable(self.backend.to_host(vals[s])) for s in self._out_slots]
         results = [r.copy() if s in self._variable_slots else r for r, s in zip(results, self._out_slots)]
         new_values = [(var, vals[s], copy) for var, s, copy in self._update_slots]
         for var, value, copy in new_values:  # all computed from old values; now commit
@@ -343,6 +331,24 @@ class Program:
 
     def set_rng_state(self, state):
         self.rng.bit_generator.state = state
+
+
+def _output_list(outputs):
+    """``compile``'s outputs as a list of tensors; anything else (None, an array,
+    a number) is a TypeError naming its position."""
+    if isinstance(outputs, (str, bytes)) or hasattr(outputs, "shape") or not hasattr(outputs, "__iter__"):
+        raise TypeError(f"compile: outputs must be a Tensor or a list of Tensors, got {_what(outputs)}")
+    outputs = list(outputs)
+    for k, out in enumerate(outputs):
+        if not isinstance(out, Tensor):
+            hint = "; make an array a graph value with gd.constant" if hasattr(out, "shape") else ""
+            raise TypeError(f"compile: output {k} is {_what(out)}, not a Tensor{hint}")
+    return outputs
+
+
+def _what(value):
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return "None" if value is None else f"a {type(value).__name__} {text}"
 
 
 def _kernel(op, xp, program):
