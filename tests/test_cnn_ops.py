@@ -684,3 +684,62 @@ def test_lrn_matches_torch_with_alpha_times_size(shape):
     y, gx = run(lambda x, dy: [gd.lrn(x), gd.grad(gd.lrn(x), [x], grad_output=dy)[0]], x, dy)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _pool_gradient(xv, size, stride, padding, optimize):
+    x = gd.placeholder(xv.shape, "float64", name="x")
+    y = gd.max_pool2d(x, size, stride, padding)
+    (g,) = gd.grad(gd.sum(y), [x])
+    return gd.compile([y, g], [x], optimize=optimize)(xv)
+
+
+def _first_nan_or_max_reference(xv, size, stride, padding):
+    """Explicit loops: each window's gradient goes to its first NaN, else to its
+    first maximum among the input's own cells (padding never wins)."""
+    N, C, H, W = xv.shape
+    OH, OW = (H + 2 * padding - size) // stride + 1, (W + 2 * padding - size) // stride + 1
+    g = np.zeros_like(xv)
+    for n, c, i, j in np.ndindex(N, C, OH, OW):
+        cells = [(r, s) for r in range(i * stride - padding, i * stride - padding + size)
+                 for s in range(j * stride - padding, j * stride - padding + size) if 0 <= r < H and 0 <= s < W]
+        values = [xv[n, c, r, s] for r, s in cells]
+        nans = [k for k, v in enumerate(values) if np.isnan(v)]
+        g[(n, c) + cells[nans[0] if nans else int(np.argmax(values))]] += 1.0
+    return g
+
+
+@pytest.mark.parametrize("optimize", [True, False])  # fused pool-with-argmax, and the separate argmax op
+def test_max_pool2d_gradient_goes_to_the_nan_of_a_window(optimize):
+    xv = np.arange(9.0).reshape(1, 1, 3, 3)
+    xv[0, 0, 1, 0] = np.nan  # window offset 3; the largest number, 8, is at offset 8
+    y, g = _pool_gradient(xv, 3, 1, 0, optimize)
+    assert np.isnan(y).all()  # the NaN propagates
+    np.testing.assert_array_equal(g.reshape(-1), np.eye(9)[3])
+    r = np.random.default_rng(7)
+    xv = r.standard_normal((2, 3, 9, 9))
+    xv[r.random(xv.shape) < 0.08] = np.nan
+    xv[r.random(xv.shape) < 0.05] = -np.inf
+    for size, stride, padding in [(3, 2, 0), (3, 2, 1), (3, 1, 1), (2, 2, 1)]:
+        y, g = _pool_gradient(xv, size, stride, padding, optimize)
+        np.testing.assert_array_equal(g, _first_nan_or_max_reference(xv, size, stride, padding))
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_max_pool2d_gradient_never_goes_to_padding(optimize):
+    xv = np.full((1, 2, 3, 3), -np.inf)  # every window's max is -inf, tied with its -inf padding
+    y, g = _pool_gradient(xv, 3, 1, 1, optimize)
+    assert g.sum() == y.size  # one unit per window, none lost on a padding cell
+    np.testing.assert_array_equal(g, _first_nan_or_max_reference(xv, 3, 1, 1))
+    np.testing.assert_array_equal(g[0, 0], [[4, 2, 0], [2, 1, 0], [0, 0, 0]])  # as PyTorch's
+
+
+def test_max_pool2d_with_nan_and_minus_inf_matches_torch():
+    torch = pytest.importorskip("torch")
+    xv = np.random.default_rng(8).standard_normal((1, 2, 7, 7))
+    xv[0, 0, 2, 3] = xv[0, 1, 5, 5] = np.nan  # at most one NaN per window: PyTorch takes the last
+    xv[0, 1, :3, :3] = -np.inf
+    for optimize in (True, False):
+        tx = torch.tensor(xv, requires_grad=True)
+        torch.nn.functional.max_pool2d(tx, 3, 2, 1).sum().backward()
+        _, g = _pool_gradient(xv, 3, 2, 1, optimize)
+        np.testing.assert_array_equal(g, tx.grad.numpy())

@@ -9,7 +9,11 @@ window made only of padding cannot occur when padding < size)::
 The argmax is kept as the window offset ``a*kw + b`` of the maximum, ties going
 to the FIRST maximum in row-major window order. Its dtype is the smallest
 unsigned type that holds ``kh*kw - 1`` (:func:`argmax_dtype`: uint8 up to
-16x16 windows). NaNs are not propagated (a NaN never beats the running max).
+16x16 windows). A NaN propagates (``y`` is NaN, as in NumPy and PyTorch), and
+the argmax is then the window's first NaN, so the gradient goes to the value
+that made ``y``; the argmax is never a padding cell, also where every value of
+the window is -inf (:func:`fix_argmax`, the exact rule for the rare blocks
+where the fast sweeps' comparisons cannot see it).
 
 How it is fast. Forward: a loop over the ``kh*kw`` window offsets only, one
 vectorised operation on a whole block of examples per step. Strided operands
@@ -138,9 +142,47 @@ def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True, argm
         _narrow(ys, plan, y[lo:hi])
         if argmax:
             _narrow(ams, plan, am[lo:hi])
+            fix_argmax(xp, x[lo:hi], y[lo:hi], am[lo:hi], size, stride, padding)
 
     parallel_blocks(xp, N, x[:1].size, block)
     return y, am
+
+
+def fix_argmax(xp, x, y, argmax, size, stride, padding):
+    """Correct ``argmax`` (in place) for a block of windows where the fast rules
+    ("strictly greater takes over", "first offset equal to y") can go wrong:
+
+    * a window holding a NaN: ``y`` is NaN, which neither compares greater nor
+      equal; the argmax must be the window's first NaN (the value ``y`` came
+      from, where PyTorch sends the gradient too);
+    * with padding, a window whose maximum is -inf: its -inf padding cells tie
+      with the input's, and a padding cell must never get the gradient (it is
+      cropped away: the gradient would be lost). The first -inf of the input wins.
+
+    Both show in ``y.sum()`` (NaN, or -inf with padding), one cheap pass over
+    ``y``; only then is the block's argmax recomputed by the full rule: the
+    first NaN, else the first maximum among the input's own cells."""
+    total = float(y.sum())
+    if not (total != total or (total == -numpy.inf and (padding[0] or padding[1]))):
+        return argmax
+    N, C, H, W = x.shape
+    plan = _Plan((H, W), size, stride, padding)
+    xpad = pad2d(xp, x, padding, "pool_fix_xpad", fill=-numpy.inf)
+    best = xp.full(y.shape, -numpy.inf, dtype=x.dtype)
+    taken = xp.zeros(y.shape, dtype=bool)   # a cell of the input's own was taken
+    on_nan = xp.zeros(y.shape, dtype=bool)  # that cell was a NaN: final
+    rows, cols = xp.arange(plan.OH) * plan.sh, xp.arange(plan.OW) * plan.sw
+    for offset, (a, b) in enumerate(plan.offsets):
+        v = xpad[:, :, a:a + plan.sh * (plan.OH - 1) + 1:plan.sh, b:b + plan.sw * (plan.OW - 1) + 1:plan.sw]
+        real = (((rows + a >= plan.ph) & (rows + a < plan.ph + H))[:, None]
+                & ((cols + b >= plan.pw) & (cols + b < plan.pw + W))[None, :])
+        nan = xp.isnan(v)
+        take = real & ~on_nan & (nan | ~taken | (v > best))
+        best = xp.where(take, v, best)
+        argmax[take] = offset
+        taken |= take
+        on_nan |= take & nan
+    return argmax
 
 
 def _flat_index(xp, argmax, plan, Hp, Wp):

@@ -90,8 +90,10 @@ class MaxPool2dArgmax(_PoolBase):
     """``idx[n, c, i, j]`` = the first window offset ``a * kw + b`` (row-major)
     where ``Xpad[n, c, i*sh + a, j*sw + b] == y[n, c, i, j]``: which input the
     forward max selected, read off the forward values ``x`` and ``y`` (the
-    same rule as the forward kernel's argmax, without recomputing the max).
-    Not differentiable: an integer, piecewise constant in ``x``."""
+    same rule as the forward kernel's argmax, without recomputing the max):
+    a window's first NaN where it holds one, never a padding cell
+    (``kernels.pool.fix_argmax``). Not differentiable: an integer, piecewise
+    constant in ``x``."""
 
     name = "max_pool2d_argmax"
     differentiable = False
@@ -130,6 +132,7 @@ class MaxPool2dArgmax(_PoolBase):
                 xp.multiply(hit, dtype.type(last - offset), out=rank)
                 xp.maximum(best, rank, out=best)
             xp.subtract(dtype.type(last), best, out=idx[lo:hi])
+            _k.fix_argmax(xp, x[lo:hi], yb, idx[lo:hi], self.size, self.stride, self.padding)  # NaN, -inf
 
         parallel_blocks(xp, N, x[:1].size, block)
         return idx
