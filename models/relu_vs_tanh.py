@@ -15,11 +15,16 @@ rates, each network is trained with each, and each is scored with its fastest
 one (every run is kept in the JSON, so equal-rate comparisons can be read off
 too). A single ``--lr`` value gives both networks the same rate.
 
-The training error is measured as the mini-batches are trained (as
-cuda-convnet reported it), in ``--points-per-epoch`` slices of each epoch. The
-result is the fraction of an epoch at which each network's training error
-first falls to ``--threshold`` (25% on CIFAR-10 as in the paper; 5% by default
-on digits, which is much easier), and their ratio tanh / ReLU.
+The training error is measured with the weights as they are at
+``--points-per-epoch`` points of each epoch (and before the first step), over
+the whole training set or, where it is larger, a fixed sample of
+``--error-sample`` training images drawn once (the same for both networks),
+with evaluation-mode forward passes. So a point is the network's error on the
+training data at that moment, not an average over batches trained with
+changing weights, and never a small last batch's. The result is the fraction
+of an epoch at which each network's training error first falls to
+``--threshold`` (25% on CIFAR-10 as in the paper; 5% by default on digits,
+which is much easier), and their ratio tanh / ReLU.
 
 Writes ``OUT/relu_vs_tanh.json`` and ``OUT/relu_vs_tanh.png``.
 """
@@ -33,7 +38,7 @@ import numpy as np
 
 from models.alexnet import train_step
 from models.cnn import cnn4
-from models.data import DataError, load_dataset
+from models.data import DataError, center_crop, load_dataset
 
 DEFAULTS = {  # data kind -> (threshold, epochs, image size, channels)
     "digits": (0.05, 6, 16, 1),
@@ -42,38 +47,64 @@ DEFAULTS = {  # data kind -> (threshold, epochs, image size, channels)
 
 
 def train_curve(activation, dataset, epochs, batch_size, lr, momentum, seed, width, backend="numpy",
-                points_per_epoch=4, init_std=None, log=print):
+                points_per_epoch=4, init_std=None, log=print, error_sample=10_000):
     """Train cnn4 with ``activation``; returns a dict with ``curve`` (a list of
-    ``[epoch position, training error over the slice ending there]``),
-    ``train_error`` (per epoch), ``train_loss`` (per epoch) and ``seconds``."""
+    ``[epoch position, training error there]``, from position 0), ``train_error``
+    (per epoch, measured after it), ``train_loss`` (per epoch, the mean over its
+    batches) and ``seconds`` (training only, not the measurements)."""
     c, h, _ = dataset.input_shape
     model = cnn4(dataset.num_classes, h, activation=activation, width=width, seed=seed, channels=c,
                  init_std=init_std)
     step = train_step(model, lr=lr, momentum=momentum, weight_decay=0.0, backend=backend, seed=seed)
+    images, labels = error_sample_of(dataset, error_sample, seed)
+    error = _training_error(model.compile_eval(backend), images, labels)
     rng = np.random.default_rng([seed, 1])  # the same batch order for both activations
     n = len(dataset.train_labels)
     batches_per_epoch = -(-n // batch_size)
-    slice_len = max(1, batches_per_epoch // points_per_epoch)
-    curve, errors, losses = [], [], []
-    start = time.perf_counter()
+    every = max(1, batches_per_epoch // points_per_epoch)  # measure after this many batches, and at the epoch's end
+    curve, errors, losses = [[0.0, error()]], [], []
+    seconds = 0.0
     for epoch in range(epochs):
-        wrong = seen = slice_wrong = slice_seen = 0
-        total_loss = 0.0
-        for b, (images, labels) in enumerate(dataset.train_batches(batch_size, rng)):
-            loss = step(images, labels)
+        seen, total_loss = 0, 0.0
+        start = time.perf_counter()
+        for b, (x, y) in enumerate(dataset.train_batches(batch_size, rng)):
+            loss = step(x, y)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{activation}: the loss became {loss}; lower the learning rate")
-            k = int(np.count_nonzero(np.argmax(step.last_logits, axis=1) != labels))
-            wrong, seen, total_loss = wrong + k, seen + len(labels), total_loss + loss * len(labels)
-            slice_wrong, slice_seen = slice_wrong + k, slice_seen + len(labels)
-            if (b + 1) % slice_len == 0 or b + 1 == batches_per_epoch:
-                if slice_seen:
-                    curve.append([epoch + seen / n, slice_wrong / slice_seen])
-                slice_wrong = slice_seen = 0
-        errors.append(wrong / seen)
+            seen, total_loss = seen + len(y), total_loss + loss * len(y)
+            if (b + 1) % every == 0 or b + 1 == batches_per_epoch:
+                seconds += time.perf_counter() - start
+                curve.append([epoch + seen / n, error()])
+                start = time.perf_counter()
+        seconds += time.perf_counter() - start
+        errors.append(curve[-1][1])
         losses.append(total_loss / seen)
         log(f"{activation:4s} epoch {epoch + 1:3d}  loss {losses[-1]:.4f}  training error {100 * errors[-1]:6.2f}%")
-    return dict(curve=curve, train_error=errors, train_loss=losses, seconds=time.perf_counter() - start)
+    return dict(curve=curve, train_error=errors, train_loss=losses, seconds=seconds)
+
+
+def error_sample_of(dataset, size, seed):
+    """The training images the error is measured on: all of them, or a fixed
+    sample of ``size`` (drawn once from ``seed``); centre crops where the data
+    set crops at random for training (folder data)."""
+    n = len(dataset.train_labels)
+    pick = np.sort(np.random.default_rng([seed, 2]).choice(n, size, replace=False)) if n > size else slice(None)
+    images = dataset.train_images[pick]
+    if dataset.augment is not None:
+        images = center_crop(images, dataset.input_shape[-1])
+    return images, dataset.train_labels[pick]
+
+
+def _training_error(evaluate, images, labels, batch_size=500):
+    """A function measuring the fraction of ``images`` that ``evaluate``
+    (an images -> logits program) gets wrong, with the current weights."""
+    def error():
+        wrong = 0
+        for lo in range(0, len(labels), batch_size):
+            logits = evaluate(np.ascontiguousarray(images[lo:lo + batch_size]))
+            wrong += int(np.count_nonzero(np.argmax(logits, axis=1) != labels[lo:lo + batch_size]))
+        return wrong / len(labels)
+    return error
 
 
 def epochs_to_reach(curve, threshold):
@@ -142,7 +173,11 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--points-per-epoch", type=int, default=4)
+    p.add_argument("--points-per-epoch", type=int, default=4,
+                   help="training error measurements per epoch (over the training set or --error-sample)")
+    p.add_argument("--error-sample", type=int, default=10_000,
+                   help="measure the training error on a fixed sample of this many training images "
+                        "(all of them when there are fewer)")
     p.add_argument("--init-std", type=float, default=None,
                    help="one weight std for every layer (e.g. 0.01) instead of LeCun's sqrt(1/fan_in)")
     p.add_argument("--seed", type=int, default=0)
@@ -157,6 +192,8 @@ def parse_args(argv=None):
         args.lr = [0.01, 0.03, 0.1]
     if not 0 < args.threshold < 1:
         p.error("--threshold must be between 0 and 1")
+    if args.points_per_epoch < 1 or args.error_sample < 1:
+        p.error("--points-per-epoch and --error-sample must be at least 1")
     return args
 
 
@@ -170,7 +207,8 @@ def main(argv=None):
     for lr in args.lr:
         for activation in ("relu", "tanh"):
             run = train_curve(activation, dataset, args.epochs, args.batch_size, lr, args.momentum, args.seed,
-                              args.width, args.backend, args.points_per_epoch, args.init_std)
+                              args.width, args.backend, args.points_per_epoch, args.init_std,
+                              error_sample=args.error_sample)
             run["lr"] = lr
             run["epochs_to_threshold"] = epochs_to_reach(run["curve"], args.threshold)
             sweep[activation].append(run)
@@ -180,7 +218,9 @@ def main(argv=None):
     ratio = tanh / relu if relu and tanh else None
     result = dict(data=args.data, threshold=args.threshold, epochs=args.epochs, batch_size=args.batch_size,
                   momentum=args.momentum, width=args.width, image_size=args.image_size, channels=args.channels,
-                  seed=args.seed, init_std=args.init_std, learning_rates=args.lr, runs=runs, ratio_tanh_over_relu=ratio,
+                  seed=args.seed, init_std=args.init_std,
+                  error_sample=min(args.error_sample, len(dataset.train_labels)),
+                  learning_rates=args.lr, runs=runs, ratio_tanh_over_relu=ratio,
                   sweep=sweep if len(args.lr) > 1 else None)
     with open(os.path.join(args.out, "relu_vs_tanh.json"), "w") as f:
         json.dump(result, f, indent=1)

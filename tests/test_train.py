@@ -479,3 +479,47 @@ def test_tensorboard_default_is_on_when_installed_and_an_error_when_asked_for_wi
     assert not (tmp_path / "off" / "tensorboard").exists()
     line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "asked"), "--tensorboard"])
     assert line == "error: --tensorboard needs the tensorboard package: pip install -e '.[interop]'"
+
+
+def test_relu_vs_tanh_measures_the_training_error_over_the_training_set():
+    """Each point of the curve is the error of the weights at that moment over
+    the whole training set (not the running error of the batches trained, nor
+    a small last batch's): recomputed here independently, the same numbers."""
+    from models.alexnet import train_step
+    from models.cnn import cnn4
+    from models.data import load_dataset
+
+    data = load_dataset("synthetic", 16, channels=3, seed=0)
+    n = len(data.train_labels)
+    batch = 48 if n % 48 else 40  # a last batch smaller than the others
+    run_ = relu_vs_tanh.train_curve("relu", data, 1, batch, 0.05, 0.9, 0, 4, log=lambda *_: None)
+
+    model = cnn4(data.num_classes, 16, activation="relu", width=4, seed=0, channels=3)
+    step = train_step(model, lr=0.05, momentum=0.9, weight_decay=0.0, seed=0)
+    evaluate = model.compile_eval()
+
+    def error():
+        return float(np.mean(np.argmax(evaluate(data.train_images), 1) != data.train_labels))
+
+    expected = [error()]
+    batches = list(data.train_batches(batch, np.random.default_rng([0, 1])))
+    assert len(batches[-1][1]) < batch
+    every = max(1, len(batches) // 4)
+    for b, (x, y) in enumerate(batches):
+        step(x, y)
+        if (b + 1) % every == 0 or b + 1 == len(batches):
+            expected.append(error())
+    assert [e for _, e in run_["curve"]] == pytest.approx(expected, abs=1e-12)
+    assert run_["curve"][0][0] == 0.0 and run_["curve"][-1][0] == pytest.approx(1.0)
+    assert run_["train_error"] == [pytest.approx(expected[-1])]
+
+
+def test_relu_vs_tanh_error_sample_is_fixed_and_bounded():
+    from models.data import load_dataset
+
+    data = load_dataset("synthetic", 16, channels=3, seed=0)
+    a, la = relu_vs_tanh.error_sample_of(data, 50, seed=3)
+    b, lb = relu_vs_tanh.error_sample_of(data, 50, seed=3)
+    assert len(la) == 50 and np.array_equal(a, b) and np.array_equal(la, lb)
+    every, labels = relu_vs_tanh.error_sample_of(data, 10 ** 9, seed=3)
+    assert np.array_equal(labels, data.train_labels)
