@@ -92,3 +92,43 @@ def test_alexnet_small_trains_on_gpu():
     x, y = data.train_images[:32], data.train_labels[:32]
     losses = [float(step(x, y)) for _ in range(8)]
     assert losses[-1] < losses[0]
+
+
+def test_nan_and_minus_inf_pooling_and_the_relu_switch_agree_with_numpy():
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    x[0, 0, 2, 3] = x[1, 2, 5, 5] = np.nan
+    x[0, 1, :4, :4] = -np.inf
+    results = {}
+    for backend in ("numpy", "cupy"):
+        xs = gd.placeholder(x.shape, "float32", name="x")
+        pooled = gd.max_pool2d(xs, 3, 2, padding=1)
+        (g,) = gd.grad(gd.sum(pooled), [xs])
+        (gr,) = gd.grad(gd.sum(gd.log(gd.relu(xs))), [xs])  # inf at the closed switches: 0, not NaN
+        with np.errstate(divide="ignore", invalid="ignore"):
+            results[backend] = gd.compile([g, gr], [xs], backend=backend)(x)
+    for a, b in zip(results["numpy"], results["cupy"]):
+        np.testing.assert_array_equal(a, b)
+    assert results["cupy"][0].sum() == 2 * 3 * 5 * 5  # one unit per window, none lost
+
+
+class _DLPackOnly:
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_a_cuda_dlpack_array_is_fed_to_a_gpu_program_without_a_copy():
+    import cupy
+
+    a = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
+    shared = gd.from_dlpack(_DLPackOnly(a))
+    assert isinstance(shared, cupy.ndarray) and shared.data.ptr == a.data.ptr
+    x = gd.placeholder((None, 4), "float32", name="x")
+    f = gd.compile(x * 2.0, [x], backend="cupy")
+    assert f._check_input(x, _DLPackOnly(a)).data.ptr == a.data.ptr  # the program reads a's memory
+    np.testing.assert_array_equal(f(_DLPackOnly(a)), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))
