@@ -1,4 +1,5 @@
-"""Shared test set-up: GPU tests (marked ``gpu``) are skipped where CuPy or a GPU is missing."""
+"""Shared test set-up: GPU tests (marked ``gpu``) are skipped where CuPy or a GPU is missing;
+fixtures several test files use."""
 import pytest
 
 import graphdiff as gd
@@ -19,3 +20,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class DLPackOnly:
+    """An array reachable only through the DLPack protocol (as a JAX array is
+    to graphdiff): no ``__array__``, no NumPy or CuPy type."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+@pytest.fixture
+def dlpack_only():
+    """``dlpack_only(array)`` wraps an array in :class:`DLPackOnly`."""
+    return DLPackOnly

@@ -147,22 +147,9 @@ def test_from_dlpack_shares_memory_and_outputs_go_to_torch_without_a_copy():
     np.testing.assert_array_equal(torch.from_dlpack(flipped).numpy(), np.ones((2, 4)))
 
 
-class _DLPackOnly:
-    """An array known only through the DLPack protocol (as a JAX array is)."""
-
-    def __init__(self, array):
-        self._array = array
-
-    def __dlpack__(self, **kwargs):
-        return self._array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._array.__dlpack_device__()
-
-
-def test_any_dlpack_object_is_taken_without_a_copy():
+def test_any_dlpack_object_is_taken_without_a_copy(dlpack_only):
     base = np.arange(6.0).reshape(2, 3)
     x = gd.placeholder((2, 3), "float64", name="x")
-    view = gd.compile(gd.reshape(x, (6,)), [x])(_DLPackOnly(base))
+    view = gd.compile(gd.reshape(x, (6,)), [x])(dlpack_only(base))
     assert np.shares_memory(view, base)
-    assert np.shares_memory(gd.from_dlpack(_DLPackOnly(base)), base)
+    assert np.shares_memory(gd.from_dlpack(dlpack_only(base)), base)

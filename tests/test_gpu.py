@@ -111,24 +111,13 @@ def test_nan_and_minus_inf_pooling_and_the_relu_switch_agree_with_numpy():
     assert results["cupy"][0].sum() == 2 * 3 * 5 * 5  # one unit per window, none lost
 
 
-class _DLPackOnly:
-    def __init__(self, array):
-        self._array = array
-
-    def __dlpack__(self, **kwargs):
-        return self._array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._array.__dlpack_device__()
-
-
-def test_a_cuda_dlpack_array_is_fed_to_a_gpu_program_without_a_copy():
+def test_a_cuda_dlpack_array_is_fed_to_a_gpu_program_without_a_copy(dlpack_only):
     import cupy
 
     a = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
-    shared = gd.from_dlpack(_DLPackOnly(a))
+    shared = gd.from_dlpack(dlpack_only(a))
     assert isinstance(shared, cupy.ndarray) and shared.data.ptr == a.data.ptr
     x = gd.placeholder((None, 4), "float32", name="x")
     f = gd.compile(x * 2.0, [x], backend="cupy")
-    assert f._check_input(x, _DLPackOnly(a)).data.ptr == a.data.ptr  # the program reads a's memory
-    np.testing.assert_array_equal(f(_DLPackOnly(a)), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert f._check_input(x, dlpack_only(a)).data.ptr == a.data.ptr  # the program reads a's memory
+    np.testing.assert_array_equal(f(dlpack_only(a)), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))
