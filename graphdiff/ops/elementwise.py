@@ -9,6 +9,7 @@ gradient summed back to their own shape (``sum_to``).
 import numpy as np
 
 from ..graph import Op, Tensor, apply, as_tensor, broadcast_shapes
+from ..kernels.parallel import workspace
 from .reduce import sum_to
 
 
@@ -97,6 +98,8 @@ class ReluGrad(Op):
     supports_out = inplace_safe = True
 
     def infer(self, y, g):
+        if g.dtype.kind != "f":
+            raise self.error(f"the gradient must be float, got {g.dtype}", y, g)
         return broadcast_shapes(self, y, g), g.dtype
 
     def forward(self, xp, y, g, out=None):
@@ -110,12 +113,20 @@ class ReluGrad(Op):
 def relu_grad_kernel(xp, y, g, out=None):
     """``where(y > 0, g, 0)``, into ``out`` if given (it may be ``y``'s or ``g``'s
     own buffer: the mask is taken before anything is written). The fused
-    elementwise kernels call it too."""
-    closed = xp.logical_not(xp.greater(y, 0))  # NaN in y: closed, as step(NaN) = 0
-    if out is None:
-        return xp.where(closed, xp.zeros((), g.dtype), g)
-    xp.copyto(out, g)
-    xp.copyto(out, 0, where=closed)
+    elementwise kernels call it too.
+
+    As bits: ``g``'s bit pattern AND a mask of all ones where ``y > 0`` (zeros
+    elsewhere, NaN included), three integer passes. NumPy's masked copy
+    (``copyto(where=)``) or ``where`` cost 4-6x more, the product ``g * step(y)``
+    about as much but gives NaN for an infinite ``g``."""
+    g = xp.asarray(g)
+    shape = np.broadcast_shapes(y.shape, g.shape)
+    out = xp.empty(shape, g.dtype) if out is None else out
+    bits = np.dtype(f"i{g.dtype.itemsize}")
+    mask = workspace(xp, "relu_grad_mask", shape, bits)
+    xp.greater(y, 0, out=mask)        # 1 where the switch is open, else 0
+    xp.negative(mask, out=mask)       # all bits set where open
+    xp.bitwise_and(g.view(bits), mask, out=out.view(bits))
     return out
 
 
