@@ -42,9 +42,12 @@ def python_blocks(text):
 def ellipsis_lines(source):
     """Lines where ``...`` appears as code (not inside a string or comment)."""
     found = []
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.OP and tok.string == "...":
-            found.append(tok.start[0])
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.OP and tok.string == "...":
+                found.append(tok.start[0])
+    except (tokenize.TokenError, SyntaxError):  # not Python: compiling the block reports where
+        pass
     return found
 
 
@@ -53,6 +56,7 @@ def test_block_extraction():
             "````python\nc = '```'\n````\n")
     assert python_blocks(text) == [(2, "a = 1\n"), (9, "b = a + 1\n"), (12, "c = '```'\n")]
     assert ellipsis_lines("x = 1\ny = ...\nz = '...'  # ...\n") == [2]
+    assert ellipsis_lines("x = (1,\n") == []
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=[str(p.relative_to(ROOT)) for p in DOC_FILES])
