@@ -120,6 +120,26 @@ def test_full_alexnet_step_at_batch_2_reduces_loss_on_a_fixed_batch():
     assert step.last_logits.shape == (2, 1000)
 
 
+def test_the_readme_alexnet_learning_rate_trains_where_the_papers_diverges():
+    """The README's training snippet: its rate brings the loss down on its batch;
+    the paper's 0.01 with the paper's init makes it blow up (the README says why)."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lr = float(re.search(r"step = train_step\(model, lr=([0-9.e-]+),", readme).group(1))
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 3, 227, 227), dtype=np.float32)
+    labels = np.array([3, 777])
+    losses = {}
+    for rate in (lr, 0.01):
+        step = train_step(alexnet(), lr=rate, momentum=0.9, weight_decay=5e-4)
+        losses[rate] = [step(images, labels) for _ in range(6)]
+        del step
+    assert losses[lr][-1] < losses[lr][0] / 5 and max(losses[lr]) <= losses[lr][0], losses[lr]
+    assert max(losses[0.01]) > 10 * losses[0.01][0], losses[0.01]
+
+
 def test_small_model_loss_falls_on_digits():
     data = load_dataset("digits", 16, channels=3, seed=0)
     net = alexnet_small(num_classes=10, image_size=16, width=16, hidden=64, dropout=0.0, seed=0)
