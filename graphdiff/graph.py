@@ -382,7 +382,8 @@ def placeholder(shape, dtype="float32", name=None):
     label = f"placeholder {name!r}"
     if isinstance(shape, (int, np.integer)) or not hasattr(shape, "__iter__") or isinstance(shape, str):
         raise TypeError(f"{label}: shape must be a tuple of ints and None, got {shape!r}")
-    shape = tuple(None if d is None else as_int(d, f"{label}: dimension {k}", "an int or None") for k, d in enumerate(shape))
+    shape = tuple(None if d is None else as_int(d, f"{label}: dimension {k}", "an int or None")
+                  for k, d in enumerate(shape))
     if any(d is not None and d < 0 for d in shape):
         raise ShapeError(f"{label}: negative dimension in {fmt_shape(shape)}")
     return Tensor(PlaceholderOp(), (), shape, as_dtype(dtype, label), name=name or "placeholder")

@@ -234,7 +234,8 @@ class LRNWithinNormalize(_LRNNormalize):
 
 def _lrn(scale_op, normalize_op, x, size, alpha, beta, k, name):
     x = as_tensor(x)
-    size, alpha, beta, k = as_int(size, f"{normalize_op.name.replace('_normalize', '')}: size"), float(alpha), float(beta), float(k)
+    size = as_int(size, f"{normalize_op.name.replace('_normalize', '')}: size")  # lrn or lrn_within
+    alpha, beta, k = float(alpha), float(beta), float(k)
     scale = apply(scale_op(size, alpha, k), [x])
     return apply(normalize_op(size, alpha, beta, k), [x, scale], name=name)
 
