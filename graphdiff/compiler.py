@@ -54,16 +54,22 @@ class Program:
         self.training = training
         self.rng = np.random.default_rng(seed)
         self._timings = None
+        self.last_profile = None  # [(node, seconds)] of the latest profile() run
         self._check_signature()
 
         roots = self.outputs + [v for _, v in self.updates]
-        canon = _simplify(roots) if optimize else {id(n): n for n in toposort(roots)}
+        # The graph after each pass, by pass name (for the explorer's compiler view).
+        self.passes = [("prune", toposort(roots))]
+        canon = _simplify(roots) if optimize else {id(n): n for n in self.passes[0][1]}
         roots = [canon[id(r)] for r in roots]
         order = toposort(roots)
+        if optimize:
+            self.passes.append(("cse + constant folding", order))
         if fuse:
             fused = fuse_elementwise(order, roots)
             roots = [fused[id(r)] for r in roots]
             order = toposort(roots)
+            self.passes.append(("fusion", order))
         self.nodes = order  # the scheduled graph, for inspection and diagrams
 
         needed = {id(n) for n in order if isinstance(n.op, PlaceholderOp)}
@@ -325,7 +331,8 @@ class Program:
             t = self._timings
         finally:
             self._timings = None
-        return outputs, [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
+        self.last_profile = [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
+        return outputs, list(self.last_profile)
 
     @property
     def in_place_updates(self):
