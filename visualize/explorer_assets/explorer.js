@@ -26,7 +26,19 @@
     return (a >= 1e4 || a < 1e-3) ? v.toExponential(3) : v.toPrecision(4).replace(/\.?0+$/, "");
   }
   function isBack(n) { return !!n.backward; }
+  // A graph with many nodes outside any scope opens with them grouped in runs of
+  // CHUNK consecutive nodes (boxes like scopes), so that it opens collapsed.
+  var CHUNK = 100;
+  (function () {
+    var loose = D.graph.filter(function (id) { return !NODE[id].scope; });
+    if (loose.length <= D.max_open_units) return;
+    for (var k = 0; k < loose.length; k += CHUNK) {
+      var name = "nodes " + (k + 1) + "-" + Math.min(loose.length, k + CHUNK);
+      loose.slice(k, k + CHUNK).forEach(function (id) { NODE[id].group = name; });
+    }
+  })();
   function scopesOf(n) {
+    if (n.group) return [n.group];
     if (!n.scope) return [];
     var parts = n.scope.split("/"), out = [];
     for (var k = 1; k <= parts.length; k++) out.push(parts.slice(0, k).join("/"));
@@ -515,10 +527,17 @@
       path.add(s);
       NODE[s].users.forEach(function (u) { if (anc.has(u)) stack.push(u); });
     }
+    // values read by the path from off it: forward values, and what the backward computes
+    // from them alone (ReLU's switch step(y), the pooling argmax), with their forward inputs
     var reused = new Set();
-    path.forEach(function (id) {
-      NODE[id].inputs.forEach(function (i) { var n = NODE[i]; if (!path.has(i) && n && n.kind !== "constant") reused.add(i); });
-    });
+    stack = [];
+    path.forEach(function (id) { stack.push.apply(stack, NODE[id].inputs); });
+    while (stack.length) {
+      var r = stack.pop(), n = NODE[r];
+      if (path.has(r) || reused.has(r) || !n || n.kind === "constant") continue;
+      reused.add(r);
+      if (n.backward) stack.push.apply(stack, n.inputs);
+    }
     return { path: path, reused: reused };
   }
   api.gradientPath = gradientPath;
