@@ -339,3 +339,39 @@ def test_notebook_renders_the_explorer_inline(browser, tmp_path):
     frame.locator("body[data-ready='1']").wait_for(timeout=30000)
     assert frame.locator("#gd-nodes g.scope[data-scope='conv']").count() == 1
     page.close()
+
+
+def test_views_of_one_pass(cnn_page):
+    cnn, page = cnn_page
+    page.evaluate("gdExplorer.expandAll()")
+    nodes = {n.id: n for n in gd.toposort(cnn["outputs"])}
+    page.select_option("#gd-view", "backward")
+    shown = visible_ids(page)
+    assert shown and all(nodes[i].backward for i in shown)
+    page.select_option("#gd-view", "forward")
+    shown = visible_ids(page)
+    assert shown and not any(nodes[i].backward for i in shown)
+    assert cnn["loss"].id in shown
+    page.select_option("#gd-view", "both")
+
+
+def test_a_big_graph_without_scopes_opens_collapsed(browser, tmp_path):
+    x = gd.placeholder((4,), name="x")
+    h = x
+    for _ in range(1500):
+        h = gd.tanh(h) * 1.01
+    loss = gd.sum(h)
+    (g,) = gd.grad(loss, [x])
+    path = tmp_path / "chain.html"
+    vz.explore([loss, g], path=path)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    start = time.perf_counter()
+    page.goto("file://" + str(path))
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    opened = time.perf_counter() - start
+    boxes = page.locator("#gd-nodes g.unit").count()
+    assert page.locator("#gd-nodes g.scope").count() == boxes and boxes < 200
+    assert opened < BUDGET_S, opened
+    page.click("#gd-nodes g.scope[data-scope='nodes 1-100']")
+    assert page.locator("#gd-nodes g.node").count() >= 90
+    page.close()

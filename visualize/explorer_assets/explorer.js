@@ -30,7 +30,10 @@
   // CHUNK consecutive nodes (boxes like scopes), so that it opens collapsed.
   var CHUNK = 100;
   (function () {
-    var loose = D.graph.filter(function (id) { return !NODE[id].scope; });
+    var loose = D.graph.filter(function (id) {
+      var n = NODE[id];
+      return !n.scope && !(n.kind === "constant" && n.gradient_of === undefined && n.shape === "()");  // scalars stay hidden
+    });
     if (loose.length <= D.max_open_units) return;
     for (var k = 0; k < loose.length; k += CHUNK) {
       var name = "nodes " + (k + 1) + "-" + Math.min(loose.length, k + CHUNK);
@@ -62,7 +65,7 @@
   function shown(n) {
     if (S.view === "forward" && isBack(n)) return false;
     if (S.view === "backward" && !isBack(n)) return false;
-    if (n.kind === "constant" && n.gradient_of === undefined) return false;  // scalars: in their user's details
+    if (n.kind === "constant" && n.gradient_of === undefined && n.shape === "()") return false;  // scalars: in their user's details
     return true;
   }
   function unitOf(n) {
@@ -203,6 +206,7 @@
   }
   function render() {
     var t0 = performance.now();
+    newInPass = new Set(S.graph >= 0 ? D.program.passes[S.graph]["new"] || [] : []);
     var G = buildGraph(), L = layout(G);
     S.graphNow = G; S.layout = L;
     var useProfile = D.program && D.program.profile && S.graph >= 0 && $("gd-profile").checked;
@@ -240,11 +244,23 @@
     applyClasses();
     applyTransform();
     api.lastRenderMs = performance.now() - t0;
-    $("gd-status").textContent = G.visible.length + " nodes, " + L.units.length + " boxes shown";
+    $("gd-status").textContent = (S.graph >= 0 ? passSummary() + " \u00b7 " : "") + G.visible.length + " nodes, " + L.units.length + " boxes shown";
   }
   function renderScopes() {
     var open = Array.from(S.expanded).sort();
     $("gd-scopes").innerHTML = open.map(function (s) { return '<span data-collapse="' + esc(s) + '" title="collapse">' + esc(s) + " \u2715</span>"; }).join("");
+  }
+  var newInPass = new Set();
+  function passSummary() {
+    if (S.graph < 0) return "";
+    var pass = D.program.passes[S.graph], prev = S.graph > 0 ? D.program.passes[S.graph - 1] : null;
+    var text = "after " + pass.name + ": " + pass.nodes.length + " nodes";
+    if (prev) {
+      var now = new Set(pass.nodes), gone = prev.nodes.filter(function (id) { return !now.has(id); }).length;
+      var folded = (pass["new"] || []).filter(function (id) { return NODE[id].kind === "constant"; }).length;
+      text += " (" + gone + " replaced, " + (pass["new"] || []).length + " new" + (folded ? ", " + folded + " folded constants" : "") + "; new ones outlined green)";
+    }
+    return text;
   }
   function applyClasses() {
     var G = S.graphNow;
@@ -262,6 +278,7 @@
       g.classList.toggle("match", match);
       g.classList.toggle("selected", sel && !u.scope);
       g.classList.toggle("dim", S.lit.size > 0 && !lit && !reused);
+      g.classList.toggle("new", newInPass.has(u.members[0].id) && u.members.every(function (n) { return newInPass.has(n.id); }));
     });
     document.querySelectorAll("#gd-edges path").forEach(function (p) {
       var a = G.units.get(p.getAttribute("data-from")), b = G.units.get(p.getAttribute("data-to"));
