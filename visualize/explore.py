@@ -39,6 +39,8 @@ ASSETS = os.path.join(os.path.dirname(__file__), "explorer_assets")
 #: and nothing else expanded (the page stays quick to open)
 MAX_OPEN_UNITS = 400
 HIST_BINS = 24
+STATS_BLOCK = 1 << 18  # elements per block of the statistics' float64 sums
+HIST_SAMPLE = 1 << 20  # histograms of bigger arrays take every k-th element
 THUMB_MAPS = 8      # feature maps / filters per 4-D value
 THUMB_SIDE = 32     # pixels (a bigger map is subsampled)
 
@@ -47,26 +49,39 @@ THUMB_SIDE = 32     # pixels (a bigger map is subsampled)
 def value_stats(value, gradient=False):
     """Statistics of one array, as the explorer and ``to_dot(feed=...)`` show them:
     ``shape, dtype, mean, std, min, max, zero`` (fraction of exact zeros: dead
-    ReLUs), ``norm`` (2-norm) and a histogram (``hist`` counts over
-    ``[hist_lo, hist_hi]``), all from float64 sums over the finite elements."""
+    ReLUs), ``norm`` (2-norm), over the finite elements with float64 sums, and
+    a histogram (``hist``: HIST_BINS counts over ``[hist_lo, hist_hi]``; of
+    every ``hist_step``-th element where there are more than HIST_SAMPLE)."""
     a = np.asarray(value)
     out = {"shape": [int(d) for d in a.shape], "dtype": a.dtype.name, "size": int(a.size),
            "gradient": bool(gradient)}
     if a.size == 0 or a.dtype.kind not in "fiub":
         return out
-    f = a.astype(np.float64, copy=False).reshape(-1)
-    finite = np.isfinite(f)
-    n_finite = int(np.count_nonzero(finite))
-    if n_finite < f.size:
-        out["nonfinite"] = int(f.size - n_finite)
-        f = f[finite]
-    if f.size == 0:
-        return out
-    lo, hi = float(f.min()), float(f.max())
-    counts, _ = np.histogram(f, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1.0))
-    out.update(mean=float(f.mean()), std=float(f.std()), min=lo, max=hi,
-               zero=float(np.count_nonzero(f == 0) / f.size), norm=float(np.sqrt(np.dot(f, f))),
-               hist=[int(c) for c in counts], hist_lo=lo, hist_hi=hi)
+    flat = a.reshape(-1)
+    if a.dtype.kind == "b":
+        flat = flat.astype(np.uint8)
+    elif a.dtype.kind == "f" and not np.isfinite(flat).all():
+        flat = flat[np.isfinite(flat)]
+        out["nonfinite"] = int(a.size - flat.size)
+        if flat.size == 0:
+            return out
+    n = flat.size
+    mean = float(np.sum(flat, dtype=np.float64)) / n
+    sumsq = deviations = 0.0
+    buf, sq = np.empty(min(n, STATS_BLOCK)), np.empty(min(n, STATS_BLOCK))
+    for k in range(0, n, STATS_BLOCK):  # float64 blocks in reused buffers: no float64 copy of a big weight
+        m = min(STATS_BLOCK, n - k)
+        f, f2 = buf[:m], sq[:m]
+        f[...] = flat[k:k + m]
+        sumsq += float(np.multiply(f, f, out=f2).sum())  # ufuncs, not BLAS dot: no spinning BLAS threads
+        f -= mean
+        deviations += float(np.multiply(f, f, out=f2).sum())
+    lo, hi = float(flat.min()), float(flat.max())
+    step = max(1, -(-n // HIST_SAMPLE))
+    counts, _ = np.histogram(flat[::step], bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1.0))
+    out.update(mean=mean, std=float(np.sqrt(deviations / n)), min=lo, max=hi,
+               zero=int(np.count_nonzero(flat == 0)) / n, norm=float(np.sqrt(sumsq)),
+               hist=[int(c) for c in counts], hist_lo=lo, hist_hi=hi, hist_step=step)
     return out
 
 

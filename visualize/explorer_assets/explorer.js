@@ -381,7 +381,7 @@
     st.hist.forEach(function (v, i) { var h = H * v / m; x.fillRect(i * bw + 1, H - h, bw - 2, h); });
     x.fillStyle = "#555"; x.font = "10px sans-serif";
     x.fillText(num(st.hist_lo), 0, H + 12); var t = num(st.hist_hi); x.fillText(t, W - x.measureText(t).width, H + 12);
-    return '<img alt="histogram" class="gd-hist" src="' + c.toDataURL() + '">';
+    return '<img alt="histogram" class="gd-hist" src="' + c.toDataURL() + '">' + (st.hist_step > 1 ? '<div class="gd-hint">histogram of every ' + st.hist_step + "th element</div>" : "");
   }
   function thumbs(th) {
     if (!th) return "";
