@@ -157,7 +157,17 @@
     var maxDepth = 0;
     units.forEach(function (u, k) { if (u.back) maxDepth = Math.max(maxDepth, depth[k]); });
     var topAll = Math.max(top, maxDepth);
-    units.forEach(function (u, k) { if (u.back) rank[k] = topAll - depth[k]; u.rank = rank[k]; });
+    units.forEach(function (u, k) { if (u.back) rank[k] = topAll - depth[k]; });
+    // backward sources other than the seed (step(y), an argmax, a transposed weight: computed
+    // from forward values alone) sit just above their first backward reader, not at the top
+    units.forEach(function (u, k) {
+      var seed = u.node && u.node.kind === "constant";
+      if (u.back && bin[k] === 0 && !seed && bdown[k].length) {
+        var hi = -Infinity; bdown[k].forEach(function (b) { hi = Math.max(hi, rank[b]); });
+        rank[k] = Math.min(topAll, hi + 1);
+      }
+      u.rank = rank[k];
+    });
     // rows, ordered by barycentres of neighbours (a few sweeps)
     var nbr = units.map(function () { return []; });
     G.edges.forEach(function (e) { var a = key[e.from], b = key[e.to]; nbr[a].push(b); nbr[b].push(a); });
