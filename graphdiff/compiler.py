@@ -334,6 +334,27 @@ class Program:
         self.last_profile = [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
         return outputs, list(self.last_profile)
 
+    def buffer_plan(self):
+        """The memory plan of the latest input shapes run, or None before the
+        first call: ``(rows, sizes)``, one row ``(node, buffers)`` per scheduled
+        op with the number of the planned buffer of each output (None where
+        the kernel allocates or writes a variable in place), and each
+        buffer's bytes. Buffers are reused along the schedule (see ``_memory_plan``)."""
+        if not self._plans:
+            return None
+        plan = self._plans[next(reversed(self._plans))]
+        numbers, sizes, rows = {}, [], []
+        for (_, _, _, _, node), planned in zip(self._instrs, plan):
+            row = []
+            for b in (planned if isinstance(planned, tuple) else (planned,)):
+                owner = b if b is None or b.base is None else b.base  # the flat byte buffer
+                if owner is not None and id(owner) not in numbers:
+                    numbers[id(owner)] = len(sizes)
+                    sizes.append(int(owner.nbytes))
+                row.append(None if owner is None else numbers[id(owner)])
+            rows.append((node, row))
+        return rows, sizes
+
     @property
     def in_place_updates(self):
         """The variables whose new value each call writes straight into their own

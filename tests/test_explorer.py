@@ -340,3 +340,43 @@ def test_training_writes_the_explorer_of_a_validation_batch(tmp_path):
     expect = gd.compile(model.loss, inputs=model.inputs, training=False)(images, labels)
     assert loss["stats"]["mean"] == pytest.approx(float(expect), rel=1e-6)
     assert any(n["backward"] for n in data["nodes"])
+
+
+def test_buffer_plan_shows_the_reuse_of_buffers_along_the_schedule():
+    x = gd.placeholder((None, 1000), name="x")
+    y = gd.log(gd.tanh(gd.exp(x)) * gd.tanh(gd.exp(x)) + 1.0)
+    program = gd.compile(gd.sum(y), inputs=[x], optimize=False)
+    assert program.buffer_plan() is None  # planned on the first call
+    program(np.ones((3, 1000)))
+    rows, sizes = program.buffer_plan()
+    assert [n.op.name for n, _ in rows] == [n.op.name for n in program.nodes if n.kind not in ("placeholder",
+                                                                                                "constant")]
+    used = [b for _, row in rows for b in row if b is not None]
+    assert len(used) > len(sizes) >= 2  # outputs share buffers
+    assert all(s >= 3 * 1000 * 4 for s in sizes)
+    plan = memory_plan(program, batch=3)
+    assert plan["planned"]["sizes"] == sizes and plan["planned"]["outputs"] == len(used)
+    by_buffer = {}
+    for b in plan["buffers"]:
+        if b.get("buffer") is not None:
+            by_buffer.setdefault(b["buffer"], []).append((b["start"], b["end"]))
+    for spans in by_buffer.values():  # one buffer never holds two live values
+        spans.sort()
+        assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_memory_plan_of_a_training_step_after_it_ran(cnn):
+    from graphdiff.optim import sgd_momentum
+
+    updates, _ = sgd_momentum(cnn["loss"], cnn["params"], lr=0.0)  # lr 0: the weights stay
+    program = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]], updates=updates)
+    program(*cnn["feed"].values())
+    plan = memory_plan(program, batch=3)
+    assert plan["planned"] and plan["planned"]["outputs"] > len(plan["planned"]["sizes"])
+    by_buffer = {}
+    for b in plan["buffers"]:
+        if b.get("buffer") is not None:
+            by_buffer.setdefault(b["buffer"], []).append((b["start"], b["end"]))
+    for spans in by_buffer.values():
+        spans.sort()
+        assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans

@@ -280,7 +280,10 @@ def test_compiler_passes_fused_members_memory_and_profile(browser, tmp_path, sho
     assert fid not in after and set(data_members[str(fid)]) <= after
     rects = page.locator("#gd-memory-svg rect.buf").count()
     assert rects > 10
-    assert "peak" in page.inner_text("#gd-memory-summary")
+    summary = page.inner_text("#gd-memory-summary")
+    assert "peak" in summary and "reused buffers" in summary
+    lanes = page.eval_on_selector_all("#gd-memory-svg rect.buf.planned", "rs => rs.map(r => +r.dataset.lane)")
+    assert len(lanes) > len(set(lanes)) > 1  # the profile run's buffers, several outputs each
     page.screenshot(path=str(shots / "program.png"))
     assert_not_blank(shots / "program.png")
     assert not page.errors, page.errors

@@ -309,10 +309,16 @@ def _static_bytes(node, batch):
 
 
 def memory_plan(program, batch=1):
-    """Buffer lifetimes of a compiled program's schedule: one per alias group
-    (a view shares its input's buffer) of op nodes, from the op that writes it to
-    the last reader of the group, with bytes from the static shapes (``None``
-    dimensions as ``batch``). Returns ``{buffers: [...], steps, peak_bytes, live}``."""
+    """The memory plan of a compiled program's schedule, for the timeline.
+
+    Lifetimes: one per alias group (a view shares its input's buffer) of op
+    nodes, from the op that writes it to the last reader of the group (an
+    output lives to the end), with bytes from the static shapes (``None``
+    dimensions as ``batch``); ``live`` sums them per step, ``peak_bytes`` is
+    its maximum. Where the program has run, ``planned`` holds its real buffers
+    (``Program.buffer_plan``): each output written into buffer number
+    ``buffer``, so that reuse along the schedule shows; else ``buffer`` is a
+    lane packed here."""
     order = program.nodes
     slot = {id(n): i for i, n in enumerate(order)}
     last = {}
@@ -326,19 +332,44 @@ def memory_plan(program, batch=1):
         end[r] = max(end.get(r, i), last.get(i, i))
     last_named = {n.name: i for i, n in enumerate(order)}  # rewrites keep names
     kept = {last_named[r.name] for r in program.outputs if r.name in last_named}
+    parts = {}  # (slot of a multi-output op, output index) -> slot of its Part node
+    for i, n in enumerate(order):
+        if isinstance(n.op, gd.graph.Part):
+            parts[(slot[id(n.inputs[0])], n.op.index)] = i
+    leaf = ("placeholder", "variable", "constant")
     buffers, live = [], [0] * len(order)
     for i, n in enumerate(order):
-        if root[i] != i or n.kind in ("placeholder", "variable", "constant") or isinstance(n.op, gd.graph.Part):
+        if root[i] != i or n.kind in leaf or isinstance(n.op, gd.graph.Part) or n.op.num_outputs > 1:
             continue
         stop = len(order) - 1 if i in kept else end[i]
-        nbytes = _static_bytes(n, batch)
-        buffers.append({"id": n.id, "name": n.name, "start": i, "end": stop, "bytes": nbytes,
+        buffers.append({"id": n.id, "name": n.name, "start": i, "end": stop, "bytes": _static_bytes(n, batch),
                         "backward": bool(n.backward)})
-        for k in range(i, stop + 1):
-            live[k] += nbytes
-    peak = max(live) if live else 0
-    return {"buffers": buffers, "steps": len(order), "peak_bytes": int(peak), "live": live, "batch": batch,
-            "peak_step": int(np.argmax(live)) if live else 0}
+    for i, n in enumerate(order):  # each output of a multi-output op lives as long as its part
+        if n.op.num_outputs > 1:
+            for j in range(n.op.num_outputs):
+                p = parts.get((i, j))
+                if p is not None and root[p] == p:
+                    stop = len(order) - 1 if p in kept else end[p]
+                    buffers.append({"id": order[p].id, "name": order[p].name, "start": i, "end": stop,
+                                    "bytes": _static_bytes(order[p], batch), "backward": bool(n.backward)})
+    for b in buffers:
+        for k in range(b["start"], b["end"] + 1):
+            live[k] += b["bytes"]
+    out = {"buffers": buffers, "steps": len(order), "peak_bytes": int(max(live, default=0)), "live": live,
+           "batch": batch, "peak_step": int(np.argmax(live)) if live else 0, "planned": None}
+    real = program.buffer_plan() if hasattr(program, "buffer_plan") else None
+    if real is not None:
+        rows, sizes = real
+        number = {}
+        for node, row in rows:
+            i = slot[id(node)]
+            for j, k in enumerate(row):
+                number[order[parts[(i, j)]].id if (i, j) in parts else node.id] = k
+        for b in buffers:
+            b["buffer"] = number.get(b["id"])
+        out["planned"] = {"sizes": sizes, "total_bytes": int(sum(sizes)),
+                          "outputs": sum(1 for b in buffers if b.get("buffer") is not None)}
+    return out
 
 
 # --------------------------------------------------------------------------- the page's data

@@ -638,9 +638,13 @@
   function fmtBytes(b) { return b >= 1 << 20 ? (b / (1 << 20)).toFixed(1) + " MiB" : b >= 1024 ? (b / 1024).toFixed(1) + " KiB" : b + " B"; }
   function renderMemory() {
     var M = D.program.memory, svg = $("gd-memory-svg"), W = Math.max(400, svg.getBoundingClientRect().width || 800), H = 130;
+    // lanes: the program's real buffers where it has run (reuse shows as bars sharing a lane),
+    // else lifetimes packed greedily; outputs the kernels allocate go below
     var lanes = [], bufs = M.buffers.slice().sort(function (a, b) { return a.start - b.start; });
+    var planned = M.planned, base = planned ? planned.sizes.length : 0;
     bufs.forEach(function (b) {
-      var l = 0; while (lanes[l] !== undefined && lanes[l] >= b.start) l++;
+      if (planned && b.buffer !== null && b.buffer !== undefined) { b.lane = b.buffer; lanes[b.lane] = Math.max(lanes[b.lane] || 0, b.end); return; }
+      var l = base; while (lanes[l] !== undefined && lanes[l] >= b.start) l++;
       lanes[l] = b.end; b.lane = l;
     });
     var sx = (W - 20) / Math.max(1, M.steps), laneH = Math.max(2, Math.min(8, 70 / Math.max(1, lanes.length))), peak = M.peak_bytes || 1;
@@ -649,10 +653,11 @@
     h.push('<polyline points="' + pts.join(" ") + '" fill="none" stroke="#444"/>');
     h.push('<line x1="' + (10 + M.peak_step * sx) + '" x2="' + (10 + M.peak_step * sx) + '" y1="0" y2="' + H + '" stroke="#e31a1c" stroke-dasharray="3 2"/>');
     bufs.forEach(function (b) {
-      h.push('<rect class="buf' + (b.backward ? " bwd" : "") + '" data-id="' + b.id + '" x="' + (10 + b.start * sx).toFixed(1) + '" y="' + (55 + b.lane * laneH).toFixed(1) + '" width="' + Math.max(1, (b.end - b.start + 1) * sx).toFixed(1) + '" height="' + (laneH - 0.5) + '"><title>' + esc(b.name) + ": " + fmtBytes(b.bytes) + ", steps " + b.start + "-" + b.end + "</title></rect>");
+      h.push('<rect class="buf' + (b.backward ? " bwd" : "") + (planned && b.buffer !== null && b.buffer !== undefined ? " planned" : "") + '" data-id="' + b.id + '" data-lane="' + b.lane + '" x="' + (10 + b.start * sx).toFixed(1) + '" y="' + (55 + b.lane * laneH).toFixed(1) + '" width="' + Math.max(1, (b.end - b.start + 1) * sx).toFixed(1) + '" height="' + (laneH - 0.5) + '"><title>' + esc(b.name) + ": " + fmtBytes(b.bytes) + ", steps " + b.start + "-" + b.end + "</title></rect>");
     });
     svg.innerHTML = h.join("");
-    $("gd-memory-summary").textContent = "(" + M.buffers.length + " buffers over " + M.steps + " scheduled nodes; live bytes at batch " + M.batch + ", peak " + fmtBytes(M.peak_bytes) + " at step " + M.peak_step + ")";
+    $("gd-memory-summary").textContent = "(" + M.buffers.length + " values over " + M.steps + " scheduled nodes; live bytes at batch " + M.batch + ", peak " + fmtBytes(M.peak_bytes) + " at step " + M.peak_step +
+      (planned ? "; the program's plan: " + planned.outputs + " outputs in " + planned.sizes.length + " reused buffers, " + fmtBytes(planned.total_bytes) + " in all (one lane each, top)" : "; not run yet: no planned buffers") + ")";
   }
   if (D.program) {
     $("gd-memory").hidden = false;
