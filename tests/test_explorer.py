@@ -380,3 +380,19 @@ def test_memory_plan_of_a_training_step_after_it_ran(cnn):
     for spans in by_buffer.values():
         spans.sort()
         assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_each_pass_lists_the_nodes_it_made():
+    x = gd.placeholder((None, 8), name="x")
+    c = gd.constant(np.full(8, 2.0, np.float32)) * 3.0           # folded
+    y = gd.tanh(x * c) + gd.tanh(x * c)                          # one tanh merged
+    z = gd.sum(gd.exp(y) * 0.5 + 1.0)                            # fused chain
+    program = gd.compile(z, inputs=[x])
+    data = build_data(z, program=program)
+    records = {n["id"]: n for n in data["nodes"]}
+    prune, simplify, fusion = data["program"]["passes"]
+    assert "new" not in prune
+    made = [records[i] for i in simplify["new"]]
+    assert [m["kind"] for m in made] == ["constant"] and simplify["removed"] >= 4  # mul folded, tanh twins
+    assert {records[i]["op"] for i in fusion["new"]} == {"fused_elementwise"}
+    assert fusion["removed"] >= 3

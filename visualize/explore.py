@@ -506,8 +506,13 @@ def _program_data(program, records, feed):
                 records[t.id] = _node_record(t, records)
         entry = {"name": name, "nodes": [t.id for t in order]}
         if previous is not None:
+            # A pass rebuilds every node downstream of one it replaces (same name, same op):
+            # "new" are the nodes it made (a fused op, a folded constant), "removed" those it dropped.
             before = {id(t) for t in previous}
-            entry["new"] = [t.id for t in order if id(t) not in before]
+            kinds_before = {(t.name, t.op.name) for t in previous}
+            kinds_now = {(t.name, t.op.name) for t in order}
+            entry["new"] = [t.id for t in order if id(t) not in before and (t.name, t.op.name) not in kinds_before]
+            entry["removed"] = sum((t.name, t.op.name) not in kinds_now for t in previous)
             if name == "fusion":
                 members = {}
                 for t in order:

@@ -266,9 +266,8 @@
     var pass = D.program.passes[S.graph], prev = S.graph > 0 ? D.program.passes[S.graph - 1] : null;
     var text = "after " + pass.name + ": " + pass.nodes.length + " nodes";
     if (prev) {
-      var now = new Set(pass.nodes), gone = prev.nodes.filter(function (id) { return !now.has(id); }).length;
       var folded = (pass["new"] || []).filter(function (id) { return NODE[id].kind === "constant"; }).length;
-      text += " (" + gone + " replaced, " + (pass["new"] || []).length + " new" + (folded ? ", " + folded + " folded constants" : "") + "; new ones outlined green)";
+      text += " (" + pass.removed + " removed, " + (pass["new"] || []).length + " made" + (folded ? ", " + folded + " folded constants" : "") + "; those outlined green)";
     }
     return text;
   }
