@@ -25,19 +25,10 @@ import numpy as np  # noqa: E402
 
 import visualize as vz  # noqa: E402
 from models.alexnet import alexnet, train_step  # noqa: E402
+from render_alexnet import blas_info  # noqa: E402 - the benchmarks' folder is on sys.path when run
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-
-
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-
-        return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')} "
-                         f"threads={i.get('num_threads')}" for i in threadpool_info()) or "none loaded"
-    except ImportError:
-        return "threadpoolctl not installed"
 
 
 def cpu_model():
@@ -52,33 +43,27 @@ def cpu_model():
 
 
 def time_page(browser, path):
-    """Seconds for each interaction, on a fresh page."""
+    """Seconds for each interaction, on a fresh page: (label, action, selector or
+    function that tells it is done)."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    steps = [
+        ("open", lambda: page.goto("file://" + path), "body[data-ready='1']"),
+        ("click: open conv2", lambda: page.click("#gd-nodes g.scope[data-scope='conv2']"), "#gd-nodes g.node[data-id]"),
+        ("click: select a node", lambda: page.click("#gd-nodes g.node[data-id]"), "#gd-details h3"),
+        ("expand all", lambda: page.click("#gd-expand-all"),
+         "document.querySelectorAll('#gd-nodes g.scope').length === 0"),
+        ("gradient path of conv1/w", lambda: page.select_option("#gd-param", "conv1/w"), "#gd-nodes g.node.lit"),
+        ("one backward step", lambda: page.click("#gd-step-next"), "#gd-step-info [data-step-node]"),
+    ]
     out = {}
-    t = time.perf_counter()
-    page.goto("file://" + path)
-    page.wait_for_selector("body[data-ready='1']", timeout=60000)
-    out["open"] = time.perf_counter() - t
-    t = time.perf_counter()
-    page.click("#gd-nodes g.scope[data-scope='conv2']")
-    page.wait_for_selector("#gd-nodes g.node[data-id]")
-    out["click: open conv2"] = time.perf_counter() - t
-    t = time.perf_counter()
-    page.click("#gd-nodes g.node[data-id]")
-    page.wait_for_selector("#gd-details h3")
-    out["click: select a node"] = time.perf_counter() - t
-    t = time.perf_counter()
-    page.click("#gd-expand-all")
-    page.wait_for_function("document.querySelectorAll('#gd-nodes g.scope').length === 0")
-    out["expand all"] = time.perf_counter() - t
-    t = time.perf_counter()
-    page.select_option("#gd-param", "conv1/w")
-    page.wait_for_selector("#gd-nodes g.node.lit")
-    out["gradient path of conv1/w"] = time.perf_counter() - t
-    t = time.perf_counter()
-    page.click("#gd-step-next")
-    page.wait_for_selector("#gd-step-info [data-step-node]")
-    out["one backward step"] = time.perf_counter() - t
+    for label, action, done in steps:
+        t = time.perf_counter()
+        action()
+        if done.startswith("document."):
+            page.wait_for_function(done, timeout=60000)
+        else:
+            page.wait_for_selector(done, timeout=60000)
+        out[label] = time.perf_counter() - t
     page.close()
     return out
 
