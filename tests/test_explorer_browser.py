@@ -317,11 +317,23 @@ def test_alexnet_forward_backward_opens_and_answers_a_click_in_time(browser, tmp
     page.close()
 
 
-def test_notebook_renders_the_explorer_inline(browser, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
+def test_notebook_renders_the_explorer_inline(browser, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import nbformat
     from nbclient import NotebookClient
 
+    # a kernel spec of this very interpreter (the one with graphdiff's dependencies)
+    spec = tmp_path / "jupyter" / "kernels" / "graphdiff-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "graphdiff test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     code = [
+        "import sys",
+        f"assert sys.executable == {sys.executable!r}, sys.executable",
         "import numpy as np, graphdiff as gd, visualize as vz",
         "x = gd.placeholder((None, 1, 6, 6), name='x')",
         "w = gd.variable(np.random.default_rng(0).standard_normal((2, 1, 3, 3)).astype('float32'), name='conv/w')",
@@ -329,7 +341,8 @@ def test_notebook_renders_the_explorer_inline(browser, tmp_path):
         "vz.explore(loss, feed={x: np.ones((1, 1, 6, 6), 'float32')}, params=[w])",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("\n".join(code))])
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, timeout=120, kernel_name="graphdiff-test",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = nb.cells[0].outputs
     html = next(o["data"]["text/html"] for o in outputs if o.get("output_type") == "execute_result")
     assert html.startswith('<iframe class="graphdiff-explorer"') and "gd-data" in html

@@ -147,7 +147,9 @@ def compute_values(nodes, feed, training=False, seed=0):
     ops = [n for n in nodes if n.kind not in ("placeholder", "variable", "constant")]
     values = {}
     if ops:
-        program = gd.compile(ops, inputs=inputs, training=training, seed=seed)
+        # where the variables live on the GPU (a model trained with CuPy), run there
+        on_gpu = any(type(n.value).__module__.startswith("cupy") for n in nodes if n.kind == "variable")
+        program = gd.compile(ops, inputs=inputs, training=training, seed=seed, backend="cupy" if on_gpu else "numpy")
         results = program(*[v for _, v in resolved.values()])
         values.update((id(n), np.asarray(r)) for n, r in zip(ops, results))
     for n in nodes:
@@ -257,14 +259,10 @@ def _relu_picture(node, values, grad_at, made_by):
     out = next((b for b in made_by.get(id(node), ()) if b.shape == node.shape and b.op.name == "mul"
                 and g is not None and g in b.inputs), None)
     if g is not None and id(g) in values and out is not None and id(out) in values:
-        gin, gout = np.broadcast_to(values[id(g)], node_shape(values, node)), values[id(out)]
+        gin, gout = np.broadcast_to(values[id(g)], values[id(node)].shape), values[id(out)]
         pic.update(g_in=[float(v) for v in gin.reshape(-1)[:count]], g_out=[float(v) for v in gout.reshape(-1)[:count]],
                    g_in_node=g.name, g_out_node=out.name)
     return pic
-
-
-def node_shape(values, node):
-    return values[id(node)].shape
 
 
 def _pool_picture(node, values, grad_at):
@@ -373,7 +371,7 @@ def memory_plan(program, batch=1):
 
 
 # --------------------------------------------------------------------------- the page's data
-def _node_record(t, ids):
+def _node_record(t):
     vjp_of, gradient_of = provenance(t)
     rec = {"id": t.id, "name": t.name, "op": t.op.name, "label": _label(t), "kind": t.kind,
            "backward": bool(t.backward), "grad_op": t.op.kind == "gradient", "scope": t.scope or "",
@@ -430,7 +428,7 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
     nodes = gd.toposort(outputs)
     records = {}
     for t in nodes:
-        records[t.id] = _node_record(t, records)
+        records[t.id] = _node_record(t)
     values = compute_values(nodes, _normalize_feed(feed), training=training) if feed is not None else {}
 
     grad_at = {}   # id(forward node) -> the accumulated gradient node reaching it
@@ -503,7 +501,7 @@ def _program_data(program, records, feed):
     for name, order in passes:
         for t in order:
             if t.id not in records:
-                records[t.id] = _node_record(t, records)
+                records[t.id] = _node_record(t)
         entry = {"name": name, "nodes": [t.id for t in order]}
         if previous is not None:
             # A pass rebuilds every node downstream of one it replaces (same name, same op):
@@ -521,7 +519,7 @@ def _program_data(program, records, feed):
                         if m:
                             members[str(t.id)] = [x.id for x in m]
                             for x in m:
-                                records.setdefault(x.id, _node_record(x, records))
+                                records.setdefault(x.id, _node_record(x))
                 entry["members"] = members
         out["passes"].append(entry)
         previous = order
