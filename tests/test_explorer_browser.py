@@ -175,6 +175,13 @@ def test_gradient_path_of_conv1_w_lights_the_python_path(cnn_page, shots):
     assert page.locator("#gd-nodes g.node.lit").count() == 0
 
 
+def section(page, heading):
+    """The node ids listed under a heading of the details panel."""
+    return page.evaluate("""h => { const e = [...document.querySelectorAll('#gd-details h4')]
+        .find(x => x.textContent === h); return e ? [...e.nextElementSibling.querySelectorAll('[data-goto]')]
+        .map(x => +x.dataset.goto) : []; }""", heading)
+
+
 def test_stepping_through_the_backward_pass_shows_the_compiled_numbers(cnn_page, shots):
     cnn, page = cnn_page
     nodes = {n.id: n for n in gd.toposort(cnn["outputs"])}
@@ -183,6 +190,10 @@ def test_stepping_through_the_backward_pass_shows_the_compiled_numbers(cnn_page,
     assert schedule == expect
     page.evaluate("gdExplorer.collapseAll()")
     seen_rules = set()
+    from_seed = set()
+    for n in gd.toposort(cnn["outputs"]):
+        if (n.kind == "constant" and provenance(n)[1] is not None) or any(i.id in from_seed for i in n.inputs):
+            from_seed.add(n.id)
     for k in range(len(schedule)):
         if k == 0:
             page.click("#gd-step-next")
@@ -205,9 +216,10 @@ def test_stepping_through_the_backward_pass_shows_the_compiled_numbers(cnn_page,
         if src is not None:
             assert f"built by the VJP rule of {src.name}" in details
             seen_rules.add(src.op.name)
-            for inp in node.inputs:  # gradient arriving and reused forward values, by name
-                if inp.kind != "constant":
-                    assert inp.name in details
+            # gradient arriving: the inputs computed from the seed; reused: the other (forward) values
+            assert section(page, "gradient arriving") == [i.id for i in node.inputs if i.id in from_seed]
+            assert section(page, "reused forward values") == [i.id for i in node.inputs
+                                                              if i.id not in from_seed and i.kind != "constant"]
         if node.op.name == "conv2d_grad_input":
             assert "inversion of indexes" in details
             page.screenshot(path=str(shots / "step_conv_grad_input.png"))

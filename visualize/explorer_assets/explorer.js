@@ -11,6 +11,18 @@
   D.nodes.forEach(function (n) { NODE[n.id] = n; n.users = []; });
   D.nodes.forEach(function (n) { n.inputs.forEach(function (i) { if (NODE[i]) NODE[i].users.push(n.id); }); });
   var LEAF = { placeholder: 1, variable: 1, constant: 1 };
+  // nodes that carry a gradient: the seeds (dE/dE = 1) and everything computed from them;
+  // other backward nodes (ReLU's switch, the pooling argmax) are computed from forward values
+  var FROM_SEED = new Set();
+  (function () {
+    var stack = D.nodes.filter(function (n) { return n.kind === "constant" && n.gradient_of !== undefined; }).map(function (n) { return n.id; });
+    while (stack.length) {
+      var id = stack.pop();
+      if (FROM_SEED.has(id)) continue;
+      FROM_SEED.add(id);
+      NODE[id].users.forEach(function (u) { stack.push(u); });
+    }
+  })();
   var S = {
     view: "both", graph: -1, expanded: new Set(), fused: new Set(), selected: null, param: "",
     lit: new Set(), reused: new Set(), matches: new Set(), step: -1, tx: 0, ty: 0, k: 1, layout: null
@@ -114,7 +126,7 @@
     if (u.scope) {
       var ops = u.members.filter(function (n) { return !LEAF[n.kind]; }).length;
       var params = u.members.filter(function (n) { return n.kind === "variable"; }).length;
-      return [u.scope.split("/").pop() + (u.back ? " (backward)" : ""), ops + " ops" + (params ? ", " + params + " params" : "") + "  +"];
+      return [u.scope.split("/").pop() + (u.back ? " (backward)" : ""), ops + (ops === 1 ? " op" : " ops") + (params ? ", " + params + (params === 1 ? " param" : " params") : "") + "  +"];
     }
     var n = u.node, sub = n.shape + " " + n.dtype;
     if (n.stats && n.stats.mean !== undefined) sub = n.shape + "  \u03bc " + num(n.stats.mean) + " \u03c3 " + num(n.stats.std) + (n.stats.zero > 0.001 ? " 0:" + Math.round(100 * n.stats.zero) + "%" : "");
@@ -435,11 +447,11 @@
     }
     if (n.gradient_of !== undefined) h += "<h4>the gradient dE/d(" + esc(NODE[n.gradient_of] ? NODE[n.gradient_of].name : "?") + ")</h4>";
     if (n.rule && (n.grad_op || n.vjp_of === undefined)) h += "<h4>op " + esc(n.op) + "</h4><pre>" + esc(D.rules[n.rule]) + "</pre>";
-    var gin = n.inputs.filter(function (i) { return NODE[i] && NODE[i].backward && NODE[i].kind !== "constant"; });
-    var reused = n.inputs.filter(function (i) { return NODE[i] && !NODE[i].backward && NODE[i].kind !== "constant"; });
+    var gin = n.inputs.filter(function (i) { return FROM_SEED.has(i); });
+    var reused = n.inputs.filter(function (i) { return NODE[i] && !FROM_SEED.has(i) && NODE[i].kind !== "constant"; });
     if (n.backward) {
       if (gin.length) h += "<h4>gradient arriving</h4><ul>" + gin.map(brief).join("") + "</ul>";
-      h += "<h4>gradient leaving</h4><ul>" + brief(id) + "</ul>";
+      h += "<h4>" + (FROM_SEED.has(id) ? "gradient leaving" : "value (from forward values alone)") + "</h4><ul>" + brief(id) + "</ul>";
       if (reused.length) h += "<h4>reused forward values</h4><ul>" + reused.map(brief).join("") + "</ul>";
     } else if (n.inputs.length) {
       h += "<h4>inputs</h4><ul>" + n.inputs.map(brief).join("") + "</ul>";
