@@ -396,3 +396,32 @@ def test_each_pass_lists_the_nodes_it_made():
     assert [m["kind"] for m in made] == ["constant"] and simplify["removed"] >= 4  # mul folded, tanh twins
     assert {records[i]["op"] for i in fusion["new"]} == {"fused_elementwise"}
     assert fusion["removed"] >= 3
+
+
+def test_a_failed_write_leaves_neither_a_half_page_nor_a_temporary_file(cnn, tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def write(self, text):
+            self.f.write(text[:100])
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    path = tmp_path / "page.html"
+    path.write_text("the previous page")
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: Full(real_open(p, *a, **k))
+                        if str(p).endswith(".tmp") else real_open(p, *a, **k))
+    with pytest.raises(OSError, match="No space"):
+        vz.explore(cnn["loss"], path=path)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert os.listdir(tmp_path) == ["page.html"] and path.read_text() == "the previous page"

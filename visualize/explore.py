@@ -569,11 +569,19 @@ class Explorer:
         self.path = None
 
     def save(self, path):
+        """Write the page to ``path`` atomically (a temporary file, then a rename:
+        a failed write, e.g. a full disk, leaves neither a half page nor the
+        temporary file)."""
         path = os.fspath(path)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.html)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.html)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
         self.path = path
         return path
 
