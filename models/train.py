@@ -70,7 +70,7 @@ DEFAULT_LR = 0.01
 METRIC_KEYS = ("epoch", "train_loss", "train_error", "val_loss", "val_error", "val_accuracy", "lr", "seconds",
                "images_per_second")
 #: files of a run in ``--out``; one of the first two there means the folder holds a run
-RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg")
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg", "explorer.html")
 TENSORBOARD_DIR = "tensorboard"  # inside --out, where the event files go by default
 INTEROP_INSTALL = "pip install -e '.[interop]'"
 
