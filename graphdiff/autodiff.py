@@ -5,10 +5,12 @@ order (iteratively: no recursion limit) and applies each op's VJP rule. The
 rules build ordinary graph nodes, so the result can be compiled, drawn, and
 differentiated again (grad of grad, Hessian-vector products).
 """
+import weakref
+
 import numpy as np
 
 from .errors import ShapeError
-from .graph import Op, Tensor, _in_scope, apply, as_tensor, constant, fmt_shape, toposort
+from .graph import _ids, Op, Tensor, _in_scope, apply, as_tensor, constant, fmt_shape, toposort
 
 
 class ZerosLike(Op):
@@ -26,6 +28,31 @@ class ZerosLike(Op):
 
     def forward(self, xp, x):
         return xp.zeros(x.shape, self.dtype)
+
+
+#: Where each backward node came from, for tools that explain the backward pass
+#: (the explorer): node -> the forward node whose VJP rule built it, and
+#: node -> the node it is the gradient of (the accumulated dE/dnode). Weak keys:
+#: recording keeps no graph alive.
+_VJP_OF = weakref.WeakKeyDictionary()
+_GRADIENT_OF = weakref.WeakKeyDictionary()
+
+
+def provenance(node):
+    """``(vjp_of, gradient_of)`` of a node built by :func:`grad`: the forward
+    node whose VJP rule built it and the node whose gradient it is (either may
+    be None, e.g. for a forward node)."""
+    return _VJP_OF.get(node), _GRADIENT_OF.get(node)
+
+
+def _record_vjp(source, results, first_id):
+    """Tag the nodes that ``source``'s VJP rule just built (ids from ``first_id``)."""
+    stack = [r for r in results if r is not None]
+    while stack:
+        n = stack.pop()
+        if n.id >= first_id and n not in _VJP_OF:
+            _VJP_OF[n] = source
+            stack.extend(n.inputs)
 
 
 def zeros_like(x, dtype=None):
@@ -87,6 +114,7 @@ def grad(y, xs, grad_output=None):
             continue
         with _in_scope(node.scope, backward=True):
             g = _accumulate(parts, node)
+            _GRADIENT_OF.setdefault(g, node)
             if id(node) in wanted:
                 found[id(node)] = g
             if not node.inputs or not node.op.differentiable:
@@ -94,7 +122,9 @@ def grad(y, xs, grad_output=None):
             wrt = tuple(id(i) in on_path and i.dtype.kind == "f" for i in node.inputs)
             if not any(wrt):
                 continue
+            first_id = next(_ids)  # every node the rule builds gets a later id
             in_grads = node.op.vjp(node, g, wrt)
+            _record_vjp(node, in_grads, first_id)
         for inp, gi, w in zip(node.inputs, in_grads, wrt):
             if w and gi is not None:
                 pending.setdefault(id(inp), []).append(gi)

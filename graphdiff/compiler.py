@@ -55,16 +55,22 @@ class Program:
         self.training = training
         self.rng = np.random.default_rng(seed)
         self._timings = None
+        self.last_profile = None  # [(node, seconds)] of the latest profile() run
         self._check_signature()
 
         roots = self.outputs + [v for _, v in self.updates]
-        canon = _simplify(roots) if optimize else {id(n): n for n in toposort(roots)}
+        # The graph after each pass, by pass name (for the explorer's compiler view).
+        self.passes = [("prune", toposort(roots))]
+        canon = _simplify(roots) if optimize else {id(n): n for n in self.passes[0][1]}
         roots = [canon[id(r)] for r in roots]
         order = toposort(roots)
+        if optimize:
+            self.passes.append(("cse + constant folding", order))
         if fuse:
             fused = fuse_elementwise(order, roots)
             roots = [fused[id(r)] for r in roots]
             order = toposort(roots)
+            self.passes.append(("fusion", order))
         self.nodes = order  # the scheduled graph, for inspection and diagrams
 
         needed = {id(n) for n in order if isinstance(n.op, PlaceholderOp)}
@@ -313,7 +319,29 @@ class Program:
             t = self._timings
         finally:
             self._timings = None
-        return outputs, [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
+        self.last_profile = [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
+        return outputs, list(self.last_profile)
+
+    def buffer_plan(self):
+        """The memory plan of the latest input shapes run, or None before the
+        first call: ``(rows, sizes)``, one row ``(node, buffers)`` per scheduled
+        op with the number of the planned buffer of each output (None where
+        the kernel allocates or writes a variable in place), and each
+        buffer's bytes. Buffers are reused along the schedule (see ``_memory_plan``)."""
+        if not self._plans:
+            return None
+        plan = self._plans[next(reversed(self._plans))]
+        numbers, sizes, rows = {}, [], []
+        for (_, _, _, _, node), planned in zip(self._instrs, plan):
+            row = []
+            for b in (planned if isinstance(planned, tuple) else (planned,)):
+                owner = b if b is None or b.base is None else b.base  # the flat byte buffer
+                if owner is not None and id(owner) not in numbers:
+                    numbers[id(owner)] = len(sizes)
+                    sizes.append(int(owner.nbytes))
+                row.append(None if owner is None else numbers[id(owner)])
+            rows.append((node, row))
+        return rows, sizes
 
     @property
     def in_place_updates(self):

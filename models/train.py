@@ -23,6 +23,10 @@ rule, :mod:`graphdiff.optim`) and writes into ``--out``:
     TensorBoard event files (``--tensorboard DIR`` elsewhere; on by default
     when the ``tensorboard`` package is installed): the same figures per
     epoch and the forward graph (:mod:`models.tensorboard_log`).
+``explorer.html``
+    the interactive explorer of the forward and backward graphs with the
+    values of one validation batch from the trained model (written at the
+    end; skipped with ``--no-diagrams``, and with a warning if it fails).
 ``checkpoint.npz``
     written after every epoch (and before the first): parameters, momentum
     buffers, epoch, learning rate, the dropout and shuffle generators' states
@@ -66,7 +70,7 @@ DEFAULT_LR = 0.01
 METRIC_KEYS = ("epoch", "train_loss", "train_error", "val_loss", "val_error", "val_accuracy", "lr", "seconds",
                "images_per_second")
 #: files of a run in ``--out``; one of the first two there means the folder holds a run
-RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg")
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg", "explorer.html")
 TENSORBOARD_DIR = "tensorboard"  # inside --out, where the event files go by default
 INTEROP_INSTALL = "pip install -e '.[interop]'"
 
@@ -160,6 +164,28 @@ def render_diagrams(model, step, out_dir, log=print):
     if written:
         log(f"diagrams: {', '.join(written)}")
     return written
+
+
+def write_explorer(model, dataset, out_dir, batch_size, log=print):
+    """``explorer.html``: both passes with the values of the first validation
+    batch (dropout off; the first training images where there is no
+    validation split). Failure warns: training matters more."""
+    path = os.path.join(out_dir, "explorer.html")
+    try:
+        import visualize
+
+        if len(dataset.val_labels):
+            (images, labels), which = next(iter(dataset.val_batches(batch_size))), "one validation batch"
+        else:
+            images, labels = dataset.train_images[:batch_size], dataset.train_labels[:batch_size]
+            which = "the first training images (no validation split)"
+        visualize.explore(model, feed={model.images: images, model.labels: labels}, path=path,
+                          title=f"{model.name} on {dataset.name}, {which}")
+    except Exception as exc:  # noqa: BLE001 - any problem only costs the page
+        warnings.warn(f"explorer.html not written: {type(exc).__name__}: {exc}")
+        return None
+    log(f"explorer: {path}")
+    return path
 
 
 def plot_curves(history, path, title=""):
@@ -571,6 +597,8 @@ def main(argv=None):
     finally:
         if board is not None:
             board.close()
+    if not args.no_diagrams and status != "interrupted":
+        write_explorer(model, dataset, args.out, args.batch_size, log)
     if history:
         last = history[-1]
         accuracy = "no validation" if last["val_accuracy"] is None else \

@@ -5,7 +5,11 @@
     python -m visualize cnn4 --out cnn4.png --backward
     python -m visualize alexnet --out alexnet_layers.svg --annotated --summary
 
-Models (imported only when named): alexnet, alexnet-small, cnn4.
+    python -m visualize explore alexnet-small --data digits --out explorer.html
+
+Models (imported only when named): alexnet, alexnet-small, cnn4. ``explore``
+writes the interactive explorer (both passes; with ``--data``, the values of
+one validation batch; the compiled training step's passes and memory plan).
 """
 from __future__ import annotations
 
@@ -31,6 +35,16 @@ def build_model(name, **kwargs):
     return getattr(importlib.import_module(module), func)(**kwargs)
 
 
+def default_image_size(name):
+    """The ``image_size`` a model's builder defaults to."""
+    import inspect
+
+    module, func = MODELS[name.lower().replace("_", "-")] if name.lower().replace("_", "-") in MODELS else (None, None)
+    if module is None:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return inspect.signature(getattr(importlib.import_module(module), func)).parameters["image_size"].default
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m visualize", description="Draw a model's computation graph "
                                 "bottom-up (inputs at the bottom, the loss at the top).")
@@ -48,7 +62,73 @@ def parser():
     return p
 
 
+def explore_parser():
+    p = argparse.ArgumentParser(prog="python -m visualize explore", description="Write the interactive "
+                                "explorer of a model's forward and backward graphs (one HTML file).")
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--data", help="show the values of one validation batch of this data set "
+                   "(digits, synthetic[:K], cifar10:DIR, folder:DIR)")
+    p.add_argument("--batch-size", type=int, default=4, help="images in the batch (default 4)")
+    p.add_argument("--image-size", type=int, help="input height and width (default: the model's)")
+    p.add_argument("--classes", type=int, help="number of classes (default: the data's, else the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-program", action="store_true", help="leave out the compiled training step's passes")
+    return p
+
+
+def explore_main(argv):
+    args = explore_parser().parse_args(argv)
+    if args.batch_size < 1:
+        explore_parser().error("--batch-size must be positive")
+    import graphdiff as gd
+    import visualize as vz
+
+    kwargs = {"seed": args.seed}
+    if args.image_size is not None:
+        kwargs["image_size"] = args.image_size
+    feed_batch = None
+    try:
+        if args.data:
+            from models.data import DataError, load_dataset
+
+            size = args.image_size or default_image_size(args.model)
+            try:
+                dataset = load_dataset(args.data, size, channels=3, seed=args.seed)
+            except DataError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            kwargs["image_size"] = size
+            kwargs["num_classes"] = args.classes or dataset.num_classes
+            feed_batch = next(iter(dataset.val_batches(args.batch_size)))
+        elif args.classes is not None:
+            kwargs["num_classes"] = args.classes
+        model = build_model(args.model, **kwargs)
+    except ValueError as e:
+        explore_parser().error(str(e))
+    program = None
+    if not args.no_program:
+        from models.alexnet import train_step
+
+        program = train_step(model).program
+    feed = None
+    if feed_batch is not None:
+        feed = {model.images: feed_batch[0], model.labels: feed_batch[1]}
+    try:
+        page = vz.explore(model, feed=feed, program=program, path=args.out,
+                          title=f"{args.model}" + (f" on {args.data}" if args.data else ""))
+    except (gd.InputError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes, {len(page.data['graph'])} nodes"
+          f"{', values of ' + str(len(feed_batch[1])) + ' validation images' if feed else ''})")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "explore":
+        return explore_main(argv[1:])
     args = parser().parse_args(argv)
     import visualize as vz
 

@@ -186,12 +186,28 @@ def op_label(op, width=24, max_lines=4):
     return "\n".join(lines)
 
 
-def _node_label(t):
+def _node_label(t, stats=None):
     if t.kind in ("placeholder", "variable"):
-        return f"{t.name}\n{shape_label(t.shape)}"
-    if t.kind == "constant":
-        return t.op.describe()
-    return op_label(t.op)
+        text = f"{t.name}\n{shape_label(t.shape)}"
+    elif t.kind == "constant":
+        text = t.op.describe()
+    else:
+        text = op_label(t.op)
+    st = stats.get(id(t)) if stats else None
+    if st is not None and "mean" in st:
+        text += f"\nmean {st['mean']:.3g} std {st['std']:.3g} zero {100 * st['zero']:.0f}%"
+    return text
+
+
+def _feed_stats(nodes, feed):
+    """Value statistics of every node (``visualize.explore.value_stats``) from one
+    compiled run on ``feed``; {} without a feed."""
+    if feed is None:
+        return {}
+    from .explore import compute_values, value_stats
+
+    values = compute_values(nodes, feed)
+    return {k: value_stats(v) for k, v in values.items()}
 
 
 def _node_style(t):
@@ -231,7 +247,7 @@ def _scope_key(scope, depth):
 
 
 def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, constants=True,
-           legend=False, rankdir="BT"):
+           legend=False, rankdir="BT", feed=None):
     """The graph ``outputs`` depend on, as a :class:`Diagram` (a
     ``graphviz.Digraph``).
 
@@ -249,6 +265,9 @@ def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, co
     * ``constants``: draw constant nodes (full view; collapsed views fold them
       into their user's box).
     * ``legend``: add a key of the node and edge styles the picture uses.
+    * ``feed``: ``{placeholder: array}``: run the graph (one compiled program)
+      and print each node's mean, std and fraction of zeros (dead ReLUs) on it
+      (the full view; in a collapsed view the nodes drawn alone).
 
     Backward nodes among ``outputs`` (the gradients asked for, ``dE/dW``) are
     marked ``∂E/∂<variable>`` with a thick outline.
@@ -265,17 +284,18 @@ def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, co
     updating = {new.name for _, new in program.updates} if program is not None else set()
     d = new_diagram("graphdiff", title=title, rankdir=rankdir, newrank="true", nodesep="0.25", ranksep="0.35")
     key = _Key()
+    stats = _feed_stats(nodes, feed)
     if collapse:
-        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes, marks, updating, key)
+        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes, marks, updating, key, stats)
     else:
-        _full(d, nodes, shapes, clusters, constants, marks, key)
+        _full(d, nodes, shapes, clusters, constants, marks, key, stats)
     d.meta["legend"] = {"nodes": list(key.nodes), "edges": list(key.edges)}
     if legend:
         _legend(d, key)
     return d
 
 
-def _full(d, nodes, shapes, clusters, constants, marks, key):
+def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None):
     drawn = [t for t in nodes if constants or t.kind != "constant"]
     ids = {id(t): f"n{t.id}" for t in drawn}
     users = defaultdict(list)
@@ -298,7 +318,7 @@ def _full(d, nodes, shapes, clusters, constants, marks, key):
         by_cluster[cluster_of(t)].append(t)
 
     def emit(graph, t):
-        style, label = _node_style(t), _node_label(t)
+        style, label = _node_style(t), _node_label(t, stats)
         _note_node(key, t, style)
         if id(t) in marks:
             style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"
@@ -340,7 +360,7 @@ def _full(d, nodes, shapes, clusters, constants, marks, key):
     d.meta.update(nodes=len(drawn), edges=n_edges, reused=n_reused)
 
 
-def _collapsed(d, nodes, depth, shapes, marks, updating, key):
+def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None):
     # Group key per node: ("scope", scope, backward) or ("node", id). Constants
     # join their first user's group; scoped variables join their scope's box.
     users = defaultdict(list)
@@ -372,7 +392,7 @@ def _collapsed(d, nodes, depth, shapes, marks, updating, key):
         gid[g] = f"g{k}"
         if g[0] == "node":
             t = ts[0]
-            style, label = _node_style(t), _node_label(t)
+            style, label = _node_style(t), _node_label(t, stats)
             _note_node(key, t, style)
             if id(t) in marks:
                 style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"

@@ -1,0 +1,427 @@
+"""The explorer's data (visualize.explore): values equal the compiled program's,
+the VJP provenance, rules from the docstrings, the element-level pictures
+against naive loops, the compiler passes and memory plan, to_dot(feed=...),
+the command line and the training command's explorer.html. The page itself is
+driven in a browser in test_explorer_browser.py."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphdiff as gd
+import visualize as vz
+from graphdiff.autodiff import provenance
+from visualize.explore import build_data, memory_plan, rule_text, value_stats
+
+
+def small_cnn(seed=0, batch=3):
+    """conv (3x3, pad 1) -> relu -> max pool 2 -> conv (2x2) -> relu -> dense -> loss, both passes."""
+    rng = np.random.default_rng(seed)
+    x = gd.placeholder((None, 2, 8, 8), name="x")
+    t = gd.placeholder((None,), dtype="int64", name="labels")
+    with gd.scope("conv1"):
+        w1 = gd.variable(rng.standard_normal((4, 2, 3, 3)).astype("float32") * 0.4, name="w")
+        b1 = gd.variable(rng.standard_normal(4).astype("float32") * 0.1, name="b")
+        h = gd.relu(gd.conv2d(x, w1, b1, padding=1))
+    with gd.scope("pool1"):
+        h = gd.max_pool2d(h, 2)
+    with gd.scope("conv2"):
+        w2 = gd.variable(rng.standard_normal((3, 4, 2, 2)).astype("float32") * 0.4, name="w")
+        h = gd.relu(gd.conv2d(h, w2))
+    with gd.scope("fc"):
+        w3 = gd.variable(rng.standard_normal((27, 5)).astype("float32") * 0.3, name="w")
+        logits = gd.matmul(gd.reshape(h, (-1, 27)), w3)
+    with gd.scope("loss"):
+        loss = gd.softmax_cross_entropy(logits, t)
+    params = {"conv1/w": w1, "conv1/b": b1, "conv2/w": w2, "fc/w": w3}
+    grads = gd.grad(loss, list(params.values()))
+    feed = {x: rng.standard_normal((batch, 2, 8, 8)).astype("float32"), t: rng.integers(0, 5, batch)}
+    return dict(x=x, t=t, loss=loss, params=params, grads=grads, feed=feed, outputs=[loss, *grads])
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return small_cnn()
+
+
+def by_name(data):
+    return {n["name"]: n for n in data["nodes"]}
+
+
+def test_values_equal_a_direct_compiled_program(cnn):
+    data = build_data(cnn["outputs"], feed=cnn["feed"])
+    records = {n["id"]: n for n in data["nodes"]}
+    nodes = [n for n in gd.toposort(cnn["outputs"]) if n.kind in ("forward", "gradient") and n.kind != "constant"]
+    assert len(nodes) > 25
+    checked = 0
+    for node in nodes:
+        st = records[node.id]["stats"]
+        direct = np.asarray(gd.compile(node, inputs=[cnn["x"], cnn["t"]])(*cnn["feed"].values()), dtype=np.float64)
+        assert st["shape"] == list(direct.shape), node.name
+        if direct.size:
+            assert st["mean"] == pytest.approx(direct.mean(), rel=1e-6, abs=1e-9), node.name
+            assert st["std"] == pytest.approx(direct.std(), rel=1e-6, abs=1e-9), node.name
+            assert st["min"] == pytest.approx(direct.min(), rel=1e-6, abs=1e-12), node.name
+            assert st["max"] == pytest.approx(direct.max(), rel=1e-6, abs=1e-12), node.name
+            assert st["zero"] == pytest.approx(np.mean(direct == 0)), node.name
+            assert st["norm"] == pytest.approx(np.linalg.norm(direct.ravel()), rel=1e-6, abs=1e-12), node.name
+            assert sum(st["hist"]) == direct.size
+            checked += 1
+    assert checked == len(nodes)
+    # dead ReLUs show as zeros: the relu outputs have a positive fraction of them
+    relus = [records[n.id]["stats"]["zero"] for n in nodes if n.op.name == "relu"]
+    assert relus and all(0 < z < 1 for z in relus)
+    # and the gradient of conv1/w: a gradient node, the loss's slope
+    (gw,) = [records[g.id] for g in cnn["grads"][:1]]
+    assert gw["stats"]["gradient"] and gw["backward"] and gw["gradient_of"] == cnn["params"]["conv1/w"].id
+
+
+def test_value_stats_formula():
+    a = np.array([[0.0, 1.0], [-2.0, np.inf]], np.float32)
+    st = value_stats(a)
+    assert st["shape"] == [2, 2] and st["dtype"] == "float32" and st["nonfinite"] == 1
+    assert st["mean"] == pytest.approx(-1 / 3) and st["min"] == -2 and st["max"] == 1
+    assert st["zero"] == pytest.approx(1 / 3) and st["norm"] == pytest.approx(np.sqrt(5))
+    assert st["std"] == pytest.approx(np.std([0, 1, -2]))
+
+
+def test_thumbnails_of_feature_maps_and_filters(cnn):
+    data = build_data(cnn["outputs"], feed=cnn["feed"])
+    names = by_name(data)
+    w = names["conv1/w"]["thumbs"]
+    assert w["what"] == "filters" and len(w["maps"]) == 4 and (w["h"], w["w"]) == (3, 3)
+    relu = next(n for n in data["nodes"] if n["op"] == "relu" and n["scope"] == "conv1")
+    th = relu["thumbs"]
+    assert len(th["maps"]) == 4 and (th["h"], th["w"]) == (8, 8)
+    import base64
+
+    pixels = np.frombuffer(base64.b64decode(th["maps"][0]), np.uint8).reshape(8, 8)
+    relu_node = next(n for n in gd.toposort(cnn["outputs"]) if n.id == relu["id"])
+    value = gd.compile(relu_node, inputs=[cnn["x"]])(cnn["feed"][cnn["x"]])[0, 0].astype(np.float64)
+    expect = np.round((value - value.min()) / (value.max() - value.min()) * 255)
+    np.testing.assert_array_equal(pixels, expect.astype(np.uint8))
+
+
+def test_a_feed_that_does_not_fit_gets_the_programs_input_error(cnn):
+    x, t = cnn["x"], cnn["t"]
+    bad = {x: np.zeros((3, 2, 7, 8), np.float32), t: np.zeros(3, np.int64)}
+    with pytest.raises(gd.InputError) as direct:
+        gd.compile(cnn["loss"], inputs=[x, t])(*bad.values())
+    with pytest.raises(gd.InputError) as explored:
+        vz.explore(cnn["outputs"], feed=bad)
+    assert str(explored.value) == str(direct.value)
+    assert "'x'" in str(explored.value) and "(None, 2, 8, 8)" in str(explored.value)
+    with pytest.raises(gd.InputError, match="labels"):
+        vz.explore(cnn["outputs"], feed={x: bad[x][:, :, :, :8][:, :, :1].repeat(8, 2)})  # labels missing
+    with pytest.raises(gd.InputError, match="floats"):
+        vz.explore(cnn["outputs"], feed={"x": cnn["feed"][x], "floats": np.zeros(3)})
+    with pytest.raises(gd.InputError, match="integers"):
+        vz.explore(cnn["outputs"], feed={x: cnn["feed"][x], t: np.zeros(3)})  # float labels
+
+
+def test_provenance_names_the_vjp_rule_behind_each_backward_node(cnn):
+    nodes = gd.toposort(cnn["outputs"])
+    conv1 = next(n for n in nodes if n.op.name == "conv2d" and n.scope == "conv1")
+    conv2 = next(n for n in nodes if n.op.name == "conv2d" and n.scope == "conv2")
+    gi = [n for n in nodes if n.op.name == "conv2d_grad_input"]
+    assert len(gi) == 1 and provenance(gi[0])[0] is conv2  # conv1's input is a placeholder
+    gws = [n for n in nodes if n.op.name == "conv2d_grad_weight"]
+    assert {provenance(n)[0].id for n in gws} == {conv1.id, conv2.id}
+    for n in nodes:
+        if n.backward and n.kind != "constant":
+            src = provenance(n)[0]
+            assert src is not None or provenance(n)[1] is not None, n.name
+            if src is not None:
+                assert not src.backward and n.scope == src.scope
+        if not n.backward:
+            assert provenance(n) == (None, None)
+    w = cnn["params"]["conv2/w"]
+    assert provenance(cnn["grads"][2])[1] is w
+
+
+def test_rules_come_from_the_ops_docstrings(cnn):
+    nodes = {n.op.name: n for n in gd.toposort(cnn["outputs"])}
+    relu = rule_text(nodes["relu"].op)
+    assert "switch" in relu and "vjp(x, y, g) = g * step(y)" in relu
+    assert "inversion of indexes" in rule_text(nodes["conv2d_grad_input"].op)
+    assert "case 1" in rule_text(nodes["conv2d_grad_weight"].op)
+    assert "multiplexer" in rule_text(nodes["max_pool2d_grad"].op)
+    assert "vjp(a, b, y, g) = (g * b, g * a)" in rule_text(nodes["mul"].op)
+    x = gd.placeholder((1, 6, 3, 3))
+    y = gd.lrn(x)
+    (g,) = gd.grad(gd.sum(y), [x])
+    grad_op = next(n for n in gd.toposort([g]) if n.op.name == "lrn_grad").op
+    assert "fused backward" in rule_text(grad_op) and "S^T" in rule_text(grad_op)
+
+
+def _conv_valid(X, W):
+    n, m = X.shape[0], W.shape[0]
+    k = n - m + 1
+    Y = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            for a in range(m):
+                for b in range(m):
+                    Y[i, j] += W[a, b] * X[i + a, j + b]
+    return Y
+
+
+def test_element_level_pictures_hold_the_real_numbers(cnn):
+    data = build_data(cnn["outputs"], feed=cnn["feed"])
+    nodes = {n.id: n for n in gd.toposort(cnn["outputs"])}
+    pics = {nodes[int(k)].op.name + ":" + nodes[int(k)].scope: v for k, v in data["pictures"].items()}
+    assert {"conv2d:conv1", "relu:conv1", "max_pool2d:pool1", "conv2d:conv2", "relu:conv2"} <= set(pics)
+    feed_x = cnn["feed"][cnn["x"]].astype(np.float64)
+    conv = pics["conv2d:conv1"]
+    w1 = cnn["params"]["conv1/w"].value.astype(np.float64)
+    X, W = np.array(conv["X"]), np.array(conv["W"])
+    np.testing.assert_array_equal(X, feed_x[0, 0, :conv["n"], :conv["n"]])
+    np.testing.assert_array_equal(W, w1[0, 0])
+    np.testing.assert_allclose(conv["Y"], _conv_valid(X, W), rtol=1e-12)
+    # backward: dX_ij = sum_ab W_ab dE_(i-a)(j-b) over the crop (naive, the other way round:
+    # scatter each dE_ij to the inputs its window read)
+    dE = np.array(conv["dE"])
+    scatter = np.zeros_like(X)
+    m = W.shape[0]
+    for i in range(dE.shape[0]):
+        for j in range(dE.shape[1]):
+            scatter[i:i + m, j:j + m] += dE[i, j] * W
+    np.testing.assert_allclose(conv["dX"], scatter, rtol=1e-12, atol=1e-15)
+    # dE is the real gradient reaching the convolution (its padding of 1 offsets the crop)
+    conv_node = next(n for n in nodes.values() if n.op.name == "conv2d" and n.scope == "conv1")
+    g = next(n for n in nodes.values() if provenance(n)[1] is conv_node)
+    gv = gd.compile(g, inputs=[cnn["x"], cnn["t"]])(*cnn["feed"].values())
+    np.testing.assert_allclose(dE, gv[0, 0, 1:1 + dE.shape[0], 1:1 + dE.shape[1]], rtol=1e-6)
+
+    relu = pics["relu:conv1"]
+    assert relu["switch"] == [y > 0 for y in relu["y"]]
+    np.testing.assert_allclose(relu["g_out"], np.array(relu["g_in"]) * np.array(relu["switch"]), rtol=1e-6)
+    assert relu["y"] == [max(0.0, v) for v in relu["x"]]
+
+    pool = pics["max_pool2d:pool1"]
+    Xp = np.array(pool["X"])
+    routed = np.zeros_like(Xp)
+    for win in pool["windows"]:
+        r, c = win["r0"], win["c0"]
+        window = Xp[r:r + 2, c:c + 2]
+        assert win["max"] == window.max() and Xp[tuple(win["argmax"])] == window.max()
+        routed[tuple(win["argmax"])] += win["dE"]
+    np.testing.assert_array_equal(pool["dX"], routed)
+
+
+def test_compiler_passes_memory_plan_and_profile(cnn):
+    from graphdiff.optim import sgd_momentum
+
+    updates, _ = sgd_momentum(cnn["loss"], cnn["params"], lr=0.01)
+    program = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]], updates=updates)
+    assert [name for name, _ in program.passes] == ["prune", "cse + constant folding", "fusion"]
+    assert program.passes[-1][1] == program.nodes
+    assert len(program.passes[0][1]) > len(program.passes[1][1]) > len(program.passes[2][1])
+    before = {k: v.value.copy() for k, v in cnn["params"].items()}
+    program.profile(*cnn["feed"].values())
+    for k, v in cnn["params"].items():  # the profile ran a step: put the weights back for the other tests
+        v.value = before[k]
+    data = build_data(cnn["outputs"], feed=cnn["feed"], program=program)
+    prog = data["program"]
+    assert [p["name"] for p in prog["passes"]] == ["prune", "cse + constant folding", "fusion"]
+    records = {n["id"]: n for n in data["nodes"]}
+    assert all(i in records for p in prog["passes"] for i in p["nodes"])
+    fused = [records[i] for i in prog["passes"][2]["nodes"] if records[i]["op"] == "fused_elementwise"]
+    assert fused and all("steps" in f["fused"] for f in fused)
+    members = prog["passes"][2]["members"]
+    assert any(str(f["id"]) in members for f in fused)
+    for fid, ms in members.items():
+        assert len(ms) >= 2 and all(m in records for m in ms)
+    assert set(prog["profile"]) == {str(n.id) for n, _ in program.last_profile}
+    mem = prog["memory"]
+    assert mem["peak_bytes"] == max(mem["live"]) and mem["steps"] == len(program.nodes)
+    # live bytes at each step = the buffers alive then (independent sum)
+    for step in (0, mem["peak_step"], mem["steps"] - 1):
+        assert mem["live"][step] == sum(b["bytes"] for b in mem["buffers"] if b["start"] <= step <= b["end"])
+    # the batch of the feed sizes the None dimension: 3 images of the first convolution's output
+    conv = next(b for b in mem["buffers"] if records[b["id"]]["op"] in ("conv2d_relu", "conv2d"))
+    assert conv["bytes"] == 3 * 4 * 8 * 8 * 4
+
+
+def test_memory_plan_of_a_chain_frees_after_the_last_reader():
+    x = gd.placeholder((10,), name="x")
+    a = gd.exp(x)          # 40 bytes, read by b and c
+    b = gd.tanh(a)
+    c = a * b
+    program = gd.compile(gd.sum(c), inputs=[x], optimize=False)
+    plan = memory_plan(program)
+    spans = {b_["name"].split("_")[0]: (b_["start"], b_["end"], b_["bytes"]) for b_ in plan["buffers"]}
+    order = [n.name.split("_")[0] for n in program.nodes]
+    assert spans["exp"] == (order.index("exp"), order.index("mul"), 40)
+    assert spans["tanh"] == (order.index("tanh"), order.index("mul"), 40)
+    assert plan["peak_bytes"] == 120  # exp, tanh and mul alive at the multiply
+
+
+def test_to_dot_with_a_feed_prints_mean_std_and_zeros(cnn):
+    d = vz.to_dot(cnn["loss"], feed=cnn["feed"])
+    relu = next(n for n in gd.toposort([cnn["loss"]]) if n.op.name == "relu")
+    value = gd.compile(relu, inputs=[cnn["x"]])(cnn["feed"][cnn["x"]]).astype(np.float64)
+    line = f"mean {value.mean():.3g} std {value.std():.3g} zero {100 * np.mean(value == 0):.0f}%"
+    assert line in d.source
+    assert d.source.count("mean ") >= len([n for n in gd.toposort([cnn["loss"]])])
+    assert "mean " not in vz.to_dot(cnn["loss"]).source
+    with pytest.raises(gd.InputError):
+        vz.to_dot(cnn["loss"], feed={cnn["x"]: np.zeros((1, 2, 8, 8), np.float32)})
+
+
+def test_the_page_is_self_contained_and_parameters_default_to_gradients(cnn, tmp_path):
+    path = tmp_path / "page.html"
+    page = vz.explore(cnn["loss"], feed=cnn["feed"], params=cnn["params"], path=path)
+    text = path.read_text()
+    assert text == page.html and "<script>" in text and "gd-data" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "nothing may be fetched"
+    assert "<iframe" in page._repr_html_() and "srcdoc=" in page._repr_html_()
+    payload = re.search(r'<script id="gd-data" type="application/json">(.*?)</script>', text, re.S).group(1)
+    data = json.loads(payload.replace("<\\/", "</"))
+    params = {p["name"]: p for p in data["params"]}
+    assert set(params) == set(cnn["params"]) and all(p["grad"] is not None for p in params.values())
+    records = {n["id"]: n for n in data["nodes"]}
+    assert all(records[p["grad"]]["gradient_of"] == p["id"] for p in params.values())
+    assert data["backward_schedule"] and all(records[i]["backward"] for i in data["backward_schedule"])
+
+
+def test_assets_are_package_data():
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        config = tomllib.load(f)
+    patterns = config["tool"]["setuptools"]["package-data"]["visualize"]
+    import fnmatch
+
+    assets = os.listdir(os.path.join(os.path.dirname(vz.__file__), "explorer_assets"))
+    assert assets and all(any(fnmatch.fnmatch("explorer_assets/" + a, p) for p in patterns) for a in assets)
+
+
+def test_command_line_explore(tmp_path):
+    out = tmp_path / "e.html"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "visualize", "explore", "cnn4", "--data", "synthetic",
+                        "--image-size", "16", "--batch-size", "2", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "values of 2 validation images" in r.stdout and out.exists()
+    text = out.read_text()
+    assert '"has_values":true' in text and '"program"' in text
+    bad = subprocess.run([sys.executable, "-m", "visualize", "explore", "cnn4", "--data", "cifar10:/nonexistent",
+                          "--out", str(tmp_path / "x.html")], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_training_writes_the_explorer_of_a_validation_batch(tmp_path):
+    import models.train as train
+    from models.data import load_dataset
+
+    argv = ["--model", "cnn4", "--data", "synthetic", "--image-size", "16", "--width", "4", "--batch-size", "8",
+            "--epochs", "1", "--seed", "1", "--quiet", "--out", str(tmp_path)]
+    train.main(argv)
+    text = (tmp_path / "explorer.html").read_text()
+    data = json.loads(re.search(r'<script id="gd-data" type="application/json">(.*?)</script>', text,
+                                re.S).group(1).replace("<\\/", "</"))
+    loss = next(n for n in data["nodes"] if n["op"] == "softmax_cross_entropy")
+    # the trained model's loss on the first validation batch, computed here from the checkpoint
+    from graphdiff.checkpoint import load_checkpoint
+    from models.cnn import cnn4
+
+    arrays, _ = load_checkpoint(tmp_path / "checkpoint.npz")
+    dataset = load_dataset("synthetic", 16, channels=3, seed=1)
+    model = cnn4(dataset.num_classes, 16, width=4, seed=1)
+    model.load_state_arrays(arrays)
+    images, labels = next(iter(dataset.val_batches(8)))
+    expect = gd.compile(model.loss, inputs=model.inputs, training=False)(images, labels)
+    assert loss["stats"]["mean"] == pytest.approx(float(expect), rel=1e-6)
+    assert any(n["backward"] for n in data["nodes"])
+
+
+def test_buffer_plan_shows_the_reuse_of_buffers_along_the_schedule():
+    x = gd.placeholder((None, 1000), name="x")
+    y = gd.log(gd.tanh(gd.exp(x)) * gd.tanh(gd.exp(x)) + 1.0)
+    program = gd.compile(gd.sum(y), inputs=[x], optimize=False)
+    assert program.buffer_plan() is None  # planned on the first call
+    program(np.ones((3, 1000)))
+    rows, sizes = program.buffer_plan()
+    assert [n.op.name for n, _ in rows] == [n.op.name for n in program.nodes if n.kind not in ("placeholder",
+                                                                                                "constant")]
+    used = [b for _, row in rows for b in row if b is not None]
+    assert len(used) > len(sizes) >= 2  # outputs share buffers
+    assert all(s >= 3 * 1000 * 4 for s in sizes)
+    plan = memory_plan(program, batch=3)
+    assert plan["planned"]["sizes"] == sizes and plan["planned"]["outputs"] == len(used)
+    by_buffer = {}
+    for b in plan["buffers"]:
+        if b.get("buffer") is not None:
+            by_buffer.setdefault(b["buffer"], []).append((b["start"], b["end"]))
+    for spans in by_buffer.values():  # one buffer never holds two live values
+        spans.sort()
+        assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_memory_plan_of_a_training_step_after_it_ran(cnn):
+    from graphdiff.optim import sgd_momentum
+
+    updates, _ = sgd_momentum(cnn["loss"], cnn["params"], lr=0.0)  # lr 0: the weights stay
+    program = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]], updates=updates)
+    program(*cnn["feed"].values())
+    plan = memory_plan(program, batch=3)
+    assert plan["planned"] and plan["planned"]["outputs"] > len(plan["planned"]["sizes"])
+    by_buffer = {}
+    for b in plan["buffers"]:
+        if b.get("buffer") is not None:
+            by_buffer.setdefault(b["buffer"], []).append((b["start"], b["end"]))
+    for spans in by_buffer.values():
+        spans.sort()
+        assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_each_pass_lists_the_nodes_it_made():
+    x = gd.placeholder((None, 8), name="x")
+    c = gd.constant(np.full(8, 2.0, np.float32)) * 3.0           # folded
+    y = gd.tanh(x * c) + gd.tanh(x * c)                          # one tanh merged
+    z = gd.sum(gd.exp(y) * 0.5 + 1.0)                            # fused chain
+    program = gd.compile(z, inputs=[x])
+    data = build_data(z, program=program)
+    records = {n["id"]: n for n in data["nodes"]}
+    prune, simplify, fusion = data["program"]["passes"]
+    assert "new" not in prune
+    made = [records[i] for i in simplify["new"]]
+    assert [m["kind"] for m in made] == ["constant"] and simplify["removed"] >= 4  # mul folded, tanh twins
+    assert {records[i]["op"] for i in fusion["new"]} == {"fused_elementwise"}
+    assert fusion["removed"] >= 3
+
+
+def test_a_failed_write_leaves_neither_a_half_page_nor_a_temporary_file(cnn, tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def write(self, text):
+            self.f.write(text[:100])
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    path = tmp_path / "page.html"
+    path.write_text("the previous page")
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: Full(real_open(p, *a, **k))
+                        if str(p).endswith(".tmp") else real_open(p, *a, **k))
+    with pytest.raises(OSError, match="No space"):
+        vz.explore(cnn["loss"], path=path)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert os.listdir(tmp_path) == ["page.html"] and path.read_text() == "the previous page"
