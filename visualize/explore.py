@@ -173,7 +173,7 @@ def _doc(obj):
 
 
 def _table_rule(table, fn):
-    """The VJP line of an elementwise op from its table (``lambda x, y, g: g * step(y)``)."""
+    """The VJP line of an elementwise op from its table (``lambda x, y, g: relu_grad(y, g)``)."""
     entry = table.get(fn)
     if entry is None:
         return ""
@@ -256,7 +256,7 @@ def _relu_picture(node, values, grad_at, made_by):
            "switch": [bool(v > 0) for v in Y],
            "caption": f"{node.name}: the first {len(X)} elements; the switch is open where y > 0"}
     g = grad_at.get(id(node))
-    out = next((b for b in made_by.get(id(node), ()) if b.shape == node.shape and b.op.name == "mul"
+    out = next((b for b in made_by.get(id(node), ()) if b.shape == node.shape and b.op.name in ("relu_grad", "mul")
                 and g is not None and g in b.inputs), None)
     if g is not None and id(g) in values and out is not None and id(out) in values:
         gin, gout = np.broadcast_to(values[id(g)], values[id(node)].shape), values[id(out)]
