@@ -10,11 +10,12 @@ autodiff, for the convolutional networks of the AlexNet lecture.
 from .autodiff import grad, zeros_like
 from .backends import available_backends, get_backend, register_backend
 from .compiler import Program, compile
-from .errors import BackendError, GraphdiffError, InputError, ShapeError
+from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, ShapeError
 from .feed import from_dlpack
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
 from .nx import to_networkx, graph_stats
 from .ops import *  # noqa: F401,F403 - the op functions are the public API
 from .ops import abs, max, pow, sum  # noqa: A004 - NumPy's names, as in the DESIGN contract
+from . import onnx  # noqa: E402 - graphdiff.onnx.export / load (the onnx package is imported only when used)
 
 __version__ = "0.1.0"

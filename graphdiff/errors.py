@@ -18,3 +18,9 @@ class InputError(GraphdiffError, ValueError):
 
 class BackendError(GraphdiffError, RuntimeError):
     """An unknown backend, or one whose library or device is missing."""
+
+
+class ModelFormatError(GraphdiffError, ValueError):
+    """A model file (ONNX) that cannot be written or read: malformed or
+    truncated, or using an op or attribute graphdiff does not support. The
+    message names the file, the node and the attribute."""
