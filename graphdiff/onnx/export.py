@@ -63,7 +63,7 @@ class _Writer:
     def node(self, op_type, inputs, hint, **attrs):
         """Append one node; returns its output's name (``hint``, made unique)."""
         out = self.unique(hint)
-        node_name = self.unique(out if op_type != "Constant" else f"{out}/Constant", self.node_names)
+        node_name = self.unique(out, self.node_names)
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=node_name, **attrs))
         return out
 
@@ -73,11 +73,17 @@ class _Writer:
         return name
 
     def const(self, value, dtype, hint="const"):
-        """An initializer holding ``value`` as ``dtype`` (equal constants shared)."""
-        array = np.asarray(value, dtype=dtype)
+        """``value`` as ``dtype``, equal constants shared: an initializer for
+        numbers and integer arrays (shapes, axes), a ``Constant`` node for float
+        arrays, so that loading the file makes variables of the initializers only."""
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.consts:
-            self.consts[key] = self.initializer(array, hint)
+            if array.dtype.kind == "f" and array.size > 1:
+                tensor = self.onnx.numpy_helper.from_array(array, f"{hint}/value")
+                self.consts[key] = self.node("Constant", [], hint, value=tensor)
+            else:
+                self.consts[key] = self.initializer(array, hint)
         return self.consts[key]
 
     def ints(self, values, hint="axes"):

@@ -554,12 +554,27 @@ def _read_model(onnx, path):
     if not model.HasField("graph") or not model.graph.output:
         raise ModelFormatError(f"{path}: not an ONNX model, or truncated (no graph outputs)")
     _load_external_data(onnx, model, path)
+    return model
+
+
+def _check_model(onnx, model, path):
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # onnx.checker.ValidationError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFormatError(f"{path}: not a valid ONNX model: {first}") from None
-    return model
+
+
+def _check_ops(r, graph, absorbed):
+    """Every node (outside a recognised LRN chain) has a rule: an unknown op is
+    reported by name before anything is built."""
+    for n in graph.node:
+        if id(n) in absorbed:
+            continue
+        if n.domain not in ("", "ai.onnx"):
+            raise r.error(n, f"op {n.op_type} in domain {n.domain!r} is not supported (standard ONNX ops only)")
+        if n.op_type not in _RULES:
+            raise r.error(n, f"op {n.op_type} is not supported")
 
 
 def _load_external_data(onnx, model, path):
@@ -623,7 +638,7 @@ def load(path):
     for init in g.initializer:
         a = r.array(init)
         if a.dtype.kind == "f" and a.ndim >= 1 and a.size > 1:
-            params[init.name] = r.values[init.name] = variable(a, name=init.name, copy=False)
+            params[init.name] = r.values[init.name] = variable(a, name=init.name, copy=not a.flags.writeable)
         else:
             r.values[init.name] = a
     inputs = []
@@ -648,6 +663,8 @@ def load(path):
             replaced[id(n)] = found
             absorbed.update(id(m) for m in found[-1])
 
+    _check_ops(r, g, absorbed)
+    _check_model(onnx, model, path)
     for n in g.node:
         if id(n) in absorbed:
             continue
@@ -674,9 +691,6 @@ def _convert(r, n, lrn_match):
         x, size, alpha, beta, k, mirrored, _ = lrn_match
         x = r.values[x]
         return [_lrn_graph(_spatial(r, n, x), size, alpha, beta, k, mirrored, name=n.output[0])]
-    if n.domain not in ("", "ai.onnx") or n.op_type not in _RULES:
-        where = f" in domain {n.domain!r}" if n.domain not in ("", "ai.onnx") else ""
-        raise r.error(n, f"op {n.op_type}{where} is not supported")
     convert, allowed = _RULES[n.op_type]
     attrs = r.attributes(n, allowed)
     present = [r.input(n, i) for i in range(len(n.input)) if n.input[i]]
