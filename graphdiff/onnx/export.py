@@ -7,7 +7,7 @@ constants become initializers, outputs the graph outputs. A few rules read
 past their node to write the ONNX idiom (each says so):
 
 * ``add(matmul(h, w), b)`` with 2-D ``h``, ``w`` and a 1-D bias -> ``Gemm``;
-* ``x * dropout_mask(x)`` (``gd.dropout``) -> ``Identity``: inference;
+* ``x * dropout_mask(x)`` (``gd.dropout``) -> ``x``: the identity at inference;
 * ``sum(x) / count(x)`` (``gd.mean``) -> ``ReduceMean``;
 * ``lrn_normalize(x, lrn_scale(x))`` (``gd.lrn``) -> ``LRN`` with ``alpha *
   size`` (ONNX divides alpha by size; the paper does not); an even size is
@@ -145,10 +145,11 @@ def _adaptive_avg_pool2d(w, node):
         raise _unsupported(node, f"needs static spatial dimensions for output size {(OH, OW)}")
     if H % OH == 0 and W % OW == 0:
         k = [H // OH, W // OW]
-        return w.node("AveragePool", [w[x]], node.name, kernel_shape=k, strides=k, pads=[0, 0, 0, 0])
+        return w.node("AveragePool", [w[x]], node.name, kernel_shape=k, strides=k, pads=[0, 0, 0, 0],
+                      count_include_pad=0)
     rows = w.const(_avg.adaptive_matrix(H, OH), x.dtype, f"{node.name}/rows")
-    cols_t = w.const(_avg.adaptive_matrix(W, OW).T, x.dtype, f"{node.name}/cols_t")
     narrowed = w.node("MatMul", [rows, w[x]], f"{node.name}/rows_applied")
+    cols_t = w.const(_avg.adaptive_matrix(W, OW).T, x.dtype, f"{node.name}/cols_t")
     return w.node("MatMul", [narrowed, cols_t], node.name)
 
 
@@ -273,8 +274,8 @@ def _binary(w, node):
     if gemm:
         return w.node("Gemm", [w[t] for t in gemm], node.name)
     x = _dropout_input(node)
-    if x is not None:  # dropout at inference: the identity
-        return w.node("Identity", [w[x]], node.name)
+    if x is not None:  # dropout at inference: the identity, so no node at all
+        return w[x]
     mean = _mean_parts(node)
     if mean:
         x, total = mean
@@ -306,7 +307,7 @@ def _cast(w, node):
 
 @rule("stop_gradient")
 def _identity(w, node):
-    return w.node("Identity", [w[node.inputs[0]]], node.name)
+    return w[node.inputs[0]]  # the identity at inference: no node
 
 
 # --------------------------------------------------------------------------- linear algebra, shapes, reductions
@@ -358,7 +359,7 @@ def _softmax(w, node):
 def _reduction(w, node):
     x = node.inputs[0]
     if not node.op.axes:  # a 0-d input
-        return w.node("Identity", [w[x]], node.name)
+        return w[x]
     op_type = "ReduceSum" if node.op.name == "sum" else "ReduceMax"
     return w.reduce(op_type, w[x], node.op.axes, node.op.keepdims, node.name)
 
@@ -368,7 +369,7 @@ def _count(w, node):
     dims = [node.inputs[0].shape[a] for a in node.op.axes]
     if None in dims:
         raise _unsupported(node, "counts elements along a dimension known only at run time")
-    return w.node("Identity", [w.const(int(np.prod(dims)), node.dtype, f"{node.name}/value")], node.name)
+    return w.const(int(np.prod(dims)), node.dtype, node.name)
 
 
 @rule("softmax_cross_entropy")

@@ -93,7 +93,7 @@ class _Reader:
         v = self.input(node, i)
         if v is None:
             raise self.error(node, f"input {i} is missing")
-        return v if isinstance(v, Tensor) else constant(v)
+        return v if isinstance(v, Tensor) else constant(v, name=node.input[i])
 
     def attributes(self, node, allowed):
         """``node``'s attributes with the rule's defaults; an unknown one is an error."""
@@ -188,16 +188,17 @@ def _lrn(r, node, a):
     floor((size-1)/2) .. c + ceil((size-1)/2)``: graphdiff's lrn with ``alpha / size``
     (the same window for odd sizes; the mirrored one for even sizes)."""
     x, size = _spatial(r, node, r.tensor(node, 0)), int(a["size"])
-    return [_lrn_graph(x, size, a["alpha"] / size, a["beta"], a["bias"], mirrored=size % 2 == 0,
-                       name=node.output[0])]
+    window = _Window("channels", None, size, (size - 1) // 2, size // 2, [])
+    return [_lrn_graph(x, window, a["alpha"] / size, a["beta"], a["bias"], name=node.output[0])]
 
 
-def _lrn_graph(x, size, alpha, beta, k, mirrored, name):
-    """``gd.lrn``, or for a mirrored (even) window its decomposition with the
-    transposed channel window sum."""
-    if not mirrored:
-        return _ops.lrn(x, size=size, alpha=alpha, beta=beta, k=k, name=name)
-    scale = k + alpha * _ops.window_sum_channels(x * x, size, transpose=True)
+def _lrn_graph(x, window, alpha, beta, k, name):
+    """``gd.lrn`` / ``gd.lrn_within`` over ``window``, or, for a mirrored (even)
+    window, its decomposition with the transposed window sum."""
+    if not window.transpose:
+        op = _ops.lrn if window.kind == "channels" else _ops.lrn_within
+        return op(x, size=window.size, alpha=alpha, beta=beta, k=k, name=name)
+    scale = k + alpha * window.sum(x * x)
     return _ops.div(x, scale ** beta, name=name)
 
 
@@ -402,7 +403,7 @@ def _softmax_cross_entropy(r, node, a):
     return [_ops.softmax_cross_entropy(logits, labels, name=node.output[0])]
 
 
-# --------------------------------------------------------------------------- PyTorch's LRN decomposition
+# --------------------------------------------------------------------------- window sums and LRN, decomposed
 def _scalar(value):
     """A static value as a Python float, if it is a single number."""
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "fiu":
@@ -410,23 +411,69 @@ def _scalar(value):
     return None
 
 
-class _LRNMatcher:
-    """Finds ``Div(x, Pow(Add(Mul(...Squeeze(AveragePool_(size,1,1)(Pad(Reshape_5d(Mul(x, x))))),
-    alpha), k), beta))`` (PyTorch's export of ``local_response_norm``, where the
-    Pad and the 5-D reshape may also be the pool's own pads and an Unsqueeze,
-    as graphdiff writes even sizes) so that it loads as one LRN. Every inner
-    node must feed only the next one."""
+class _Window:
+    """A recognised window mean: ``kind`` "channels" or "spatial", over ``source``,
+    ``size`` wide, reaching ``lo`` before and ``hi`` after each element."""
 
-    def __init__(self, graph, static):
-        self.static = static  # name -> NumPy array (initializers, Constant outputs)
-        self.producer = {o: n for n in graph.node for o in n.output}
+    def __init__(self, kind, source, size, lo, hi, nodes):
+        self.kind, self.source, self.size, self.lo, self.hi, self.nodes = kind, source, size, lo, hi, nodes
+
+    @property
+    def count(self):
+        """Elements per window: the mean times this is the window sum."""
+        return self.size if self.kind == "channels" else self.size * self.size
+
+    @property
+    def transpose(self):
+        """graphdiff's window reaches ``size//2`` before; its transpose (an even size only) ``size//2`` after."""
+        if (self.lo, self.hi) == (self.size // 2, (self.size - 1) // 2):
+            return False
+        return True if (self.lo, self.hi) == ((self.size - 1) // 2, self.size // 2) else None
+
+    def sum(self, x):
+        op = _ops.window_sum_channels if self.kind == "channels" else _ops.window_sum_spatial
+        return op(x, self.size, transpose=self.transpose)
+
+
+class _Patterns:
+    """Decompositions that load as one graphdiff op. LRN, as PyTorch's exporter
+    writes ``local_response_norm`` (and graphdiff's exporter an even size)::
+
+        Div(x, Pow(Add(Mul(window_mean(Mul(x, x)), alpha...), k), beta))
+
+    where ``window_mean`` over channels is ``Squeeze(AveragePool_(size,1,1)(Pad(
+    Reshape_5d(.))))`` (PyTorch) or ``Squeeze(AveragePool_(size,1,1)(Unsqueeze(.)))``
+    with the pool's own pads (graphdiff), and within a map a stride-1
+    ``size x size`` AveragePool counting padding (``lrn_within``). Besides,
+    ``Mul(window_mean(x), count)`` is a window sum. Every inner node must feed only
+    the next one. :meth:`find` returns ``{id(node): build(reader) -> values}`` and
+    the ids of the nodes absorbed."""
+
+    def __init__(self, nodes, outputs, static):
+        # nodes: one list of the graph's node objects, so that their ids stay valid (protobuf
+        # may hand out a new wrapper object at each access); static: name -> NumPy array
+        self.nodes, self.static = nodes, static
+        self.producer = {o: n for n in nodes for o in n.output}
         self.uses = {}
-        for n in graph.node:
+        for n in nodes:
             for i in n.input:
                 self.uses[i] = self.uses.get(i, 0) + 1
-        for o in graph.output:
+        for o in outputs:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
 
+    def find(self):
+        replaced, absorbed = {}, set()
+        for finder in (self._lrn, self._window_sum):
+            for n in self.nodes:
+                if id(n) in absorbed:
+                    continue
+                found = finder(n)
+                if found is not None and not any(id(m) in absorbed or id(m) in replaced for m in found[1]):
+                    replaced[id(n)] = found[0]
+                    absorbed.update(id(m) for m in found[1])
+        return replaced, absorbed
+
+    # ---- helpers
     def _inner(self, name, *op_types):
         n = self.producer.get(name)
         return n if n is not None and n.op_type in op_types and self.uses.get(name) == 1 else None
@@ -434,109 +481,129 @@ class _LRNMatcher:
     def _attr(self, node, name, default=None):
         for a in node.attribute:
             if a.name == name:
-                return onnx_module().helper.get_attribute_value(a)
+                value = onnx_module().helper.get_attribute_value(a)
+                return list(value) if isinstance(value, (list, tuple)) else value
         return default
 
     def _scalar_operand(self, node):
         """``(other input, scalar)`` of a binary node with one static scalar operand."""
-        for i, j in ((0, 1), (1, 0)):
-            s = _scalar(self.static.get(node.input[j]))
-            if s is not None:
-                return node.input[i], s
+        if len(node.input) == 2:
+            for i, j in ((0, 1), (1, 0)):
+                s = _scalar(self.static.get(node.input[j]))
+                if s is not None:
+                    return node.input[i], s
         return None, None
-
-    def match(self, div):
-        """``(x, size, alpha, beta, k, mirrored, absorbed nodes)`` or None."""
-        if div.op_type != "Div" or len(div.input) != 2:
-            return None
-        x, chain = div.input[0], []
-        power = self._inner(div.input[1], "Pow")
-        beta = None if power is None else _scalar(self.static.get(power.input[1]))
-        if beta is None:
-            return None
-        add = self._inner(power.input[0], "Add")
-        if add is None:
-            return None
-        inner, k = self._scalar_operand(add)
-        if k is None:
-            return None
-        chain += [power, add]
-        alpha, node = 1.0, self._inner(inner, "Mul") if inner else None
-        while node is not None:  # one or more scalar multipliers (alpha; graphdiff's even form adds size)
-            rest, s = self._scalar_operand(node)
-            if s is None:
-                break
-            chain.append(node)
-            alpha, inner = alpha * s, rest
-            node = self._inner(inner, "Mul")
-        squeeze = self._inner(inner, "Squeeze")
-        if squeeze is None or self._axes(squeeze) != [1]:
-            return None
-        pool = self._inner(squeeze.input[0], "AveragePool")
-        if pool is None or not self._window_pool(pool):
-            return None
-        size = int(self._attr(pool, "kernel_shape")[0])
-        lo, hi, source = self._padding(pool)
-        if source is None or lo + hi + 1 != size:
-            return None
-        squares = self._inner(source, "Mul")
-        if squares is None or list(squares.input) != [x, x]:
-            return None
-        chain += [squeeze, pool, squares] + self._between
-        if (lo, hi) == (size // 2, (size - 1) // 2):
-            mirrored = False
-        elif (lo, hi) == ((size - 1) // 2, size // 2):
-            mirrored = True
-        else:
-            return None
-        # The chain computes k + alpha * mean = k + (alpha / size) * sum: graphdiff's alpha is on the sum.
-        return x, size, alpha / size, beta, k, mirrored, chain
 
     def _axes(self, node):
         if len(node.input) > 1:
             v = self.static.get(node.input[1])
             return None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
-        axes = self._attr(node, "axes")
-        return None if axes is None else list(axes)
+        return self._attr(node, "axes")
 
-    def _window_pool(self, pool):
+    def _summing_pool(self, pool, rank):
+        """A stride-1 AveragePool counting its padding: the window mean of ``rank`` dims."""
         kernel = self._attr(pool, "kernel_shape")
-        return (kernel is not None and len(kernel) == 3 and list(kernel[1:]) == [1, 1]
-                and list(self._attr(pool, "strides", [1, 1, 1])) == [1, 1, 1]
+        return (kernel is not None and len(kernel) == rank and self._attr(pool, "strides", [1] * rank) == [1] * rank
                 and self._attr(pool, "count_include_pad", 0) == 1 and not self._attr(pool, "ceil_mode", 0)
-                and list(self._attr(pool, "dilations", [1, 1, 1])) == [1, 1, 1])
+                and self._attr(pool, "dilations", [1] * rank) == [1] * rank
+                and self._attr(pool, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
-    def _padding(self, pool):
-        """``(lo, hi, squares' name)``: the channel padding, from a Pad + 5-D Reshape
-        (PyTorch) or the pool's pads + Unsqueeze (graphdiff)."""
-        self._between = []
-        pads = list(self._attr(pool, "pads", [0] * 6))
+    # ---- window means
+    def _window_mean(self, name):
+        """The :class:`_Window` whose mean ``name`` is, or None."""
+        squeeze = self._inner(name, "Squeeze")
+        if squeeze is not None:
+            return self._channel_mean(squeeze) if self._axes(squeeze) == [1] else None
+        pool = self._inner(name, "AveragePool")
+        if pool is None or not self._summing_pool(pool, 2):
+            return None
+        (kh, kw), pads = self._attr(pool, "kernel_shape"), self._attr(pool, "pads", [0] * 4)
+        if kh != kw or pads[0] != pads[1] or pads[2] != pads[3] or pads[0] + pads[2] + 1 != kh:
+            return None
+        return _Window("spatial", pool.input[0], kh, pads[0], pads[2], [pool])
+
+    def _channel_mean(self, squeeze):
+        pool = self._inner(squeeze.input[0], "AveragePool")
+        if pool is None or not self._summing_pool(pool, 3) or self._attr(pool, "kernel_shape")[1:] != [1, 1]:
+            return None
+        size, pads = self._attr(pool, "kernel_shape")[0], self._attr(pool, "pads", [0] * 6)
         if pads[1:3] + pads[4:] != [0, 0, 0, 0]:
-            return 0, 0, None
-        lo, hi, source = pads[0], pads[3], pool.input[0]
+            return None
+        lo, hi, source, nodes = pads[0], pads[3], pool.input[0], [squeeze, pool]
         pad = self._inner(source, "Pad")
-        if pad is not None:
-            amounts = self.static.get(pad.input[1])
+        if pad is not None:  # PyTorch pads the channel axis of the 5-D view by itself
+            amounts = self.static.get(pad.input[1]) if len(pad.input) > 1 else None
             fill = _scalar(self.static.get(pad.input[2])) if len(pad.input) > 2 and pad.input[2] else 0.0
-            if (amounts is None or amounts.size != 10 or self._attr(pad, "mode", b"constant") != b"constant"
+            if (amounts is None or amounts.size != 10 or self._attr(pad, "mode", b"constant") not in (b"constant",
+                                                                                                        "constant")
                     or fill != 0.0 or len(pad.input) > 3):
-                return 0, 0, None
+                return None
             p = [int(v) for v in amounts]
             if p[:2] + p[3:7] + p[8:] != [0] * 8:
-                return 0, 0, None
+                return None
             lo, hi, source = lo + p[2], hi + p[7], pad.input[0]
-            self._between.append(pad)
-        lift = self._inner(source, "Reshape", "Unsqueeze")
+            nodes.append(pad)
+        lift = self._inner(source, "Reshape", "Unsqueeze")  # (N, C, H, W) -> (N, 1, C, H, W)
         if lift is None:
-            return 0, 0, None
+            return None
         if lift.op_type == "Reshape":
             shape = self.static.get(lift.input[1])
             if shape is None or shape.size != 5 or int(shape[1]) != 1:
-                return 0, 0, None
+                return None
         elif self._axes(lift) != [1]:
-            return 0, 0, None
-        self._between.append(lift)
-        return lo, hi, lift.input[0]
+            return None
+        if lo + hi + 1 != size:
+            return None
+        return _Window("channels", lift.input[0], size, lo, hi, nodes + [lift])
+
+    # ---- the patterns
+    def _window_sum(self, mul):
+        """``Mul(window_mean(x), count)`` -> window_sum_channels / window_sum_spatial."""
+        if mul.op_type != "Mul":
+            return None
+        inner, factor = self._scalar_operand(mul)
+        window = self._window_mean(inner) if inner else None
+        if window is None or window.transpose is None or factor != window.count:
+            return None
+        return (lambda r: [_named(window.sum(r.values[window.source]), mul)]), window.nodes
+
+    def _lrn(self, div):
+        if div.op_type != "Div" or len(div.input) != 2:
+            return None
+        x = div.input[0]
+        power = self._inner(div.input[1], "Pow")
+        beta = None if power is None else _scalar(self.static.get(power.input[1]))
+        add = None if beta is None else self._inner(power.input[0], "Add")
+        inner, k = self._scalar_operand(add) if add is not None else (None, None)
+        if k is None:
+            return None
+        chain, alpha = [power, add], 1.0
+        node = self._inner(inner, "Mul")
+        while node is not None:  # scalar multipliers: alpha (and, as graphdiff writes an even size, the count)
+            rest, factor = self._scalar_operand(node)
+            if factor is None:
+                break
+            chain.append(node)
+            alpha, inner = alpha * factor, rest
+            node = self._inner(inner, "Mul")
+        window = self._window_mean(inner)
+        if window is None or window.transpose is None:
+            return None
+        squares = self._inner(window.source, "Mul")
+        if squares is None or list(squares.input) != [x, x]:
+            return None
+        # k + alpha * mean = k + (alpha / count) * sum: graphdiff's alpha is on the sum, as in the paper.
+        alpha /= window.count
+
+        def build(r):
+            return [_lrn_graph(_spatial(r, div, r.values[x]), window, alpha, beta, k, name=div.output[0])]
+
+        return build, chain + window.nodes + [squares]
+
+
+def _named(t, node):
+    t.name = node.output[0]
+    return t
 
 
 # --------------------------------------------------------------------------- the graph
@@ -557,18 +624,18 @@ def _read_model(onnx, path):
     return model
 
 
-def _check_model(onnx, model, path):
+def _check_model(onnx, path):
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(path)  # from the file: external weights are checked in place, not copied
     except Exception as e:  # onnx.checker.ValidationError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFormatError(f"{path}: not a valid ONNX model: {first}") from None
 
 
-def _check_ops(r, graph, absorbed):
-    """Every node (outside a recognised LRN chain) has a rule: an unknown op is
-    reported by name before anything is built."""
-    for n in graph.node:
+def _check_ops(r, nodes, absorbed):
+    """Every node (outside a recognised decomposition) has a rule: an unknown op
+    is reported by name before anything is built."""
+    for n in nodes:
         if id(n) in absorbed:
             continue
         if n.domain not in ("", "ai.onnx"):
@@ -649,23 +716,17 @@ def load(path):
         r.values[vi.name] = inputs[-1]
 
     static = {k: v for k, v in r.values.items() if isinstance(v, np.ndarray)}
-    for n in g.node:
+    for n in g.node:  # Constant values, for the patterns (each node is read again below)
         if n.op_type == "Constant" and n.output:
             try:
                 static[n.output[0]] = _constant(r, n, r.attributes(n, _RULES["Constant"][1]))[0]
             except ModelFormatError:
                 pass  # reported when the node itself is read
-    lrn = _LRNMatcher(g, static)
-    absorbed, replaced = set(), {}
-    for n in g.node:
-        found = lrn.match(n)
-        if found:
-            replaced[id(n)] = found
-            absorbed.update(id(m) for m in found[-1])
-
-    _check_ops(r, g, absorbed)
-    _check_model(onnx, model, path)
-    for n in g.node:
+    nodes = list(g.node)  # these objects throughout: ids of nodes key the patterns found
+    replaced, absorbed = _Patterns(nodes, g.output, static).find()
+    _check_ops(r, nodes, absorbed)
+    _check_model(onnx, path)
+    for n in nodes:
         if id(n) in absorbed:
             continue
         try:
@@ -686,11 +747,9 @@ def load(path):
     return OnnxModel(path, inputs, outputs, params, opset, f"{model.producer_name} {model.producer_version}".strip())
 
 
-def _convert(r, n, lrn_match):
-    if lrn_match:
-        x, size, alpha, beta, k, mirrored, _ = lrn_match
-        x = r.values[x]
-        return [_lrn_graph(_spatial(r, n, x), size, alpha, beta, k, mirrored, name=n.output[0])]
+def _convert(r, n, build):
+    if build is not None:  # a recognised decomposition (see _Patterns)
+        return build(r)
     convert, allowed = _RULES[n.op_type]
     attrs = r.attributes(n, allowed)
     present = [r.input(n, i) for i in range(len(n.input)) if n.input[i]]
