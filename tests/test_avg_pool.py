@@ -240,3 +240,21 @@ def test_adaptive_avg_pool2d_matches_torch(shape, output_size):
                                gd.grad(gd.adaptive_avg_pool2d(x, output_size), [x], grad_output=dy)[0]], x, dy)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# =========================================================================== CuPy
+GPU_CASES = {
+    "avg_pool2d": (lambda x: gd.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False), (2, 3, 9, 9)),
+    "adaptive_avg_pool2d": (lambda x: gd.adaptive_avg_pool2d(x, (4, 3)), (2, 3, 7, 9)),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_cupy_matches_numpy(name):
+    from test_gpu import _run_both  # forward, VJP and double VJP on both backends
+
+    build, shape = GPU_CASES[name]
+    results = _run_both(build, [np.random.default_rng(3).standard_normal(shape).astype(np.float32)])
+    for cpu, gpu in zip(results["numpy"], results["cupy"]):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)

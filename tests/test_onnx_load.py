@@ -139,6 +139,26 @@ def test_logits_equal_pytorch(exported, name):
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("size, output_size", [((3, 3), (6, 6)), ((7, 9), (3, 4)), ((5, 5), (2, 2))])
+def test_adaptive_pooling_that_pytorch_writes_as_a_gather_loads_as_one_op(tmp_path, size, output_size):
+    """Bins that do not tile the input: PyTorch writes Transpose, GatherND, Transpose, ReduceMean."""
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(output_size)).eval()
+    path = tmp_path / "adaptive.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 2, *size),), str(path), dynamo=True, verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert "GatherND" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    model = gd.onnx.load(path)
+    (y,) = model.outputs
+    assert y.op.name == "adaptive_avg_pool2d" and y.op.output_size == output_size
+    x = np.random.default_rng(0).standard_normal((2, 2, *size)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = net(tx)
+    ty.sum().backward()
+    values = gd.compile([y, gd.grad(gd.sum(y), [model.inputs[0]])[0]], inputs=model.inputs)(x)
+    np.testing.assert_allclose(values[0], ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[1], tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def torch_sgd(torch_model, x, labels, lr=0.0):
     """PyTorch's loss, autograd gradients and (``lr`` > 0) parameters after one SGD
     step, in float64, on a copy of ``torch_model``."""

@@ -463,7 +463,7 @@ class _Patterns:
 
     def find(self):
         replaced, absorbed = {}, set()
-        for finder in (self._lrn, self._window_sum):
+        for finder in (self._lrn, self._window_sum, self._adaptive_pool):
             for n in self.nodes:
                 if id(n) in absorbed:
                     continue
@@ -599,6 +599,48 @@ class _Patterns:
             return [_lrn_graph(_spatial(r, div, r.values[x]), window, alpha, beta, k, name=div.output[0])]
 
         return build, chain + window.nodes + [squares]
+
+
+    def _adaptive_pool(self, mean):
+        """PyTorch's adaptive average pooling where the bins do not tile the input
+        (but share one size): ``ReduceMean_{-3,-1}(Transpose_{4,5,0,1,2,3}(GatherND(
+        Transpose_{2,3,0,1}(x), indices)))`` with ``indices[i, a, j, b] = (row of bin i
+        + a, column of bin j + b)`` -> ``adaptive_avg_pool2d``."""
+        if mean.op_type != "ReduceMean" or self._attr(mean, "keepdims", 1) != 0:
+            return None
+        axes = self._axes(mean)
+        back = self._inner(mean.input[0], "Transpose")
+        gather = back and self._inner(back.input[0], "GatherND")
+        front = gather and self._inner(gather.input[0], "Transpose")
+        index = gather and self.static.get(gather.input[1])
+        if (front is None or sorted(a % 6 for a in axes or []) != [3, 5] or self._attr(gather, "batch_dims", 0)
+                or self._attr(back, "perm") != [4, 5, 0, 1, 2, 3] or self._attr(front, "perm") != [2, 3, 0, 1]
+                or index is None or index.ndim != 5 or index.shape[-1] != 2):
+            return None
+        OH, OW = index.shape[0], index.shape[2]
+
+        def build(r):
+            x = _spatial(r, mean, r.values[front.input[0]])
+            if None in x.shape[2:] or not _adaptive_indices(index, x.shape[2:]):
+                raise r.error(gather, f"indices {index.shape} are not adaptive average pooling bins of the input "
+                                      f"{x.shape}")
+            return [_ops.adaptive_avg_pool2d(x, (OH, OW), name=mean.output[0])]
+
+        return build, [back, gather, front]
+
+
+def _adaptive_indices(index, input_size):
+    """Whether ``index[i, a, j, b] == (floor(i*H/OH) + a, floor(j*W/OW) + b)`` with every
+    bin ``a``/``b`` entries wide (PyTorch's bins when they all have one size)."""
+    (H, W), (OH, kh, OW, kw) = input_size, index.shape[:4]
+    starts_h, starts_w = (np.arange(OH) * H) // OH, (np.arange(OW) * W) // OW
+    ends_h, ends_w = -((-(np.arange(1, OH + 1)) * H) // OH), -((-(np.arange(1, OW + 1)) * W) // OW)
+    if np.any(ends_h - starts_h != kh) or np.any(ends_w - starts_w != kw):
+        return False
+    rows = starts_h[:, None, None, None] + np.arange(kh)[None, :, None, None]
+    cols = starts_w[None, None, :, None] + np.arange(kw)[None, None, None, :]
+    want = np.stack(np.broadcast_arrays(rows, cols), axis=-1)
+    return bool(np.array_equal(index, want))
 
 
 def _named(t, node):
