@@ -204,13 +204,13 @@ def _lrn_graph(x, window, alpha, beta, k, name):
 
 # --------------------------------------------------------------------------- elementwise
 _UNARY = {"Relu": _ops.relu, "Tanh": _ops.tanh, "Sigmoid": _ops.sigmoid, "Exp": _ops.exp, "Log": _ops.log,
-          "Sqrt": _ops.sqrt, "Neg": _ops.neg, "Abs": _ops.abs_, "Not": None}
+          "Sqrt": _ops.sqrt, "Neg": _ops.neg, "Abs": _ops.abs_}
 _BINARY = {"Add": _ops.add, "Sub": _ops.sub, "Mul": _ops.mul, "Div": _ops.div, "Pow": _ops.pow,
            "Max": _ops.maximum, "Min": _ops.minimum, "Greater": _ops.greater, "GreaterOrEqual": _ops.greater_equal,
            "Less": _ops.less, "LessOrEqual": _ops.less_equal, "Equal": _ops.equal}
 
 
-@rule(*[t for t in _UNARY if _UNARY[t]])
+@rule(*_UNARY)
 def _unary(r, node, a):
     return [_UNARY[node.op_type](r.tensor(node, 0), name=node.output[0])]
 
