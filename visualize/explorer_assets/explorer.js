@@ -170,7 +170,7 @@
     units.forEach(function (u, k) { if (u.back) maxDepth = Math.max(maxDepth, depth[k]); });
     var topAll = Math.max(top, maxDepth);
     units.forEach(function (u, k) { if (u.back) rank[k] = topAll - depth[k]; });
-    // backward sources other than the seed (step(y), an argmax, a transposed weight: computed
+    // backward sources other than the seed (ReLU's y, an argmax, a transposed weight: computed
     // from forward values alone) sit just above their first backward reader, not at the top
     units.forEach(function (u, k) {
       var seed = u.node && u.node.kind === "constant";
@@ -566,7 +566,7 @@
       NODE[s].users.forEach(function (u) { if (anc.has(u)) stack.push(u); });
     }
     // values read by the path from off it: forward values, and what the backward computes
-    // from them alone (ReLU's switch step(y), the pooling argmax), with their forward inputs
+    // from them alone (ReLU's switch y > 0, the pooling argmax), with their forward inputs
     var reused = new Set();
     stack = [];
     path.forEach(function (id) { stack.push.apply(stack, NODE[id].inputs); });
