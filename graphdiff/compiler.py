@@ -63,13 +63,13 @@ class Program:
         self.passes = [("prune", toposort(roots))]
         canon = _simplify(roots) if optimize else {id(n): n for n in self.passes[0][1]}
         roots = [canon[id(r)] for r in roots]
-        order = toposort(roots)
+        order = _schedule(roots)
         if optimize:
             self.passes.append(("cse + constant folding", order))
         if fuse:
             fused = fuse_elementwise(order, roots)
             roots = [fused[id(r)] for r in roots]
-            order = toposort(roots)
+            order = _schedule(roots)
             self.passes.append(("fusion", order))
         self.nodes = order  # the scheduled graph, for inspection and diagrams
 
@@ -377,6 +377,20 @@ def _output_list(outputs):
 def _what(value):
     text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     return "None" if value is None else f"a {type(value).__name__} {text}"
+
+
+def _schedule(roots):
+    """The order the program runs: a topological walk from the roots, except
+    that nodes whose op has a ``schedule_early`` key (the start of a
+    communication, e.g. a gradient bucket's all-reduce) are walked from
+    first, in key order. Each then runs as soon as its inputs exist, and what
+    waits for it comes after the last of them: communication overlaps the
+    computation between (see ``graphdiff.distributed``)."""
+    order = toposort(roots)
+    early = [n for n in order if getattr(n.op, "schedule_early", None) is not None]
+    if not early:
+        return order
+    return toposort(sorted(early, key=lambda n: n.op.schedule_early) + list(roots))
 
 
 def _kernel(op, xp, program):

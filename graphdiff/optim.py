@@ -50,11 +50,13 @@ class SGDState:
         self._lr = float(value)
 
 
-def sgd_momentum(loss, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
+def sgd_momentum(loss, params, lr=0.01, momentum=0.9, weight_decay=5e-4, reduce_gradients=None):
     """Updates for one step of SGD with momentum and weight decay.
 
     ``params`` is a dict ``name -> Variable`` (or a list of variables, named by
-    their ``.name``). Returns ``(updates, state)``: ``updates`` the list of
+    their ``.name``). ``reduce_gradients`` maps ``{name: gradient}`` to the
+    gradients the updates use (data-parallel training: their sum over the
+    ranks, :class:`graphdiff.distributed.GradientReducer`). Returns ``(updates, state)``: ``updates`` the list of
     ``(variable, new_value)`` pairs for ``compile(..., updates=updates)`` (each
     parameter and each momentum buffer), ``state`` an :class:`SGDState`.
     """
@@ -65,6 +67,9 @@ def sgd_momentum(loss, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
             raise TypeError(f"sgd_momentum: parameter {name!r} is not a variable: {p!r}")
     names = list(params)
     grads = grad(loss, [params[n] for n in names])
+    if reduce_gradients is not None:
+        reduced = reduce_gradients(dict(zip(names, grads)))
+        grads = [reduced[n] for n in names]
     with scope("sgd"):
         lr_var = variable(np.asarray(lr, dtype=np.float32), name="lr")
         updates, velocities = [], {}
