@@ -45,7 +45,9 @@ class Model:
     float32, labels ``(None,)`` int64); ``logits`` ``(None, classes)``;
     ``loss`` the mean softmax cross-entropy; ``params`` an ordered dict
     ``"conv1/w" -> Variable``; ``layers`` an ordered dict layer name -> that
-    layer's output tensor. Dropout is active in programs compiled with
+    layer's output tensor; ``objective`` what training differentiates (the
+    loss; a model-parallel tower's ``loss / 2``, see ``models.model_parallel``).
+    Dropout is active in programs compiled with
     ``training=True`` (the default); :meth:`compile_eval` compiles the logits
     with it off.
     """
@@ -57,6 +59,7 @@ class Model:
         self.inputs = [images, labels]
         self.logits = logits
         self.loss = loss
+        self.objective = loss
         self.params = params
         self.layers = layers
         self.config = config  # the arguments it was built with
@@ -110,9 +113,10 @@ class _Builder:
     """Creates layers' variables with one seeded generator and records each
     layer's output, so a network body reads as a list of layers."""
 
-    def __init__(self, seed, activation):
+    def __init__(self, seed, activation, dtype="float32"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
         self.act = ACTIVATIONS[activation]
         self.params = OrderedDict()
@@ -123,8 +127,9 @@ class _Builder:
         if bias is None:
             value = self.rng.standard_normal(shape, dtype=np.float32)
             value *= np.float32(std)  # in place: no second full-size array
+            value = value.astype(self.dtype, copy=False)  # float64 models: the same draws, widened
         else:
-            value = np.full(shape, bias, np.float32)
+            value = np.full(shape, bias, self.dtype)
         v = gd.variable(value, name=name, copy=False)  # a fresh array: adopted, not copied
         self.params[v.name] = v
         return v
@@ -182,8 +187,8 @@ class _Builder:
         return Model(name, images, labels, logits, loss, self.params, self.layers, config)
 
 
-def _inputs(channels, image_size):
-    images = gd.placeholder((None, channels, image_size, image_size), "float32", name="images")
+def _inputs(channels, image_size, dtype="float32"):
+    images = gd.placeholder((None, channels, image_size, image_size), dtype, name="images")
     labels = gd.placeholder((None,), "int64", name="labels")
     return images, labels
 
@@ -199,12 +204,13 @@ def lecun_std(fan_in):
 
 
 # --------------------------------------------------------------------------- networks
-def alexnet(num_classes=1000, image_size=227, groups=2, activation="relu", dropout=0.5, seed=0):
+def alexnet(num_classes=1000, image_size=227, groups=2, activation="relu", dropout=0.5, seed=0, dtype="float32"):
     """The original 2012 AlexNet (see the module docstring), paper init.
 
     ``groups=2`` is the paper's two-tower layout, ``groups=1`` one tower;
     ``activation`` "relu" or "tanh" (for every hidden layer). ``image_size``
     other than 227 works as long as the feature maps stay non-empty.
+    ``dtype="float64"`` builds it in double precision (the same initial draws).
 
     A caution on the paper's init and learning rate: fc7's biases of 1 make
     its 4096 outputs ~1 each (~2 with dropout's scaling), so fc8 sees inputs
@@ -214,8 +220,8 @@ def alexnet(num_classes=1000, image_size=227, groups=2, activation="relu", dropo
     """
     config = dict(num_classes=num_classes, image_size=image_size, groups=groups,
                   activation=activation, dropout=dropout, seed=seed)
-    L = _Builder(seed, activation)
-    images, labels = _inputs(3, image_size)
+    L = _Builder(seed, activation, dtype)
+    images, labels = _inputs(3, image_size, dtype)
     h = L.conv("conv1", images, 96, 11, stride=4)
     h = L.pool("pool1", L.lrn("norm1", h))
     h = L.conv("conv2", h, 256, 5, padding=2, groups=groups, bias=1.0)
@@ -231,7 +237,7 @@ def alexnet(num_classes=1000, image_size=227, groups=2, activation="relu", dropo
 
 
 def alexnet_small(num_classes=10, image_size=32, groups=2, activation="relu", dropout=0.5, seed=0,
-                  width=32, hidden=256, channels=3):
+                  width=32, hidden=256, channels=3, dtype="float32"):
     """AlexNet's layer types scaled down for images of 32x32 or smaller (15x15 at least).
 
     The same sequence as :func:`alexnet` (five convolutions with the same
@@ -257,8 +263,8 @@ def alexnet_small(num_classes=10, image_size=32, groups=2, activation="relu", dr
         raise ValueError(f"alexnet_small needs images of at least 15x15, got {image_size}")
     std = he_std if activation == "relu" else lecun_std
     w = int(width)
-    L = _Builder(seed, activation)
-    images, labels = _inputs(channels, image_size)
+    L = _Builder(seed, activation, dtype)
+    images, labels = _inputs(channels, image_size, dtype)
     h = L.conv("conv1", images, w, 5, padding=2, std=std)
     h = L.pool("pool1", L.lrn("norm1", h))
     h = L.conv("conv2", h, 2 * w, 5, padding=2, groups=groups, std=std)
@@ -284,10 +290,11 @@ class TrainStep:
     variable, so a new rate takes effect at the next call with no recompile.
     """
 
-    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=5e-4, backend="numpy", seed=0):
+    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=5e-4, backend="numpy", seed=0,
+                 reduce_gradients=None):
         self.model = model
-        updates, self.optimizer = sgd_momentum(model.loss, model.params, lr=lr, momentum=momentum,
-                                               weight_decay=weight_decay)
+        updates, self.optimizer = sgd_momentum(model.objective, model.params, lr=lr, momentum=momentum,
+                                               weight_decay=weight_decay, reduce_gradients=reduce_gradients)
         self.program = gd.compile([model.loss, model.logits], inputs=model.inputs, updates=updates,
                                   backend=backend, training=True, seed=seed)
         self.last_logits = None
@@ -340,7 +347,9 @@ class TrainStep:
             v.value = arrays[key]
 
 
-def train_step(model, lr=0.01, momentum=0.9, weight_decay=5e-4, backend="numpy", seed=0):
+def train_step(model, lr=0.01, momentum=0.9, weight_decay=5e-4, backend="numpy", seed=0, reduce_gradients=None):
     """Compile one SGD step for ``model`` (see :class:`TrainStep`); ``seed``
-    seeds the dropout masks."""
-    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, backend=backend, seed=seed)
+    seeds the dropout masks; ``reduce_gradients`` (see
+    :func:`graphdiff.optim.sgd_momentum`) sums the gradients over ranks."""
+    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, backend=backend, seed=seed,
+                     reduce_gradients=reduce_gradients)

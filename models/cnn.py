@@ -25,18 +25,19 @@ layers shrink the signal too much).
 from .alexnet import _Builder, _inputs, lecun_std
 
 
-def cnn4(num_classes=10, image_size=32, activation="relu", width=32, seed=0, channels=3, init_std=None):
+def cnn4(num_classes=10, image_size=32, activation="relu", width=32, seed=0, channels=3, init_std=None,
+         dtype="float32"):
     """The 4-layer CNN (see the module docstring); ``activation`` "relu" or "tanh";
     ``init_std`` a fixed weight std for every layer (e.g. 0.01, paper style)
-    instead of LeCun's ``sqrt(1 / fan_in)``."""
+    instead of LeCun's ``sqrt(1 / fan_in)``; ``dtype`` of the parameters and images."""
     config = dict(num_classes=num_classes, image_size=image_size, activation=activation,
                   width=width, seed=seed, channels=channels, init_std=init_std)
     if image_size < 15:  # three 3/2 poolings: 15 -> 7 -> 3 -> 1
         raise ValueError(f"cnn4 needs images of at least 15x15, got {image_size}")
     w = int(width)
     std = lecun_std if init_std is None else float(init_std)
-    L = _Builder(seed, activation)
-    images, labels = _inputs(channels, image_size)
+    L = _Builder(seed, activation, dtype)
+    images, labels = _inputs(channels, image_size, dtype)
     h = L.pool("pool1", L.conv("conv1", images, w, 5, padding=2, std=std))
     h = L.pool("pool2", L.conv("conv2", h, w, 5, padding=2, std=std))
     h = L.pool("pool3", L.conv("conv3", h, 2 * w, 5, padding=2, std=std))
