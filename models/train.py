@@ -43,6 +43,10 @@ and no drops.
 An output folder that already holds a run is refused unless ``--resume``
 (continue it) or ``--overwrite`` (start again) is given. Every mistake in the
 command line or its environment is one ``error: ...`` line and exit status 2.
+
+Under ``mpiexec -n N`` the command trains data-parallel (:mod:`models.distributed`):
+``--batch-size`` per rank, the batch order of one process at ``N`` times the
+batch, only rank 0 writing; a rank that fails ends every rank.
 """
 import argparse
 import importlib.util
@@ -52,6 +56,7 @@ import numbers
 import os
 import sys
 import time
+import traceback
 import warnings
 
 import numpy as np
@@ -61,6 +66,7 @@ from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoi
 from models.alexnet import alexnet, alexnet_small, train_step
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
+from models.distributed import DistributedError, detect
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
@@ -105,10 +111,11 @@ def build_model(name, num_classes, image_size, channels=3, groups=2, activation=
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def train_epoch(step, dataset, batch_size, rng, progress=None):
+def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None):
     """One pass over the shuffled training set. Returns ``(mean loss, error
     rate, images per second)``, averaged over the mini-batches as trained.
-    ``progress`` is a tqdm bar (or None)."""
+    ``progress`` is a tqdm bar (or None); ``parallel`` (data-parallel
+    training, :mod:`models.distributed`) sums the figures over the ranks."""
     total_loss, wrong, seen = 0.0, 0, 0
     start = time.perf_counter()
     for images, labels in dataset.train_batches(batch_size, rng):
@@ -123,12 +130,15 @@ def train_epoch(step, dataset, batch_size, rng, progress=None):
             progress.update(n)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself shows img/s
     seconds = time.perf_counter() - start
+    if parallel is not None:
+        total_loss, wrong, seen = parallel.sum([total_loss, wrong, seen])
     return total_loss / seen, wrong / seen, seen / seconds
 
 
-def evaluate(predict, dataset, batch_size):
+def evaluate(predict, dataset, batch_size, parallel=None):
     """``(mean loss, error rate)`` of the evaluation program ``predict``
-    (images -> logits, dropout off) on the validation split; ``(None, None)``
+    (images -> logits, dropout off) on the validation split (this rank's
+    part of it, summed over the ranks by ``parallel``); ``(None, None)``
     when the split is empty."""
     total_loss, wrong, seen = 0.0, 0, 0
     for images, labels in dataset.val_batches(batch_size):
@@ -138,6 +148,8 @@ def evaluate(predict, dataset, batch_size):
         total_loss += -logp[np.arange(len(labels)), labels].sum()
         wrong += int(np.count_nonzero(np.argmax(logits, axis=1) != labels))
         seen += len(labels)
+    if parallel is not None:
+        total_loss, wrong, seen = parallel.sum([total_loss, wrong, seen])
     if seen == 0:
         return None, None
     if not math.isfinite(total_loss):
@@ -455,7 +467,7 @@ def _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
     """``--resume``: load the checkpoint into ``step`` and ``shuffle_rng``
     (see :func:`_restore`), rewrite ``metrics.jsonl`` to its epochs and keep
     the run's initial learning rate in ``config``. Returns ``(history,
-    best_val_error, stale_epochs)``."""
+    best_val_error, stale_epochs, metadata)``."""
     arrays, meta = load_checkpoint(ckpt_path)
     history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path)
     _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
@@ -465,7 +477,41 @@ def _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
     if args.lr_given and args.lr != initial:
         log(f"--lr {args.lr:g} is not used: training continues with the checkpoint's learning rate "
             f"{step.lr:g} (the run's schedule); --overwrite starts again at {args.lr:g}")
-    return history, best_val, stale
+    return history, best_val, stale, meta
+
+
+def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
+    """``--resume`` on every rank: rank 0 reads the checkpoint (:func:`_resume`),
+    the others receive its state (the parameters and momentum buffers follow
+    in the start-up broadcast), and each rank takes its own dropout generator:
+    the checkpoint's if it was written by as many ranks, else a fresh one
+    (see :mod:`models.distributed`). Returns ``(history, best_val_error, stale_epochs)``."""
+    state, failure = None, None
+    if parallel.is_root:
+        try:
+            history, best_val, stale, meta = _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log)
+            state = dict(history=history, best_val=best_val, stale=stale, lr=step.lr, run_lr=config["lr"],
+                         shuffle=shuffle_rng.bit_generator.state, epoch=len(history),
+                         rngs=meta.get("dropout_rngs", [meta["dropout_rng"]]))
+        except (CheckpointError, OSError) as exc:
+            if parallel.size == 1:
+                raise
+            failure = str(exc)
+    failure, state = parallel.share((failure, state))
+    if failure:
+        raise CheckpointError(failure) if parallel.is_root else DistributedError(f"rank 0 cannot resume: {failure}")
+    if not parallel.is_root:
+        step.lr, config["lr"] = state["lr"], state["run_lr"]
+        shuffle_rng.bit_generator.state = state["shuffle"]
+    if len(state["rngs"]) == parallel.size:
+        if not parallel.is_root:  # rank 0's was restored with the rest
+            step.set_rng_state(restore_generator(state["rngs"][parallel.rank]).bit_generator.state)
+    else:
+        fresh = np.random.default_rng(parallel.dropout_seed(args.seed, state["epoch"]))
+        step.set_rng_state(fresh.bit_generator.state)
+        log(f"the checkpoint was written by {len(state['rngs'])} rank(s), this run has {parallel.size}: "
+            "dropout continues with fresh generators")
+    return state["history"], state["best_val"], state["stale"]
 
 
 def _prepare_out(args):
@@ -483,11 +529,15 @@ def _prepare_out(args):
                 _remove(os.path.join(board, name))
 
 
-def main(argv=None):
+def main(argv=None, parallel=None):
     """Run the command; returns a dict with ``status`` ("done", "stopped" or
-    "interrupted"), ``history`` (the per-epoch metrics) and ``out``."""
+    "interrupted"), ``history`` (the per-epoch metrics) and ``out``.
+    ``parallel``: this process's rank among those ``mpiexec`` started
+    (:func:`models.distributed.detect` by default); only rank 0 writes."""
     args = parse_args(argv)
-    log = print
+    parallel = parallel or detect(args.backend)
+    root = parallel.is_root
+    log = print if root else (lambda *a, **k: None)
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     curves_path = os.path.join(args.out, "curves.png")
@@ -498,22 +548,34 @@ def main(argv=None):
     model = build_model(args.model, dataset.num_classes, args.image_size, args.channels, args.groups,
                         args.activation, args.dropout, args.seed, args.width, args.hidden)
     step = train_step(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      backend=args.backend, seed=args.seed)
+                      backend=args.backend, seed=parallel.dropout_seed(args.seed),
+                      reduce_gradients=parallel.gradient_reducer())
+    parallel.check_same_setup(model, config)  # before rank 0 writes anything
+    data = parallel.shard(dataset)  # this rank's part of every batch
     predict = model.compile_eval(args.backend)
     shuffle_rng = np.random.default_rng([args.seed, 1])
     history, best_val, stale = [], None, 0
-    _prepare_out(args)
+    if root:
+        _prepare_out(args)
 
-    resumed = args.resume and os.path.exists(ckpt_path)
+    resumed = args.resume and parallel.share(os.path.exists(ckpt_path))
     if resumed:
-        history, best_val, stale = _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log)
+        history, best_val, stale = _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path,
+                                                 metrics_path, log)
     elif args.resume:
         log(f"no checkpoint at {ckpt_path}: starting from scratch")
+    parallel.broadcast_state(step)  # every rank starts from rank 0's parameters
 
-    def save(epoch):
-        meta = dict(epoch=epoch, lr=step.lr, dropout_rng=step.get_rng_state(),
+    def save(epoch, every_rank=True):
+        """Rank 0 writes; ``every_rank`` gathers each rank's dropout generator first (a collective)."""
+        rngs = parallel.gather(step.get_rng_state()) if every_rank else [step.get_rng_state()]
+        meta = dict(epoch=epoch, lr=step.lr, dropout_rng=rngs[0],
                     shuffle_rng=generator_state(shuffle_rng), best_val_error=best_val, stale_epochs=stale,
                     history=history, config=config)
+        if parallel.size > 1:
+            meta.update(dropout_rngs=rngs, ranks=parallel.size)
+        if not root:
+            return
         try:
             save_checkpoint(ckpt_path, step.state_arrays(), meta)
         except OSError as exc:
@@ -521,6 +583,8 @@ def main(argv=None):
             raise OutputError(f"cannot write {ckpt_path}: {exc.strerror or exc}; {kept}") from exc
 
     def write_metrics():
+        if not root:
+            return
         try:
             _write_metrics(metrics_path, history)
         except OSError as exc:
@@ -531,12 +595,16 @@ def main(argv=None):
         f"images {dataset.input_shape}; backend {args.backend}")
     if not validated:
         log("no validation images: the validation figures are null and the learning rate is not dropped")
+    if parallel.size > 1:
+        log(f"data parallel over {parallel.size} ranks ({parallel.comm.name}): batch {args.batch_size} per rank, "
+            f"{args.batch_size * parallel.size} per step; ranks "
+            + ", ".join(f"{r}: pid {pid} on {host}" for r, (host, pid) in enumerate(parallel.ranks)))
     if not resumed:
         write_metrics()
         save(0)  # so that Ctrl-C in the first epoch still leaves a resumable checkpoint
-    if not args.no_diagrams and not (resumed and os.path.exists(os.path.join(args.out, "backward.svg"))):
+    if root and not args.no_diagrams and not (resumed and os.path.exists(os.path.join(args.out, "backward.svg"))):
         render_diagrams(model, step, args.out, log)
-    board = open_tensorboard(args.tensorboard_dir, model, resumed, log)
+    board = open_tensorboard(args.tensorboard_dir, model, resumed, log) if root else None
 
     from tqdm.auto import tqdm
 
@@ -547,19 +615,22 @@ def main(argv=None):
             if args.max_minutes is not None and history[start_epoch - 1:]:
                 spent = time.perf_counter() - started
                 per_epoch = spent / (epoch - start_epoch)
-                if spent + per_epoch > 60 * args.max_minutes:
+                if parallel.share(spent + per_epoch > 60 * args.max_minutes):  # rank 0's clock decides
                     log(f"stopping before epoch {epoch}: it would end past --max-minutes {args.max_minutes:g}")
                     status = "stopped"
                     break
             t0 = time.perf_counter()
             lr = step.lr
             with tqdm(total=len(dataset.train_labels), unit="img", desc=f"epoch {epoch}/{args.epochs}",
-                      disable=args.quiet, leave=False, dynamic_ncols=True) as bar:
-                train_loss, train_error, speed = train_epoch(step, dataset, args.batch_size, shuffle_rng, bar)
-            val_loss, val_error = evaluate(predict, dataset, args.batch_size)
+                      disable=args.quiet or not root, leave=False, dynamic_ncols=True) as bar:
+                train_loss, train_error, speed = train_epoch(step, data, args.batch_size, shuffle_rng, bar,
+                                                             **_across(parallel))
+            val_loss, val_error = evaluate(predict, data, args.batch_size, **_across(parallel))
             record = dict(epoch=epoch, train_loss=train_loss, train_error=train_error, val_loss=val_loss,
                           val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error, lr=lr,
                           seconds=time.perf_counter() - t0, images_per_second=speed)
+            parallel.check_in_sync(step)
+            record = parallel.share(record)  # every rank takes rank 0's figures (the same up to timings)
             history.append(record)
             # The paper's schedule: lr / 10 when the validation error stops improving
             # with the current learning rate (so the best resets after each drop).
@@ -585,19 +656,20 @@ def main(argv=None):
             if board is not None:
                 board.add_epoch(record)
             try:
-                plot_curves(history, curves_path, f"{model.name} on {dataset.name}")
+                if root:
+                    plot_curves(history, curves_path, f"{model.name} on {dataset.name}")
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop training
                 warnings.warn(f"curves.png not written: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         if pending_save:
-            save(len(history))
+            save(len(history), every_rank=False)  # the other ranks may be stopped anywhere
             write_metrics()
         status = "interrupted"
         log(f"\ninterrupted: {ckpt_path} holds epoch {len(history)}; continue with the same command plus --resume")
     finally:
         if board is not None:
             board.close()
-    if not args.no_diagrams and status != "interrupted":
+    if root and not args.no_diagrams and status != "interrupted":
         write_explorer(model, dataset, args.out, args.batch_size, log)
     if history:
         last = history[-1]
@@ -622,18 +694,46 @@ def open_tensorboard(directory, model, resumed, log=print):
     return board
 
 
+def _across(parallel):
+    """Keyword arguments that make train_epoch/evaluate sum over the ranks (none alone)."""
+    return {"parallel": parallel} if parallel.size > 1 else {}
+
+
 def cli(argv=None):
     """``python -m models.train``: a user's mistake is one ``error:`` line
-    on stderr and exit status 2; Ctrl-C is 130."""
+    on stderr and exit status 2; Ctrl-C is 130. Under ``mpiexec`` the line
+    names the rank, and a failing rank ends every rank (``MPI_Abort``)."""
+    parallel = None
     try:
-        result = main(argv)
-    except (UsageError, DataError, CheckpointError, OutputError, FloatingPointError, gd.BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. --out where it cannot be created
-        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
-        return 2
+        parallel = detect(parse_args(argv).backend)
+        result = main(argv, parallel)
+    except (UsageError, DataError, CheckpointError, OutputError, FloatingPointError, gd.BackendError,
+            DistributedError, OSError) as exc:
+        if isinstance(exc, OSError):  # e.g. --out where it cannot be created
+            text = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        else:
+            text = str(exc)
+        if parallel is None or parallel.size == 1:
+            print(f"error: {text}", file=sys.stderr)
+            return 2
+        _abort_world(parallel, f"error: rank {parallel.rank} of {parallel.size}: {text}")
+    except Exception as exc:
+        if parallel is None or parallel.size == 1:
+            raise
+        traceback.print_exc()
+        _abort_world(parallel, f"error: rank {parallel.rank} of {parallel.size} failed: {type(exc).__name__}: {exc}")
+    if result["status"] == "interrupted" and parallel.size > 1:
+        # Ctrl-C reaches the ranks at different points: one blocked in a collective
+        # would wait forever for those that stopped. Rank 0 has saved what it could.
+        sys.stdout.flush()
+        parallel.abort(130)
     return 130 if result["status"] == "interrupted" else 0
+
+
+def _abort_world(parallel, message):
+    """A rank failed: say which, then end every rank now (the others would wait for it forever)."""
+    print(message, file=sys.stderr, flush=True)
+    parallel.abort(2)
 
 
 if __name__ == "__main__":
