@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 
 from .errors import ShapeError
-from .graph import _ids, Op, Tensor, _in_scope, apply, as_tensor, constant, fmt_shape, toposort
+from .graph import _ids, Op, Tensor, _in_scope, apply, as_tensor, constant, fmt_shape, gc_paused, toposort
 
 
 class ZerosLike(Op):
@@ -59,6 +59,7 @@ def zeros_like(x, dtype=None):
     return apply(ZerosLike(dtype or x.dtype), [x])
 
 
+@gc_paused()  # deep graphs: see gc_paused
 def grad(y, xs, grad_output=None):
     """Gradients of ``y`` with respect to each of ``xs``, as graph nodes.
 

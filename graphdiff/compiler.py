@@ -14,6 +14,7 @@ Calling the program checks every input (``InputError`` names the input and
 expected vs given shape/dtype), runs, then applies ``updates``: all new values
 are computed from the old ones before any variable changes.
 """
+import bisect
 import contextlib
 import functools
 import time
@@ -25,9 +26,11 @@ from .errors import GraphdiffError, InputError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
 from .kernels import parallel
-from .graph import ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, toposort
+from .graph import (ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, gc_paused,
+                    toposort)
 
 
+@gc_paused()  # deep graphs: see graph.gc_paused
 def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True,  # noqa: A001
             fuse=None):
     """Compile ``outputs`` (a tensor or a list) into a callable.
@@ -191,14 +194,30 @@ class Program:
         buffers then serve every later call with these input shapes, so a
         training step allocates (and page-faults) nothing large after the first."""
         xp = self.backend.xp
-        free, plan, releases = [], [], {}
+        plan, releases = [], {}
+        # Free buffers by size, and their sizes sorted: finding the smallest that
+        # fits is a bisection, not a scan of every free buffer (deep graphs free
+        # thousands at once).
+        free_by_size, sizes = {}, []
+
+        def release(flat):
+            if flat.nbytes not in free_by_size:
+                free_by_size[flat.nbytes] = []
+                bisect.insort(sizes, flat.nbytes)
+            free_by_size[flat.nbytes].append(flat)
 
         def take(shape, dtype, release_after):
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if not nbytes:  # empty outputs need no buffer
                 return None
-            fits = [j for j, b in enumerate(free) if nbytes <= b.nbytes <= 4 * nbytes]
-            flat = free.pop(min(fits, key=lambda j: free[j].nbytes)) if fits else xp.empty(nbytes, xp.uint8)
+            j = bisect.bisect_left(sizes, nbytes)
+            if j < len(sizes) and sizes[j] <= 4 * nbytes:
+                bucket = free_by_size[sizes[j]]
+                flat = bucket.pop()
+                if not bucket:
+                    del free_by_size[sizes.pop(j)]
+            else:
+                flat = xp.empty(nbytes, xp.uint8)
             releases.setdefault(release_after, []).append(flat)
             return flat[:nbytes].view(dtype).reshape(shape)
 
@@ -213,7 +232,8 @@ class Program:
                 elif out not in self._inplace and self._root[out] == out and out not in self._escaping:
                     buf = take(*shapes[out], self._group_end[out])
             plan.append(buf)
-            free.extend(releases.pop(out, ()))
+            for flat in releases.pop(out, ()):
+                release(flat)
         return plan
 
     def _outputs_of(self, k, out, plan):

@@ -353,14 +353,41 @@ def _build(head, members, extras=()):
                 continue
             program.append((_fn(n), tuple(index[id(i)] for i in n.inputs)))
             index[id(n)] = ("t", len(program) - 1)
-            text_of[id(n)] = _op_text(_fn(n), [text_of[id(i)] for i in n.inputs])
+            # A member's text is read once, by its one reader: popped, so only the
+            # frontier's texts are alive; each is cut past TEXT_LIMIT, so a long chain
+            # costs linear time and memory, not nested strings of every length.
+            args = [text_of.pop(id(i)) if id(i) in members else text_of[id(i)] for i in n.inputs]
+            text_of[id(n)] = _op_text(_fn(n), args)[:TEXT_LIMIT + 1]
             if id(n) in kept:
                 kept_text[id(n)], text_of[id(n)] = text_of[id(n)], _operand_text(n)
 
     visit(head)
-    text = "; ".join([text_of[id(head)]] + [f"{_operand_text(n)} = {kept_text[id(n)]}" for n in extras])
+    texts = [text_of[id(head)]] + [kept_text[id(n)] for n in extras]
+    if max(map(len, texts)) <= TEXT_LIMIT:
+        text = "; ".join(texts[:1] + [f"{_operand_text(n)} = {t}" for n, t in zip(extras, texts[1:])])
+    else:
+        text = _summary(program, inputs, extras)
     op = FusedElementwise(tuple(program), text, tuple(index[id(n)][1] for n in extras))
     return Tensor(op, inputs, head.shape, head.dtype, name=head.name, scope=head.scope, backward=head.backward)
+
+
+# Characters of a fused op's expression text (a diagram shows the first 150 or
+# so); a longer expression is summarized instead (see _summary).
+TEXT_LIMIT = 1000
+
+
+def _summary(program, inputs, extras):
+    """The text of a fused op too long to write out: how many ops of each kind,
+    on which operands, e.g. ``20,000 elementwise ops (10,000 add, 10,000 mul) on
+    x, 0.001, 1.0001``."""
+    counts = {}
+    for fn, _ in program:
+        counts[fn] = counts.get(fn, 0) + 1
+    kinds = ", ".join(f"{c:,} {fn}" for fn, c in sorted(counts.items(), key=lambda item: -item[1]))
+    names = list(dict.fromkeys(_operand_text(n) for n in inputs))
+    on = ", ".join(names[:6]) + (f" and {len(names) - 6:,} more" if len(names) > 6 else "")
+    also = f"; also returns {', '.join(_operand_text(n) for n in extras)}" if extras else ""
+    return f"{len(program):,} elementwise ops ({kinds}) on {on}{also}"
 
 
 def _operand_text(node):
@@ -379,17 +406,23 @@ def _rebuild(order, replaced):
     """Rebuild the nodes downstream of replaced ones with their new inputs
     (also the inputs of nodes the rewrites added, e.g. shared columns)."""
     canon = {}
-
-    def rebuilt(n):
+    for node in order:
         # Schedule nodes come in order, so mostly the inputs are done already; added
-        # nodes (and a fused op's operands scheduled after one of its outputs) recurse.
-        if id(n) not in canon:
+        # nodes (and a fused op's operands scheduled after one of its outputs) wait
+        # on a stack (iterative: no recursion limit) until their inputs are.
+        stack = [node]
+        while stack:
+            n = stack[-1]
+            if id(n) in canon:
+                stack.pop()
+                continue
             new = replaced.get(id(n), n)
-            ins = tuple(rebuilt(i) for i in new.inputs)
+            todo = [i for i in new.inputs if id(i) not in canon]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            ins = tuple(canon[id(i)] for i in new.inputs)
             canon[id(n)] = new if ins == new.inputs else Tensor(new.op, ins, new.shape, new.dtype, name=new.name,
                                                                 scope=new.scope, backward=new.backward)
-        return canon[id(n)]
-
-    for node in order:
-        rebuilt(node)
     return canon

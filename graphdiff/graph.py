@@ -10,6 +10,7 @@ the shapes. Dimensions may be ``None`` (unknown until run time, e.g. the batch).
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import operator
 import threading
@@ -436,6 +437,35 @@ def apply(op, inputs, name=None):
 
 
 # --------------------------------------------------------------------------- walks
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # threads inside gc_paused()
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector for the block (``grad`` and ``compile``).
+
+    They build hundreds of thousands of nodes at a time on deep graphs; each
+    full collection walks every live object again, which made them two to
+    three times slower on 30,000- to 100,000-node chains. The nodes form no cycles (inputs point back only), so
+    reference counting frees them anyway. The first block in pauses, the last
+    out resumes (if it was on)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if not _gc_pauses:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if not _gc_pauses and _gc_was_enabled:
+                gc.enable()
+
+
 def toposort(outputs):
     """Every node the outputs depend on, inputs before users. Iterative, so a
     10,000-deep chain needs no recursion; shared nodes appear once."""
