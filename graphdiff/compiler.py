@@ -13,10 +13,15 @@
 Calling the program checks every input (``InputError`` names the input and
 expected vs given shape/dtype), runs, then applies ``updates``: all new values
 are computed from the old ones before any variable changes.
+
+A program may be called from several threads at once: each thread runs with
+buffers of its own (recorded on its first call), and a program with updates
+runs one call at a time (a step reads the variables that the other writes).
 """
 import bisect
 import contextlib
 import functools
+import threading
 import time
 
 import numpy as np
@@ -57,8 +62,10 @@ class Program:
         self.updates = list(updates)
         self.training = training
         self.rng = np.random.default_rng(seed)
-        self._timings = None
         self.last_profile = None  # [(node, seconds)] of the latest profile() run
+        self._thread = threading.local()  # per calling thread: memory plans, profile timings
+        # A step reads the variables another step writes: calls with updates take turns.
+        self._step_lock = threading.Lock() if self.updates else None
         self._check_signature()
 
         roots = self.outputs + [v for _, v in self.updates]
@@ -133,7 +140,6 @@ class Program:
             if isinstance(node.op, Part):
                 self._parts[slot[id(node.inputs[0])]][node.op.index] = i
         self._inplace = self._plan_inplace_updates(order, slot, roots, last_use, root, group_end, keep)
-        self._plans = {}  # input shapes -> buffers per instruction (see _memory_plan)
         xp = self.backend.xp
         self._feeds = [slot[id(p)] if id(p) in slot else None for p in self.inputs]
         self._variables = []  # (slot, variable)
@@ -182,6 +188,15 @@ class Program:
                 elif part is not None and part not in inplace.setdefault(writer, {}):
                     inplace[writer][part] = var  # {output index: variable}
         return inplace
+
+    @property
+    def _plans(self):
+        """This thread's memory plans: input shapes -> buffers per instruction (see
+        :meth:`_memory_plan`). Per thread, so that concurrent calls never share a buffer."""
+        plans = getattr(self._thread, "plans", None)
+        if plans is None:
+            plans = self._thread.plans = {}
+        return plans
 
     def _memory_plan(self, shapes):
         """Buffers for the instructions whose kernel writes into ``out``, from
@@ -269,6 +284,12 @@ class Program:
         return as_input(p, value, self.backend)  # checks and converts (DLPack arrays without a copy)
 
     def __call__(self, *args, **kwargs):
+        if self._step_lock is None:
+            return self._run(args, kwargs)
+        with self._step_lock:
+            return self._run(args, kwargs)
+
+    def _run(self, args, kwargs):
         fed = self._feed(args, kwargs)
         vals = [None] * self._nslots
         for s, value in zip(self._feeds, fed):
@@ -279,10 +300,11 @@ class Program:
         for s, value in self._constants:
             vals[s] = value
         signature = tuple(v.shape for v in fed)
-        plan = self._plans.get(signature)
+        plans = self._plans
+        plan = plans.get(signature)
         record = {} if plan is None else None
         instr = None
-        timings = self._timings
+        timings = getattr(self._thread, "timings", None)
         # On NumPy the BLAS runs on one thread and the kernels split the big GEMMs
         # over their own threads (see kernels.parallel.gemm): OpenBLAS's spinning
         # workers would otherwise take the cores from the passes between GEMMs.
@@ -319,9 +341,9 @@ class Program:
                 raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
                                  f"{type(exc).__name__}: {exc}") from None
         if record is not None:
-            if len(self._plans) >= 2:  # keep the plans of the two latest input shapes
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[signature] = self._memory_plan(record)
+            if len(plans) >= 2:  # keep the plans of the two latest input shapes
+                plans.pop(next(iter(plans)))
+            plans[signature] = self._memory_plan(record)
         results = [exportable(self.backend.to_host(vals[s])) for s in self._out_slots]
         results = [r.copy() if s in self._variable_slots else r for r, s in zip(results, self._out_slots)]
         new_values = [(var, vals[s], copy) for var, s, copy in self._update_slots]
@@ -333,17 +355,16 @@ class Program:
         """Run once (updates included) and return ``(outputs, [(node, seconds)])``:
         the time of each scheduled op, for per-layer breakdowns. On a GPU the
         kernels run asynchronously, so there only the total is exact."""
-        self._timings = []
+        self._thread.timings = t = []
         try:
             outputs = self(*args, **kwargs)
-            t = self._timings
         finally:
-            self._timings = None
+            self._thread.timings = None
         self.last_profile = [(instr[4], t[k + 1] - t[k]) for k, instr in enumerate(self._instrs)]
         return outputs, list(self.last_profile)
 
     def buffer_plan(self):
-        """The memory plan of the latest input shapes run, or None before the
+        """The memory plan of the latest input shapes this thread ran, or None before the
         first call: ``(rows, sizes)``, one row ``(node, buffers)`` per scheduled
         op with the number of the planned buffer of each output (None where
         the kernel allocates or writes a variable in place), and each

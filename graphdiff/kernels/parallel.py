@@ -166,6 +166,11 @@ GEMM_SPLIT_MIN_WORK = 1 << 22  # multiply-adds; smaller products run whole on th
 _gemm_split = False  # True while blas_on_one_thread() is active
 _blas = None  # threadpoolctl's view of the BLAS libraries, made on first use
 _blas_lock = threading.Lock()
+# Blocks inside blas_on_one_thread (threads running programs, nested blocks): the
+# BLAS's thread count is changed by the first in and restored by the last out,
+# never while another thread's GEMM runs.
+_blas_users = 0
+_blas_saved = []
 
 
 def gemm(xp, a, b, out=None):
@@ -217,26 +222,34 @@ def _blas_controller():
 def blas_on_one_thread():
     """Run the block with the BLAS on one thread and :func:`gemm` splitting the
     big products over the kernel threads. A compiled program's run is such a
-    block on NumPy. Re-entrant; the BLAS's thread count is restored on exit.
+    block on NumPy. Re-entrant and shared by concurrent threads; the BLAS's thread
+    count is restored when the last block exits.
     Where threadpoolctl cannot drive the BLAS, where there is one core, or where
     the BLAS has more threads than the kernels (``NUM_THREADS``), nothing changes."""
-    global _gemm_split
+    global _gemm_split, _blas_saved, _blas_users
     blas = _blas_controller() if NUM_THREADS > 1 else None
     libs = [] if blas is None else blas.lib_controllers
     with _blas_lock:
-        counts = [lib.num_threads for lib in libs]
-        # Only where the kernel threads are as many as the BLAS's: on a bigger machine
-        # (NUM_THREADS is capped at 8) the BLAS's own threading keeps all the cores.
-        enter = bool(counts) and max(counts) <= NUM_THREADS and not _gemm_split
+        if _blas_users:  # nested, or another thread's program is running: already set
+            enter = True
+        else:
+            counts = [lib.num_threads for lib in libs]
+            # Only where the kernel threads are as many as the BLAS's: on a bigger machine
+            # (NUM_THREADS is capped at 8) the BLAS's own threading keeps all the cores.
+            enter = bool(counts) and max(counts) <= NUM_THREADS
+            if enter:
+                for lib in libs:
+                    lib.set_num_threads(1)
+                _gemm_split, _blas_saved = True, counts
         if enter:
-            for lib in libs:
-                lib.set_num_threads(1)
-            _gemm_split = True
+            _blas_users += 1
     try:
         yield
     finally:
         if enter:
             with _blas_lock:
-                _gemm_split = False
-                for lib, count in zip(libs, counts):
-                    lib.set_num_threads(count)
+                _blas_users -= 1
+                if not _blas_users:  # the last one out restores the BLAS's threads
+                    _gemm_split = False
+                    for lib, count in zip(libs, _blas_saved):
+                        lib.set_num_threads(count)

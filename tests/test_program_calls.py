@@ -1,0 +1,100 @@
+"""Tests for how a compiled program is called (graphdiff/compiler.py): concurrent
+calls from several threads."""
+import sys
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+import graphdiff as gd
+
+
+@contextmanager
+def frequent_thread_switches():
+    """Switch threads every microsecond (Python's default: 5 ms), so that concurrent
+    calls interleave inside each other instead of running one after the other."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
+def run_threads(target, count):
+    errors = []
+
+    def guarded(k):
+        try:
+            target(k)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def small_cnn():
+    """Loss and gradients of a small CNN in float64 (conv, ReLU, LRN, pooling, dense):
+    planned buffers, fused ops with two outputs, fused elementwise chains."""
+    rs = np.random.default_rng(0)
+    x = gd.placeholder((None, 2, 9, 9), "float64", name="x")
+    t = gd.placeholder((None,), "int64", name="t")
+    w1 = gd.variable(rs.standard_normal((4, 2, 3, 3)) * 0.4, name="w1")
+    b1 = gd.variable(np.full(4, 0.1), name="b1")
+    wf = gd.variable(rs.standard_normal((4 * 3 * 3, 3)) * 0.3, name="wf")
+    h = gd.relu(gd.conv2d(x, w1, b1, padding=1))
+    h = gd.max_pool2d(gd.lrn(h, 3, 1e-2, 0.75, 2.0), 3, 3)
+    logits = gd.tanh(gd.reshape(h, (-1, 4 * 3 * 3)) @ wf) * 2.0 + 0.5
+    loss = gd.softmax_cross_entropy(logits, t)
+    return [loss] + gd.grad(loss, [w1, b1, wf]), [x, t]
+
+
+# --------------------------------------------------------------------------- threads
+def test_concurrent_calls_of_one_program_equal_single_threaded_results():
+    """Four threads x 1,000 calls of one program (two batch sizes, so each thread
+    also switches between memory plans) give exactly the single-threaded results."""
+    outputs, inputs = small_cnn()
+    step = gd.compile(outputs, inputs)
+    rs = np.random.default_rng(1)
+    batches = [(rs.standard_normal((n, 2, 9, 9)), rs.integers(0, 3, n)) for n in (2, 3, 2, 3, 2, 3, 2, 3)]
+    expected = [step(x, t) for x, t in batches]
+    step(*batches[0])  # the main thread's plan is recorded: its buffers are the ones others could clobber
+    wrong = []
+
+    def calls(k):
+        for i in range(1000):
+            j = (i + k) % len(batches)
+            got = step(*batches[j])
+            if not all(np.array_equal(g, e) for g, e in zip(got, expected[j])):
+                wrong.append((k, i))
+
+    with frequent_thread_switches():
+        run_threads(calls, 4)
+    assert not wrong, f"{len(wrong)} of 4,000 concurrent calls returned wrong results"
+
+
+def test_concurrent_training_steps_take_turns():
+    """Calls of a program with updates run one at a time: four threads x 250 steps
+    of ``c <- c + 1`` lose no step, and every call sees a different count."""
+    c = gd.variable(np.zeros(3), name="c")
+    h = c
+    for _ in range(20):  # a longer step (20 ops between reading c and writing it)
+        h = gd.reshape(gd.tanh(h), (3,))
+    step = gd.compile(c * 1.0, updates=[(c, c + 1.0 + h * 0.0)])
+    seen = []
+
+    def steps(k):
+        for _ in range(250):
+            seen.append(step()[0])
+
+    with frequent_thread_switches():
+        run_threads(steps, 4)
+    np.testing.assert_array_equal(c.value, np.full(3, 1000.0))
+    assert sorted(seen) == list(range(1000))
