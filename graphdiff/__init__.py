@@ -10,7 +10,7 @@ autodiff, for the convolutional networks of the AlexNet lecture.
 from .autodiff import grad, zeros_like
 from .backends import available_backends, get_backend, register_backend
 from .compiler import Program, compile
-from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, ShapeError
+from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, OutOfMemoryError, ShapeError
 from .feed import from_dlpack
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
 from .nx import to_networkx, graph_stats

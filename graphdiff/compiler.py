@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from .backends import get_backend
-from .errors import GraphdiffError, InputError, ShapeError
+from .errors import GraphdiffError, InputError, OutOfMemoryError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
 from .kernels import parallel
@@ -232,7 +232,7 @@ class Program:
                 if not bucket:
                     del free_by_size[sizes.pop(j)]
             else:
-                flat = xp.empty(nbytes, xp.uint8)
+                flat = _allocate(xp, nbytes, node)
             releases.setdefault(release_after, []).append(flat)
             return flat[:nbytes].view(dtype).reshape(shape)
 
@@ -334,10 +334,10 @@ class Program:
                     timings.append(time.perf_counter())
             except GraphdiffError:
                 raise
+            except MemoryError as exc:
+                raise _out_of_memory(instr[4], exc, inputs=_input_shapes(instr, vals)) from None
             except Exception as exc:  # a run-time shape clash (None dims) or a kernel failure
-                node = instr[4]
-                shapes = ", ".join(f"{x.name} {fmt_shape(vals[s].shape) if vals[s] is not None else '?'}"
-                                   for x, s in zip(node.inputs, instr[1]))
+                node, shapes = instr[4], _input_shapes(instr, vals)
                 raise ShapeError(f"{node.op.name} {node.name!r} failed at run time on inputs {shapes}: "
                                  f"{type(exc).__name__}: {exc}") from None
         if record is not None:
@@ -432,6 +432,33 @@ def _schedule(roots):
     if not early:
         return order
     return toposort(sorted(early, key=lambda n: n.op.schedule_early) + list(roots))
+
+
+def _allocate(xp, nbytes, node):
+    """A planned byte buffer for ``node``'s output (out of memory: which node, how much)."""
+    try:
+        return xp.empty(nbytes, xp.uint8)
+    except MemoryError as exc:
+        raise _out_of_memory(node, exc, nbytes) from None
+
+
+def _input_shapes(instr, vals):
+    """``"name (shape), ..."`` of an instruction's inputs at run time, for error messages."""
+    return ", ".join(f"{x.name} {fmt_shape(vals[s].shape) if vals[s] is not None else '?'}"
+                     for x, s in zip(instr[4].inputs, instr[1]))
+
+
+def _out_of_memory(node, exc, nbytes=None, inputs=None):
+    """An :class:`OutOfMemoryError` (a ``MemoryError``) naming the node and the bytes
+    asked for: NumPy's error carries the array's shape and dtype, CuPy's its size."""
+    if nbytes is None and getattr(exc, "shape", None) is not None and getattr(exc, "dtype", None) is not None:
+        nbytes = int(np.prod(exc.shape, dtype=np.int64)) * np.dtype(exc.dtype).itemsize
+    if nbytes is None and isinstance(getattr(exc, "_size", None), (int, np.integer)):
+        nbytes = int(exc._size)  # cupy.cuda.memory.OutOfMemoryError(size, total, limit)
+    asked = f"{nbytes:,} bytes ({nbytes / 2 ** 30:,.1f} GiB)" if nbytes is not None else "memory"
+    on = f" on inputs {inputs}" if inputs else ""
+    return OutOfMemoryError(f"out of memory at run time: {node.op.name} {node.name!r} "
+                            f"{fmt_shape(node.shape)} {node.dtype}{on} asked for {asked}: {exc}")
 
 
 def _kernel(op, xp, program):

@@ -16,6 +16,11 @@ class InputError(GraphdiffError, ValueError):
     mis-typed input, or a value assigned to a variable does not fit it."""
 
 
+class OutOfMemoryError(GraphdiffError, MemoryError):
+    """A compiled program ran out of memory: names the node whose output (or
+    scratch) did not fit and the bytes it asked for."""
+
+
 class BackendError(GraphdiffError, RuntimeError):
     """An unknown backend, or one whose library or device is missing."""
 

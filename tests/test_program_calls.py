@@ -1,5 +1,5 @@
 """Tests for how a compiled program is called (graphdiff/compiler.py): concurrent
-calls from several threads."""
+calls from several threads, and running out of memory."""
 import sys
 import threading
 from contextlib import contextmanager
@@ -98,3 +98,22 @@ def test_concurrent_training_steps_take_turns():
         run_threads(steps, 4)
     np.testing.assert_array_equal(c.value, np.full(3, 1000.0))
     assert sorted(seen) == list(range(1000))
+
+
+# --------------------------------------------------------------------------- out of memory
+def test_running_out_of_memory_is_a_memory_error_naming_the_node_and_bytes():
+    a = gd.placeholder((None, 1), "float64", name="a")
+    b = gd.placeholder((1, None), "float64", name="b")
+    outer = gd.add(a, b, name="outer")
+    f = gd.compile(outer, [a, b])
+    n = 3 * 10 ** 8  # an n x n float64 result: 7.2e17 bytes, more than any address space
+    column = np.broadcast_to(np.ones((1, 1)), (n, 1))  # views: the inputs take no memory
+    row = np.broadcast_to(np.ones((1, 1)), (1, n))
+    with pytest.raises(MemoryError) as info:
+        f(column, row)
+    assert isinstance(info.value, gd.OutOfMemoryError) and isinstance(info.value, gd.GraphdiffError)
+    assert not isinstance(info.value, gd.ShapeError)
+    message = str(info.value)
+    assert "'outer'" in message and f"{n * n * 8:,} bytes" in message, message
+    assert f"a ({n}, 1), b (1, {n})" in message, message
+    np.testing.assert_array_equal(f(np.ones((2, 1)), np.ones((1, 3))), np.full((2, 3), 2.0))  # still works
