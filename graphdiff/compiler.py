@@ -40,14 +40,51 @@ def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, se
             fuse=None):
     """Compile ``outputs`` (a tensor or a list) into a callable.
 
-    ``inputs`` are placeholders fed positionally (or by name as keywords);
-    ``updates`` a list of ``(variable, new_value)`` applied after each run;
+    ``inputs`` are placeholders fed positionally (or by name as keywords), a
+    list or a single placeholder; ``updates`` a list of ``(variable,
+    new_value)`` pairs applied after each run, or a dict ``{variable:
+    new_value}``, one pair, or an optimizer's ``(updates, state)`` as returned
+    by :func:`graphdiff.optim.sgd_momentum`;
     ``training=False`` turns dropout off; ``seed`` seeds the program's random
     generator (dropout masks); ``optimize=False`` skips merging, folding and
     fusing; ``fuse=False`` skips only the fusion of elementwise chains.
     """
-    return Program(outputs, inputs, updates or [], backend, training, seed, optimize,
+    if isinstance(inputs, Tensor):
+        inputs = [inputs]
+    return Program(outputs, inputs, _update_pairs(updates), backend, training, seed, optimize,
                    optimize if fuse is None else fuse)
+
+
+def _update_pairs(updates):
+    """``compile``'s ``updates`` as a list of ``(variable, new_value)`` pairs: from a
+    list or tuple of pairs, a dict, one pair, or an optimizer's ``(updates, state)``."""
+    expected = ("a list of (variable, new_value) pairs or a dict {variable: new_value} "
+                "(an optimizer's (updates, state) also works)")
+    if updates is None:
+        return []
+    if (isinstance(updates, tuple) and len(updates) == 2 and isinstance(updates[0], (list, tuple, dict))
+            and not isinstance(updates[1], (Tensor, list, tuple))):
+        updates = updates[0]  # (updates, state), e.g. from optim.sgd_momentum
+    if isinstance(updates, dict):
+        return list(updates.items())
+    if isinstance(updates, tuple) and len(updates) == 2 and isinstance(updates[0], Variable) \
+            and isinstance(updates[1], Tensor):
+        return [updates]  # one (variable, new_value) pair
+    if isinstance(updates, Tensor) or not isinstance(updates, (list, tuple)):
+        raise InputError(f"compile: updates must be {expected}, got {type(updates).__name__}")
+    pairs = []
+    for k, pair in enumerate(updates):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(t, Tensor) for t in pair)):
+            if not isinstance(pair, (list, tuple)):
+                got = type(pair).__name__
+            elif len(pair) != 2:
+                got = f"a {len(pair)}-tuple"
+            else:
+                got = f"a pair of ({', '.join(type(t).__name__ for t in pair)}), not of Tensors"
+            raise InputError(f"compile: updates[{k}] is {got}; updates must be {expected}")
+        pairs.append(tuple(pair))
+    return pairs
 
 
 class Program:

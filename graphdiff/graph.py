@@ -208,6 +208,12 @@ class Tensor:
     def __bool__(self):
         raise TypeError(f"the truth value of symbolic tensor {self.name!r} is unknown until it runs")
 
+    def __iter__(self):
+        # Without this, Python would iterate through __getitem__ (x[0], x[1], ...) and
+        # never stop on a None dimension: list(x), zip(x, ...), a, b = x.
+        raise TypeError(f"symbolic tensor {self.name!r} is not iterable: its elements exist only when a "
+                        f"compiled program runs (index it, x[0], or pass a list of tensors where one is wanted)")
+
     # ---- operators (NumPy broadcasting); the op modules fill these in
     def __add__(self, other):
         return _ops.add(self, other)
@@ -470,7 +476,8 @@ def toposort(outputs):
     """Every node the outputs depend on, inputs before users. Iterative, so a
     10,000-deep chain needs no recursion; shared nodes appear once."""
     order, seen = [], set()
-    stack = [(o, False) for o in reversed(list(outputs))]
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    stack = [(o, False) for o in reversed(outputs)]
     while stack:
         node, expanded = stack.pop()
         if expanded:

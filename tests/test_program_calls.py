@@ -1,5 +1,6 @@
-"""Tests for how a compiled program is called (graphdiff/compiler.py): concurrent
-calls from several threads, and running out of memory."""
+"""Tests for how a compiled program is built and called (graphdiff/compiler.py):
+the forms ``compile`` accepts for inputs and updates, concurrent calls from
+several threads, and running out of memory."""
 import sys
 import threading
 from contextlib import contextmanager
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
+from graphdiff.optim import sgd_momentum
 
 
 @contextmanager
@@ -117,3 +119,67 @@ def test_running_out_of_memory_is_a_memory_error_naming_the_node_and_bytes():
     assert "'outer'" in message and f"{n * n * 8:,} bytes" in message, message
     assert f"a ({n}, 1), b (1, {n})" in message, message
     np.testing.assert_array_equal(f(np.ones((2, 1)), np.ones((1, 3))), np.full((2, 3), 2.0))  # still works
+
+
+# --------------------------------------------------------------------------- compile's arguments
+def test_compile_takes_a_single_placeholder_as_inputs():
+    x = gd.placeholder((None, 3), "float64", name="x")  # a None dim: iterating it never ended
+    f = gd.compile(gd.sum(x * 2.0), x)
+    assert f(np.ones((4, 3))) == 24.0
+    s = gd.placeholder((2, 3), "float64", name="s")  # static dims: "getitem: index 2 is out of bounds"
+    assert gd.compile(gd.sum(s), s)(np.ones((2, 3))) == 6.0
+
+
+def test_iterating_a_tensor_is_a_type_error_that_says_why():
+    x = gd.placeholder((None, 3), name="x")
+    for attempt in (list, tuple, lambda t: [a for a in t], lambda t: dict(zip(t, t))):
+        with pytest.raises(TypeError, match="'x' is not iterable.*only when a compiled program runs"):
+            attempt(x)
+    with pytest.raises(TypeError, match="not iterable"):
+        first, second = gd.placeholder((2,), name="pair")
+    assert gd.toposort(x) == [x]  # a single tensor where a list is expected
+
+
+def test_compile_takes_updates_as_a_dict_a_single_pair_or_an_optimizers_result():
+    def build():
+        x = gd.placeholder((None, 2), "float64", name="x")
+        w = gd.variable(np.array([1.0, -2.0]), name="w")
+        return x, w, gd.sum((x * w) ** 2)
+
+    xv = np.array([[1.0, 2.0], [0.5, -1.0]])
+    x, w, loss = build()
+    as_dict = gd.compile(loss, x, updates={w: w * 0.5})
+    as_pair = gd.compile(loss, x, updates=(w, w * 0.5))
+    for f in (as_dict, as_pair):
+        before = w.value.copy()
+        f(xv)
+        np.testing.assert_array_equal(w.value, before * 0.5)
+
+    # sgd_momentum returns (updates, state): passed whole, it trains as the unpacked call does
+    x1, w1, loss1 = build()
+    x2, w2, loss2 = build()
+    whole = gd.compile(loss1, [x1], updates=sgd_momentum(loss1, [w1], lr=0.1))
+    updates, state = sgd_momentum(loss2, [w2], lr=0.1)
+    unpacked = gd.compile(loss2, [x2], updates=updates)
+    for _ in range(3):
+        assert whole(xv) == unpacked(xv)
+    np.testing.assert_array_equal(w1.value, w2.value)
+    assert not np.array_equal(w1.value, [1.0, -2.0])
+
+
+@pytest.mark.parametrize("updates, got", [
+    ("w", "got Variable"),
+    (3, "got int"),
+    ({"w"}, "got set"),
+    ("3-tuple", r"updates\[0\] is a 3-tuple"),
+    ("bare tensor in a list", r"updates\[0\] is Variable"),
+    ("float value", r"updates\[1\] is a pair of \(Variable, float\), not of Tensors"),
+])
+def test_compile_rejects_malformed_updates_saying_what_it_expects(updates, got):
+    w = gd.variable(np.ones(2), name="w")
+    v = gd.variable(np.zeros(2), name="v")
+    updates = {"w": w, "3-tuple": [(w, w + 1.0, v)], "bare tensor in a list": [w, w + 1.0],
+               "float value": [(v, v + 1.0), (w, 3.0)]}.get(updates, updates) if isinstance(updates, str) else updates
+    with pytest.raises(gd.InputError, match=got) as info:
+        gd.compile(gd.sum(w), updates=updates)
+    assert "a list of (variable, new_value) pairs or a dict {variable: new_value}" in str(info.value)
