@@ -19,6 +19,7 @@ buffers of its own (recorded on its first call), and a program with updates
 runs one call at a time (a step reads the variables that the other writes).
 """
 import bisect
+import collections
 import contextlib
 import functools
 import threading
@@ -247,14 +248,14 @@ class Program:
         training step allocates (and page-faults) nothing large after the first."""
         xp = self.backend.xp
         plan, releases = [], {}
-        # Free buffers by size, and their sizes sorted: finding the smallest that
-        # fits is a bisection, not a scan of every free buffer (deep graphs free
-        # thousands at once).
+        # Free buffers by size (oldest first), and their sizes sorted: finding the
+        # smallest that fits is a bisection, not a scan of every free buffer (deep
+        # graphs free thousands at once).
         free_by_size, sizes = {}, []
 
         def release(flat):
             if flat.nbytes not in free_by_size:
-                free_by_size[flat.nbytes] = []
+                free_by_size[flat.nbytes] = collections.deque()
                 bisect.insort(sizes, flat.nbytes)
             free_by_size[flat.nbytes].append(flat)
 
@@ -265,7 +266,7 @@ class Program:
             j = bisect.bisect_left(sizes, nbytes)
             if j < len(sizes) and sizes[j] <= 4 * nbytes:
                 bucket = free_by_size[sizes[j]]
-                flat = bucket.pop()
+                flat = bucket.popleft()
                 if not bucket:
                     del free_by_size[sizes.pop(j)]
             else:
