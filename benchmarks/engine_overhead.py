@@ -8,10 +8,16 @@ the arithmetic.
     dispatching one op (goal: under 5 microseconds).
 (b) Graph machinery: build + grad + compile time of a 200-layer MLP graph
     (width 64, tanh), and one training-step run for scale.
+(c) Deep graphs: a chain of 1,000 / 10,000 / 100,000 ops (tanh, * c, + c in
+    turn): build, grad, grad of grad (a Hessian-vector product), compile the
+    three and the first call, each timed, and the time per graph node (flat
+    when every phase is linear; goal: 100,000 through all five in < 60 s).
+(d) What thread safety costs a call: the lock of a program with updates and
+    the per-thread memory plan lookup, against the rest of a tiny call.
 
 Run (prints figures; not a test):
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/engine_overhead.py [--profile]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/engine_overhead.py [--profile] [--chains 1000 10000 100000]
 
 ``--profile`` adds a cProfile of the chain program's calls (where the executor
 spends its time).
@@ -144,13 +150,70 @@ def bench_mlp(layers=200, width=64, batch=32):
           f"({t_run / len(step.nodes) * 1e6:.1f} us per scheduled node)")
 
 
+# --------------------------------------------------------------------------- (c) deep graphs
+def bench_deep_chain(length):
+    """One chain of ``length`` ops through build, grad, grad of grad, compile, first call."""
+    t = [time.perf_counter()]
+    x = gd.placeholder((None, 4), "float64", name="x")
+    v = gd.placeholder((None, 4), "float64", name="v")
+    h = x
+    for i in range(length):
+        h = gd.tanh(h) if i % 3 == 0 else (h * 1.0001 if i % 3 == 1 else h + 0.001)
+    t.append(time.perf_counter())
+    (g,) = gd.grad(gd.sum(h), [x])
+    t.append(time.perf_counter())
+    (hv,) = gd.grad(gd.sum(g * v), [x])
+    t.append(time.perf_counter())
+    program = gd.compile([h, g, hv], [x, v])
+    t.append(time.perf_counter())
+    xv = np.random.default_rng(0).standard_normal((3, 4))
+    program(xv, np.ones_like(xv))
+    t.append(time.perf_counter())
+    program(xv, np.ones_like(xv))
+    second = time.perf_counter() - t[-1]
+    nodes = len(gd.toposort([h, g, hv]))
+    phases = [b - a for a, b in zip(t, t[1:])]
+    total = t[-1] - t[0]
+    print(f"    {length:>7,} ops {nodes:>9,} nodes {len(program.nodes):>8,} scheduled | "
+          + " ".join(f"{p:7.2f}" for p in phases) + f" | {total:7.2f} s  {total / nodes * 1e6:5.1f} us/node"
+          + f" | second call {second:.3f} s")
+    return total
+
+
+def bench_deep(lengths):
+    print(f"\n(c) deep chains (tanh, * c, + c), (3, 4) float64; seconds per phase; load average "
+          f"{' '.join(f'{a:.1f}' for a in os.getloadavg())}")
+    print(f"    {'':>46} | " + " ".join(f"{name:>7}" for name in ("build", "grad", "gradgrad", "compile", "first"))
+          + f" | {'total':>7}")
+    for n in lengths:
+        bench_deep_chain(n)
+
+
+# --------------------------------------------------------------------------- (d) thread safety
+def bench_thread_safety():
+    c = gd.variable(np.zeros(4), name="c")
+    step = gd.compile(c * 1.0, updates=[(c, c + 1.0)])  # a program with updates holds a lock per call
+    step()
+    locked = best_of(step, repeats=7, number=2000)
+    unlocked = best_of(lambda: step._run((), {}), repeats=7, number=2000)
+    plans = best_of(lambda: step._plans, repeats=7, number=20000)
+    print("\n(d) thread safety, per call of a tiny program with one update")
+    print(f"    call with the step lock : {locked * 1e6:6.2f} us")
+    print(f"    the same without it     : {unlocked * 1e6:6.2f} us  (lock: {(locked - unlocked) * 1e6:+.2f} us)")
+    print(f"    per-thread plan lookup  : {plans * 1e6:6.2f} us")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the chain program's calls")
+    parser.add_argument("--chains", type=int, nargs="*", default=[1000, 10000, 100000],
+                        help="lengths of the deep chains of (c)")
     args = parser.parse_args()
     machine_info()
     bench_overhead(profile=args.profile)
     bench_mlp()
+    bench_deep(args.chains)
+    bench_thread_safety()
 
 
 if __name__ == "__main__":
