@@ -71,10 +71,10 @@ def _update_pairs(updates):
     if isinstance(updates, tuple) and len(updates) == 2 and isinstance(updates[0], Variable) \
             and isinstance(updates[1], Tensor):
         return [updates]  # one (variable, new_value) pair
-    if isinstance(updates, Tensor) or not isinstance(updates, (list, tuple)):
+    if isinstance(updates, (Tensor, str, bytes, set, frozenset)) or not hasattr(updates, "__iter__"):
         raise InputError(f"compile: updates must be {expected}, got {type(updates).__name__}")
     pairs = []
-    for k, pair in enumerate(updates):
+    for k, pair in enumerate(list(updates)):  # also a generator or zip(variables, values)
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(t, Tensor) for t in pair)):
             if not isinstance(pair, (list, tuple)):

@@ -140,7 +140,7 @@ def test_iterating_a_tensor_is_a_type_error_that_says_why():
     assert gd.toposort(x) == [x]  # a single tensor where a list is expected
 
 
-def test_compile_takes_updates_as_a_dict_a_single_pair_or_an_optimizers_result():
+def test_compile_takes_updates_as_a_dict_a_single_pair_a_zip_or_an_optimizers_result():
     def build():
         x = gd.placeholder((None, 2), "float64", name="x")
         w = gd.variable(np.array([1.0, -2.0]), name="w")
@@ -150,7 +150,8 @@ def test_compile_takes_updates_as_a_dict_a_single_pair_or_an_optimizers_result()
     x, w, loss = build()
     as_dict = gd.compile(loss, x, updates={w: w * 0.5})
     as_pair = gd.compile(loss, x, updates=(w, w * 0.5))
-    for f in (as_dict, as_pair):
+    as_zip = gd.compile(loss, x, updates=zip([w], [w * 0.5]))
+    for f in (as_dict, as_pair, as_zip):
         before = w.value.copy()
         f(xv)
         np.testing.assert_array_equal(w.value, before * 0.5)
