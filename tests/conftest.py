@@ -1,8 +1,20 @@
-"""Shared test set-up: GPU tests (marked ``gpu``) are skipped where CuPy or a GPU is missing;
-fixtures several test files use."""
+"""Shared test set-up. Tests marked ``gpu`` run on the real CuPy backend where
+CuPy and a GPU are present (``pytest -m gpu`` on a GPU machine), and on the
+strict CuPy stand-in (``tests/cupy_standin``) where CuPy does not import, as
+in CI; where CuPy imports but finds no GPU they are skipped. Also fixtures
+several test files use."""
+import os
+import sys
+
 import pytest
 
-import graphdiff as gd
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for cupy_standin
+
+import cupy_standin  # noqa: E402
+
+import graphdiff as gd  # noqa: E402
+
+pytest_plugins = ["cupy_standin.plugin"]
 
 
 def gpu_available():
@@ -14,9 +26,9 @@ def gpu_available():
 
 
 def pytest_collection_modifyitems(config, items):
-    if gpu_available():
-        return
-    skip = pytest.mark.skip(reason="needs CuPy and an NVIDIA GPU (pip install '.[gpu]')")
+    if not cupy_standin.real_cupy_importable() or gpu_available():
+        return  # the stand-in (no CuPy) or the real thing
+    skip = pytest.mark.skip(reason="CuPy imports but finds no usable NVIDIA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

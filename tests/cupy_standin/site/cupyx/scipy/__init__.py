@@ -1,0 +1,1 @@
+"""``cupyx.scipy`` exists in CuPy; the stand-in models none of its routines."""
