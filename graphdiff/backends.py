@@ -45,8 +45,10 @@ class Backend:
         self.xp = xp
 
     def asarray(self, value, dtype=None):
-        """Host or device value -> this backend's array (a copy only if needed)."""
-        return self.xp.asarray(value, dtype=dtype)
+        """Host or device value -> this backend's array (a copy only if needed): a
+        device array (CuPy's, or any with ``__cuda_array_interface__`` and ``.get()``),
+        e.g. a variable last trained on a GPU, is copied to the host."""
+        return self.xp.asarray(to_host_array(value), dtype=dtype)
 
     def to_host(self, array):
         return array
@@ -60,6 +62,14 @@ class Backend:
 
     def synchronize(self):
         pass
+
+
+def to_host_array(value):
+    """``value`` as something NumPy reads: a device array is copied to the host with
+    ``.get()`` (NumPy cannot read device memory: CuPy's ``__array__`` raises)."""
+    if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
+        return value.get()
+    return value
 
 
 class CupyBackend(Backend):
@@ -79,7 +89,8 @@ def _numpy_backend():
     return Backend(np)
 
 
-GPU_INSTALL = "pip install 'graphdiff[gpu]' (CuPy for CUDA 12: cupy-cuda12x) on a machine with an NVIDIA GPU"
+GPU_INSTALL = ("pip install 'graphdiff[gpu]' (CuPy for CUDA 12: cupy-cuda12x) or 'graphdiff[gpu-cuda13]' "
+               "(CUDA 13: cupy-cuda13x) on a machine with an NVIDIA GPU")
 
 
 def _cupy_backend():

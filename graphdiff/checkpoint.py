@@ -81,6 +81,8 @@ def _check_arrays(arrays: Mapping[str, Any]) -> dict:
             raise TypeError(f"array names must be non-empty str, got {name!r}")
         if name == META_KEY:
             raise ValueError(f"{META_KEY!r} is reserved for the metadata")
+        if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
+            value = value.get()  # a device (CuPy) array: NumPy cannot read it in place
         arr = np.asarray(value)
         if arr.dtype.hasobject:
             raise TypeError(f"array {name!r} has dtype {arr.dtype}, which "

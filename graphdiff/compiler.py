@@ -120,6 +120,7 @@ class Program:
             order = _schedule(roots)
             self.passes.append(("fusion", order))
         self.nodes = order  # the scheduled graph, for inspection and diagrams
+        self._input_checks = _input_checks(order, self.inputs)
 
         needed = {id(n) for n in order if isinstance(n.op, PlaceholderOp)}
         fed = {id(p) for p in self.inputs}
@@ -319,7 +320,18 @@ class Program:
         return [self._check_input(p, a) for p, a in zip(self.inputs, args)]
 
     def _check_input(self, p, value):
-        return as_input(p, value, self.backend)  # checks and converts (DLPack arrays without a copy)
+        checks = self._input_checks.get(id(p))
+        if not checks:
+            return as_input(p, value, self.backend)  # checks and converts (DLPack arrays without a copy)
+        # Value checks (labels in range) run on the host array before it is uploaded:
+        # on a GPU, reading it back mid-step would stall the step.
+        host = isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__")
+        value = as_input(p, value, get_backend("numpy") if host else self.backend)
+        for op_name, check in checks:
+            problem = check(value)
+            if problem:
+                raise InputError(f"input {p.name!r}: {op_name}: {problem}")
+        return as_input(p, value, self.backend) if host else value
 
     def __call__(self, *args, **kwargs):
         if self._step_lock is None:
@@ -497,6 +509,21 @@ def _out_of_memory(node, exc, nbytes=None, inputs=None):
     on = f" on inputs {inputs}" if inputs else ""
     return OutOfMemoryError(f"out of memory at run time: {node.op.name} {node.name!r} "
                             f"{fmt_shape(node.shape)} {node.dtype}{on} asked for {asked}: {exc}")
+
+
+def _input_checks(order, inputs):
+    """``{id(placeholder): [(op name, check)]}``: the value checks that ops declare on
+    inputs fed straight from a placeholder (``Op.input_checks``), run where the value
+    is fed, e.g. labels in range before they are uploaded to a GPU."""
+    fed = {id(p) for p in inputs}
+    checks = {}
+    for node in order:
+        declared = getattr(node.op, "input_checks", None)
+        for index, check in (declared(node) if declared else {}).items():
+            source = node.inputs[index]
+            if id(source) in fed:
+                checks.setdefault(id(source), []).append((node.op.name, check))
+    return checks
 
 
 def _kernel(op, xp, program):

@@ -28,6 +28,7 @@ argmax node its gradient reads become one op with two outputs
 import numpy as np
 
 from .graph import Op, Part, Tensor, static_size
+from .kernels import device
 from .kernels.parallel import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
 from .kernels.conv import grad_input_as_convolution
 from .ops.conv import (Conv2d, Conv2dBackward, Conv2dFromCols, Conv2dGradInput, Conv2dGradWeight,
@@ -80,6 +81,8 @@ class FusedElementwise(Op):
         raise NotImplementedError
 
     def forward(self, xp, *arrays, out=None):
+        if device.on_device(xp):  # one kernel (cupy.fuse); its outputs are new arrays from the pool
+            return device.elementwise_program(xp, self.program, self.extra_outputs, arrays, _apply_fused)
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
         outs = list(out) if self.num_outputs > 1 else [out]
         dtype = next((o.dtype for o in outs if o is not None), arrays[0].dtype)
@@ -173,6 +176,17 @@ def _apply(xp, fn, vals, out):
     if fn == "relu_grad":  # g where y > 0, else 0: a select, as ReluGrad (inf * 0 would be NaN)
         return relu_grad_kernel(xp, *vals, out=out)
     return getattr(xp, UFUNC_OF[fn])(*vals, out=out)
+
+
+def _apply_fused(xp, fn, vals):
+    """One step of a fused program inside ``cupy.fuse``: ufuncs and Python scalars only
+    (a Python scalar keeps the array's dtype). ``step`` is ``sign(max(x, 0))``: 1 where
+    x > 0, else 0 (NaN stays NaN, where the NumPy kernel gives 0)."""
+    if fn == "relu":
+        return xp.maximum(vals[0], 0.0)
+    if fn == "step":
+        return xp.sign(xp.maximum(vals[0], 0.0))
+    return getattr(xp, UFUNC_OF[fn])(*vals)
 
 
 def fuse_elementwise(order, roots):

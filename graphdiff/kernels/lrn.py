@@ -24,6 +24,7 @@ run from cache; ~16 MB for the scans, whose per-channel slices must stay large
 enough that NumPy's per-call overhead does not dominate.
 """
 
+from . import device
 from .parallel import parallel_blocks, workspace
 
 LRN_BLOCK_SCALE = 16  # scan blocks of ~16 * BLOCK_ELEMENTS elements (see parallel_blocks)
@@ -192,6 +193,9 @@ def _pow(xp, s, beta, out, tmp):
 
 
 def _forward(xp, x, size, alpha, beta, k, within):
+    if device.on_device(xp) and not within:
+        scale = device.lrn_scale(xp, x, size, alpha, k)
+        return device.lrn_normalize(xp, x, scale, beta), scale
     y, scale = xp.empty_like(x), xp.empty_like(x)
 
     def block(lo, hi):
@@ -208,6 +212,8 @@ def _forward(xp, x, size, alpha, beta, k, within):
 
 
 def _backward(xp, x, y, scale, dy, size, alpha, beta, within, out=None):
+    if device.on_device(xp) and not within:  # three kernels, the last a new array
+        return device.lrn_backward(xp, x, y, scale, dy, size, alpha, beta)
     dx = xp.empty_like(x) if out is None else out
     c = 2.0 * alpha * beta
 
@@ -235,6 +241,8 @@ def lrn_scale(xp, x, size, alpha, k, within=False, out=None):
     ``within``, over the spatial neighbourhood): LRN's denominator base, kept
     for the backward. ``alpha`` multiplies each square before the sum (one
     pass fewer). Written into ``out`` when given."""
+    if device.on_device(xp) and not within:  # two kernels, the last a new array
+        return device.lrn_scale(xp, x, size, alpha, k)
     scale = xp.empty_like(x) if out is None else out
     alpha, k = x.dtype.type(alpha), x.dtype.type(k)
 

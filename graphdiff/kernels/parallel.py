@@ -182,7 +182,11 @@ def gemm(xp, a, b, out=None):
     thread: as fast as the BLAS's own threading (measured 131-156 against
     98-161 GFLOP/s at AlexNet's conv shapes), without the spinning workers.
     """
-    if not _gemm_split or xp is not numpy or a.ndim < 2 or b.ndim < 2:
+    if xp is not numpy:
+        from . import device
+
+        return device.gemm(xp, a, b, out=out)
+    if not _gemm_split or a.ndim < 2 or b.ndim < 2:
         return xp.matmul(a, b, out=out)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])

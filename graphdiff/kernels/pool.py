@@ -30,7 +30,12 @@ then one scatter-add (``add.at``) or one ``take``.
 
 import numpy
 
+from . import device
 from .conv import conv_output_size, pad2d
+
+# The gradient on a GPU as a gather (deterministic); False: CuPy's scatter_add (float
+# atomics: the order of the additions, and so the rounding, changes from run to run).
+DETERMINISTIC_GRAD = True
 from .parallel import parallel_blocks, workspace
 
 
@@ -121,6 +126,9 @@ def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True, argm
     N, C, H, W = x.shape
     plan = _Plan((H, W), size, stride, padding)
     idt = argmax_dtype(size)
+    if device.on_device(xp):  # one kernel over the window views; new arrays
+        return device.max_pool2d_forward(xp, x, size, stride, padding, (plan.OH, plan.OW),
+                                         idt if argmax else None)
     y = xp.empty((N, C, plan.OH, plan.OW), dtype=x.dtype) if out is None else out
     am = (xp.empty(y.shape, dtype=idt) if argmax_out is None else argmax_out) if argmax else None
 
@@ -207,6 +215,8 @@ def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None)
     CuPy provides ``add.at`` too). Returns ``(N, C, H, W)`` (``out`` if given);
     gradient aimed at padding is dropped.
     """
+    if device.on_device(xp) and DETERMINISTIC_GRAD:
+        return device.max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=out)
     N, C = dy.shape[:2]
     H, W = input_size
     plan = _Plan(input_size, size, stride, padding)

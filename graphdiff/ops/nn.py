@@ -1,8 +1,11 @@
 """Softmax, cross-entropy, dropout and stop_gradient."""
+import functools
+
 import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Op, apply, as_tensor, fmt_shape, normalize_axis
+from ..kernels import device as _device
 from .elementwise import Binary, exp
 from .reduce import Count, sum
 
@@ -83,6 +86,16 @@ def one_hot(labels, depth, dtype="float32", name=None):
     return apply(OneHot(int(depth), dtype), [as_tensor(labels)], name=name)
 
 
+def labels_out_of_range(labels, classes):
+    """What is wrong with integer ``labels`` for ``classes`` classes (None if nothing)."""
+    if not labels.size:
+        return None
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        return f"labels must lie in [0, {classes}), got [{lo}, {hi}]"
+    return None
+
+
 class SoftmaxCrossEntropy(Op):
     """``E = -1/N sum_n log softmax(logits_n)[labels_n]``: the mean loss over the
     batch, from logits ``(N, C)`` and integer labels ``(N,)``.
@@ -108,13 +121,22 @@ class SoftmaxCrossEntropy(Op):
         n, c = logits.shape
         if labels.shape[0] != n:
             raise InputError(f"softmax_cross_entropy: {n} logits rows but {labels.shape[0]} labels")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= c):
-            raise InputError(f"softmax_cross_entropy: labels must lie in [0, {c}), got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+        # On a GPU reading min/max here would stall the step twice; labels fed as a
+        # program input are checked on the host before the upload (input_checks).
+        if not _device.on_device(xp):
+            problem = labels_out_of_range(labels, c)
+            if problem:
+                raise InputError(f"softmax_cross_entropy: {problem}")
         shifted = logits - xp.max(logits, axis=1, keepdims=True)
         logz = xp.log(xp.sum(xp.exp(shifted), axis=1))
         picked = shifted[xp.arange(n), labels]
         return xp.asarray(xp.mean(logz - picked), dtype=logits.dtype)
+
+    def input_checks(self, node):
+        """``{input index: check(value) -> problem or None}`` for inputs the compiler
+        can check where they are fed (a placeholder's host array, before the upload)."""
+        classes = node.inputs[0].shape[1]
+        return {1: functools.partial(labels_out_of_range, classes=classes)} if classes is not None else {}
 
     def vjp(self, node, g, wrt):
         logits, labels = node.inputs
@@ -147,9 +169,10 @@ class DropoutMask(Op):
     def forward(self, xp, x, *, rng, training):
         if not training or self.rate == 0.0:
             return xp.ones((1,) * x.ndim, x.dtype)
-        keep = rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
-        keep = xp.asarray(keep)
-        return (keep >= self.rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
+        # Two 32-bit keys from the host generator; the mask is a hash of them and each
+        # element's index, computed where it is used (see kernels.device.dropout_mask).
+        keys = rng.integers(0, 1 << 32, size=2, dtype=np.uint64)
+        return _device.dropout_mask(xp, x.shape, x.dtype, self.rate, keys)
 
 
 def dropout(x, rate=0.5, name=None):

@@ -25,42 +25,68 @@ class _Memory:
 
 class MemoryPool:
     """CuPy's default pool, modelled: sizes round up to 512 bytes; a request takes
-    the smallest free block that holds it (splitting off the rest), else a new
-    device allocation (recorded as an ``alloc`` event). A block is free again
-    when the last array viewing it dies. ``empty`` memory is filled with 0xFF
-    bytes (NaN in floats): a reused block holds garbage."""
+    the smallest free chunk that holds it (splitting off the rest), else a new
+    device allocation (recorded as an ``alloc`` event); a chunk is free again when
+    the last array viewing it dies, and merges with free neighbours of the same
+    allocation. ``empty`` memory is filled with 0xFF bytes (NaN in floats): a
+    reused chunk holds garbage."""
 
     ROUND = 512
 
     def __init__(self):
-        self._free = []  # sorted (size, ptr, raw)
+        self._free = []       # sorted (size, ptr)
+        self._starts = {}     # free chunk start -> (size, arena)
+        self._ends = {}       # free chunk end -> start
+        self._arenas = {}     # arena start ptr -> (raw bytes, size)
+        self._arena_of = {}   # chunk ptr -> arena start (chunks handed out)
         self._next_ptr = 1 << 32
         self._total = 0
         self._used = 0
+
+    def _take_free(self, ptr):
+        size, arena = self._starts.pop(ptr)
+        del self._ends[ptr + size]
+        self._free.remove((size, ptr))
+        return size, arena
+
+    def _put_free(self, ptr, size, arena):
+        end = ptr + size
+        if end in self._starts and self._starts[end][1] == arena:  # merge with the next chunk
+            nsize, _ = self._take_free(end)
+            size += nsize
+        if ptr in self._ends:  # merge with the previous chunk
+            prev = self._ends[ptr]
+            if self._starts[prev][1] == arena:
+                psize, _ = self._take_free(prev)
+                ptr, size = prev, size + psize
+        self._starts[ptr] = (size, arena)
+        self._ends[ptr + size] = ptr
+        bisect.insort(self._free, (size, ptr))
 
     def malloc(self, nbytes):
         size = builtins.max(self.ROUND, -(-int(nbytes) // self.ROUND) * self.ROUND)
         i = bisect.bisect_left(self._free, (size, -1))
         if i < len(self._free):
-            bsize, ptr, raw = self._free.pop(i)
-            if bsize > size:  # split: the rest stays free
-                bisect.insort(self._free, (bsize - size, ptr + size, raw[size:]))
-                raw = raw[:size]
+            csize, ptr = self._free[i]
+            _, arena = self._take_free(ptr)
+            if csize > size:  # split: the rest stays free
+                self._put_free(ptr + size, csize - size, arena)
         else:
-            raw = numpy.empty(size, numpy.uint8)
-            ptr = self._next_ptr
+            ptr = arena = self._next_ptr
             self._next_ptr += size + self.ROUND
+            self._arenas[arena] = (numpy.empty(size, numpy.uint8), size)
             self._total += size
             LEDGER.record("alloc", bytes=size)
+        raw = self._arenas[arena][0][ptr - arena:ptr - arena + size]
         raw.fill(0xFF)
         mem = _Memory(raw, ptr, size)
         self._used += size
-        weakref.finalize(mem, self._release, size, ptr, raw)
+        weakref.finalize(mem, self._release, size, ptr, arena)
         return mem
 
-    def _release(self, size, ptr, raw):
+    def _release(self, size, ptr, arena):
         self._used -= size
-        bisect.insort(self._free, (size, ptr, raw))
+        self._put_free(ptr, size, arena)
 
     def used_bytes(self):
         return self._used
@@ -72,8 +98,12 @@ class MemoryPool:
         return self._total - self._used
 
     def free_all_blocks(self):
-        self._total -= builtins.sum(s for s, _, _ in self._free)
-        self._free = []
+        """Return wholly free allocations to the device."""
+        for arena, (raw, size) in list(self._arenas.items()):
+            if self._starts.get(arena, (None, None))[0] == size:
+                self._take_free(arena)
+                del self._arenas[arena]
+                self._total -= size
 
 
 _POOL = MemoryPool()

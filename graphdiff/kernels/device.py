@@ -1,0 +1,353 @@
+"""Kernels for array modules other than NumPy (CuPy): fewer, bigger kernels.
+
+On a GPU each array operation is one kernel launch and one pass over memory,
+so what the NumPy kernels do in cache-sized blocks (many small passes) is
+done here as one ``cupy.fuse`` kernel per expression: the elementwise chains
+the compiler fused, max pooling with its argmax (all window offsets in one
+kernel), the pooling gradient as a gather (no atomics: deterministic), LRN's
+window sums over a zero-bordered copy of the channels. ``cupy.fuse`` kernels
+return new arrays (from CuPy's memory pool: no device allocation once a step
+has run); padded copies keep their zero borders in persistent buffers
+(:func:`bordered`), so padding is one copy, not a fill plus a copy.
+
+Every function here takes ``xp`` and also runs on NumPy (``fused`` then calls
+the plain function), which is how the tests compare them with the NumPy
+kernels; the CuPy stand-in in the test suite runs ``cupy.fuse`` too.
+"""
+import numpy
+
+_fused = {}      # (array module, function) -> xp.fuse(function)
+_bordered = {}   # (array module, device, tag, shape, dtype, fill) -> a padded buffer whose border is kept
+_iota = {}       # (array module, device, n) -> arange(n, uint32)
+
+
+def on_device(xp):
+    """Whether ``xp`` is a GPU array module (the kernels here replace the NumPy ones)."""
+    return xp.__name__ != "numpy"
+
+
+def kernel(xp, make, *spec):
+    """``make(xp, *spec)``, a function of arrays, as one kernel: wrapped in ``xp.fuse``
+    on CuPy, called as it is on NumPy; made once per array module and ``spec``."""
+    key = (xp, make, spec)
+    f = _fused.get(key)
+    if f is None:
+        f = make(xp, *spec)
+        if on_device(xp):
+            f = xp.fuse(f, kernel_name=f"graphdiff_{make.__name__.strip('_')}")
+        _fused[key] = f
+    return f
+
+
+def _device_id(xp):
+    return xp.cuda.get_device_id() if on_device(xp) else None
+
+
+def bordered(xp, tag, shape, dtype, border, fill=0):
+    """A buffer of ``shape`` whose region outside ``border`` (a tuple of slices: the
+    interior) holds ``fill``, set once when the buffer is made; callers write the
+    interior only. Returns ``(buffer, interior view)``. One buffer per tag and shape."""
+    key = (xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill)
+    buf = _bordered.get(key)
+    if buf is None:
+        buf = _bordered[key] = xp.full(tuple(shape), fill, dtype=dtype)
+    return buf, buf[border]
+
+
+def clear():
+    """Forget the persistent buffers and compiled kernels (tests switch array modules)."""
+    _fused.clear()
+    _bordered.clear()
+    _iota.clear()
+
+
+def pad2d(xp, x, padding, tag, fill=0):
+    """``x`` padded by ``(ph, pw)`` with ``fill``: one copy into a persistent bordered buffer."""
+    ph, pw = padding
+    N, C, H, W = x.shape
+    buf, inner = bordered(xp, tag, (N, C, H + 2 * ph, W + 2 * pw), x.dtype,
+                          (slice(None), slice(None), slice(ph, ph + H), slice(pw, pw + W)), fill)
+    inner[...] = x
+    return buf
+
+
+# ------------------------------------------------------------------ GEMM
+def gemm(xp, a, b, out=None):
+    """``a @ b`` without the copies CuPy's ``matmul`` makes: a batched product whose
+    operands are not C-contiguous (cuBLAS's strided-batched GEMM takes only those)
+    runs as one 2-D GEMM per batch entry, which cuBLAS takes transposed in place
+    (a C- or F-contiguous matrix); a 2-D operand that is neither is copied once here."""
+    batched = a.ndim > 2 or b.ndim > 2
+    c_ok = a.flags.c_contiguous and b.flags.c_contiguous and (out is None or out.flags.c_contiguous)
+    if not batched or c_ok:
+        if not batched:
+            a, b = _blas_ready(xp, a), _blas_ready(xp, b)
+        if out is not None and not out.flags.c_contiguous:
+            out[...] = xp.matmul(a, b)
+            return out
+        return xp.matmul(a, b, out=out)
+    shape = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if out is None:
+        out = xp.empty(shape + (a.shape[-2], b.shape[-1]), dtype=numpy.result_type(a.dtype, b.dtype))
+    a = xp.broadcast_to(a, shape + a.shape[-2:])
+    b = xp.broadcast_to(b, shape + b.shape[-2:])
+    for index in numpy.ndindex(*shape):
+        o = out[index]
+        if o.flags.c_contiguous:
+            xp.matmul(_blas_ready(xp, a[index]), _blas_ready(xp, b[index]), out=o)
+        else:
+            o[...] = xp.matmul(_blas_ready(xp, a[index]), _blas_ready(xp, b[index]))
+    return out
+
+
+def _blas_ready(xp, m):
+    """A 2-D operand cuBLAS reads in place (C- or F-contiguous), copied only if neither."""
+    if m.ndim != 2 or m.flags.c_contiguous or m.flags.f_contiguous:
+        return m
+    return xp.ascontiguousarray(m)
+
+
+# ------------------------------------------------------------------ elementwise programs
+def elementwise_program(xp, program, extra_outputs, arrays, apply):
+    """A :class:`graphdiff.fusion.FusedElementwise` program as one kernel: the steps
+    ``(fn, args)`` evaluated by ``apply(xp, fn, values)``. Returns the result, or a
+    tuple (result, extra outputs...)."""
+    return kernel(xp, _program, program, tuple(extra_outputs), apply)(*arrays)
+
+
+def _program(xp, program, extra_outputs, apply):
+    def run(*ins):
+        temps = []
+        for name, args in program:
+            temps.append(apply(xp, name, [ins[k] if kind == "in" else temps[k] for kind, k in args]))
+        if extra_outputs:
+            return (temps[-1],) + tuple(temps[j] for j in extra_outputs)
+        return temps[-1]
+    return run
+
+
+# ------------------------------------------------------------------ max pooling
+def _windows(xpad, size, stride, out_size):
+    """The ``kh*kw`` strided views ``xpad[:, :, i*sh + a, j*sw + b]``, in offset ``a*kw + b`` order."""
+    (kh, kw), (sh, sw), (OH, OW) = size, stride, out_size
+    return [xpad[:, :, a:a + sh * (OH - 1) + 1:sh, b:b + sw * (OW - 1) + 1:sw] for a in range(kh) for b in range(kw)]
+
+
+def max_pool2d_forward(xp, x, size, stride, padding, out_size, argmax_dtype=None):
+    """``y = max_ab Xpad[i*sh + a, j*sw + b]`` and, with ``argmax_dtype``, the first offset
+    ``a*kw + b`` holding it: ONE kernel over the ``kh*kw`` window views (-inf padding
+    in a persistent bordered copy). Returns ``(y, argmax or None)``."""
+    if tuple(padding) != (0, 0):
+        x = pad2d(xp, x, padding, "device_pool_xpad", fill=-numpy.inf)
+    views = _windows(x, size, stride, out_size)
+    if argmax_dtype is None:
+        return kernel(xp, _pool_max, len(views))(*views), None
+    if len(views) == 1:
+        return views[0].copy(), xp.zeros(views[0].shape, argmax_dtype)
+    return kernel(xp, _pool_with_argmax, len(views), numpy.dtype(argmax_dtype).type)(*views)
+
+
+def _pool_max(xp, count):
+    def pool_max(*views):
+        y = views[0]
+        for v in views[1:]:
+            y = xp.maximum(y, v)
+        return y
+    return pool_max
+
+
+def _pool_with_argmax(xp, count, index_type):
+    def pool_with_argmax(*views):
+        # A strictly greater value takes over, so ties keep the first offset; offsets
+        # grow along the sweep, so "take over" is a max of (v > y) * offset.
+        y, am = views[0], None
+        for k in range(1, count):
+            taken = (views[k] > y) * index_type(k)
+            am = taken if am is None else xp.maximum(am, taken)
+            y = xp.maximum(y, views[k])
+        return y, am
+    return pool_with_argmax
+
+
+def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None):
+    """The multiplexer as a gather, deterministic: each input position sums, in a fixed
+    order, ``dy`` of the windows that cover it and chose it, ``dX[u*sh + p] =
+    sum_t [argmax[u - t] == (t*sh + p)*kw + ...] dy[u - t]`` (per axis; ``p`` the
+    position's stride phase, ``t`` over the windows covering it). One kernel computes
+    the ``sh*sw`` phase planes from views of ``dy`` and ``argmax`` padded with zeros
+    (persistent borders), then one strided copy per phase lays them into ``dX``. No
+    atomic adds, so runs repeat bit for bit (CuPy's ``scatter_add`` does not)."""
+    (kh, kw), (sh, sw), (ph, pw) = size, stride, padding
+    H, W = input_size
+    N, C, OH, OW = dy.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Th, Tw = (kh - 1) // sh, (kw - 1) // sw  # most windows back along each axis
+    U, V = -(-Hp // sh), -(-Wp // sw)  # phase-plane rows and columns
+    interior = (slice(None), slice(None), slice(Th, Th + OH), slice(Tw, Tw + OW))
+    dyp, inner = bordered(xp, "device_pool_dy", (N, C, Th + U, Tw + V), dy.dtype, interior)
+    inner[...] = dy
+    amp, inner = bordered(xp, "device_pool_am", (N, C, Th + U, Tw + V), argmax.dtype, interior)
+    inner[...] = argmax
+    terms, views = [], []  # terms[phase] = offsets read; views: dy and argmax views, in that order
+    for p in range(sh):
+        for q in range(sw):
+            codes = []
+            for t in range(Th + 1):
+                for s in range(Tw + 1):
+                    a, b = t * sh + p, s * sw + q
+                    if a < kh and b < kw:
+                        rows, cols = slice(Th - t, Th - t + U), slice(Tw - s, Tw - s + V)
+                        views += [dyp[:, :, rows, cols], amp[:, :, rows, cols]]
+                        codes.append(a * kw + b)
+            terms.append(tuple(codes))
+    planes = kernel(xp, _pool_gather, tuple(terms), dy.dtype.type, argmax.dtype.type)(*views)
+    planes = planes if isinstance(planes, tuple) else (planes,)
+    dx = xp.empty((N, C, H, W), dtype=dy.dtype) if out is None else out
+    dxp = dx if (ph, pw) == (0, 0) else xp.empty((N, C, Hp, Wp), dtype=dy.dtype)
+    planes = iter(planes)
+    for phase, codes in enumerate(terms):
+        p, q = divmod(phase, sw)
+        target = dxp[:, :, p::sh, q::sw]
+        if codes:
+            target[...] = next(planes)[:, :, :target.shape[2], :target.shape[3]]
+        else:  # stride larger than the window: no window covers this phase
+            target.fill(0)
+    if dxp is not dx:
+        dx[...] = dxp[:, :, ph:ph + H, pw:pw + W]
+    return dx
+
+
+def _pool_gather(xp, terms, value_type, index_type):
+    zero = value_type(0)
+
+    def pool_gather(*views):
+        planes, k = [], 0
+        for codes in terms:
+            acc = None
+            for code in codes:
+                picked = xp.where(views[k + 1] == index_type(code), views[k], zero)
+                acc = picked if acc is None else acc + picked
+                k += 2
+            if acc is not None:
+                planes.append(acc)
+        return tuple(planes) if len(planes) > 1 else planes[0]
+    return pool_gather
+
+
+# ------------------------------------------------------------------ LRN across channels
+def _channel_window_views(xp, tag, values, size, transpose):
+    """Views ``P[:, d:d + C]``, ``d < size``, of ``values`` copied between zero channel
+    borders, so that ``sum_d views[d][:, c] = sum_{c - lo <= j <= c + hi} values[:, j]``."""
+    lo, hi = size // 2, (size - 1) // 2
+    if transpose:
+        lo, hi = hi, lo
+    N, C, H, W = values.shape
+    buf, inner = bordered(xp, tag, (N, C + lo + hi, H, W), values.dtype,
+                          (slice(None), slice(lo, lo + C)))
+    return buf, inner, [buf[:, d:d + C] for d in range(size)]
+
+
+def lrn_scale(xp, x, size, alpha, k):
+    """``k + alpha * sum_{|j - c| <= size//2} x_j^2``: the squares into a zero-bordered
+    copy (one pass), then the window sum and the affine map in one kernel."""
+    buf, inner, views = _channel_window_views(xp, "device_lrn_squares", x, size, False)
+    xp.multiply(x, x, out=inner)
+    t = x.dtype.type
+    return kernel(xp, _lrn_scale, size, t(alpha), t(k))(*views)
+
+
+def _lrn_scale(xp, size, alpha, k):
+    def lrn_scale(*views):
+        s = views[0]
+        for v in views[1:]:
+            s = s + v
+        return k + alpha * s
+    return lrn_scale
+
+
+def lrn_normalize(xp, x, scale, beta):
+    """``y = x * scale^-beta`` in one kernel."""
+    return kernel(xp, _lrn_normalize, x.dtype.type(-beta))(x, scale)
+
+
+def _lrn_normalize(xp, minus_beta):
+    def lrn_normalize(x, scale):
+        return x * xp.power(scale, minus_beta)
+    return lrn_normalize
+
+
+def lrn_backward(xp, x, y, scale, dy, size, alpha, beta):
+    """``dx = dy * scale^-beta - 2 alpha beta x * S^T(dy * y / scale)``: ``dy * y / scale``
+    into a zero-bordered copy (two passes), then the mirrored window sum and the rest
+    in one kernel."""
+    buf, inner, views = _channel_window_views(xp, "device_lrn_t", x, size, True)
+    xp.multiply(dy, y, out=inner)
+    xp.divide(inner, scale, out=inner)
+    t = x.dtype.type
+    return kernel(xp, _lrn_backward, size, t(-beta), t(2.0 * alpha * beta))(dy, scale, x, *views)
+
+
+def _lrn_backward(xp, size, minus_beta, c):
+    def lrn_backward(dy, scale, x, *views):
+        s = views[0]
+        for v in views[1:]:
+            s = s + v
+        return dy * xp.power(scale, minus_beta) - c * x * s
+    return lrn_backward
+
+
+# ------------------------------------------------------------------ convolution epilogue
+def bias_relu(xp, src, bias, relu):
+    """``src + bias`` (then ``max(., 0)``) in one kernel; a new C-contiguous array."""
+    return kernel(xp, _bias_relu, bool(relu), src.dtype.type)(src, bias)
+
+
+def _bias_relu(xp, relu, value_type):
+    zero = value_type(0)
+
+    def bias_relu(src, bias):
+        y = src + bias
+        return xp.maximum(y, zero) if relu else y
+    return bias_relu
+
+
+# ------------------------------------------------------------------ dropout
+def iota(xp, n):
+    """``arange(n)`` as uint32, kept (a counter for the hash below)."""
+    key = (xp, _device_id(xp), n)
+    a = _iota.get(key)
+    if a is None:
+        a = _iota[key] = xp.arange(n, dtype=numpy.uint32)
+    return a
+
+
+def dropout_mask(xp, shape, dtype, rate, keys):
+    """Inverted dropout's mask, ``1/(1-rate)`` with probability ``1 - rate`` else 0, from
+    a counter-based hash of each element's index and two 32-bit ``keys`` (drawn on
+    the host from the program's generator, so a checkpoint's generator state replays
+    the same masks): drawn where the mask is used, nothing uploaded, and the same
+    bits on NumPy and CuPy. The hash is murmur3's 32-bit finalizer, applied twice
+    with a key mixed in before each; the top 24 bits are compared with ``rate * 2^24``."""
+    n = int(numpy.prod(shape, dtype=numpy.int64))
+    t = numpy.dtype(dtype).type
+    threshold = numpy.uint32(min(1 << 24, int(round(rate * (1 << 24)))))
+    f = kernel(xp, _dropout_mask, t(1.0 / (1.0 - rate)), t(0))
+    return f(iota(xp, n), numpy.uint32(keys[0]), numpy.uint32(keys[1]), threshold).reshape(shape)
+
+
+def _dropout_mask(xp, keep_value, zero):
+    c1, c2, golden = numpy.uint32(0x85EBCA6B), numpy.uint32(0xC2B2AE35), numpy.uint32(0x9E3779B9)
+    s13, s16, s8 = numpy.uint32(13), numpy.uint32(16), numpy.uint32(8)
+
+    def fmix(h):
+        h = h ^ (h >> s16)
+        h = h * c1
+        h = h ^ (h >> s13)
+        h = h * c2
+        return h ^ (h >> s16)
+
+    def dropout_mask(index, key0, key1, threshold):
+        h = fmix(index * golden + key0)
+        h = fmix(h ^ key1)
+        return xp.where((h >> s8) >= threshold, keep_value, zero)
+    return dropout_mask
