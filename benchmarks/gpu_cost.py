@@ -41,10 +41,13 @@ def count_step(batch, image_size, steps=2, num_classes=1000):
         model = alexnet(num_classes=num_classes, image_size=image_size, seed=0)
         step = train_step(model, lr=0.01, backend="cupy")
         ledger = cupy_standin.ledger()
+        allocs = []
         for _ in range(steps):
             ledger.reset()
             step(images, labels)
+            allocs.append((ledger.totals()["allocs"], ledger.totals()["alloc_bytes"]))
         totals = ledger.totals()
+        totals["allocs_per_step"] = allocs
         totals["pool_total_bytes"] = cupy.get_default_memory_pool().total_bytes()
         return totals, ledger, images.nbytes + labels.nbytes
     finally:
@@ -71,6 +74,8 @@ def report(totals, ledger, input_bytes, top):
         ("device-to-host copies", f"{totals.get('d2h', 0)} ({totals.get('d2h_bytes', 0) / 1e3:.1f} kB)", "", None),
         ("new device allocations in this step", f"{totals.get('allocs', 0)} "
          f"({totals.get('alloc_bytes', 0) / 1e6:.1f} MB)", "0", totals.get("allocs", 0) == 0),
+        ("  new allocations per step (count, MB)", " ".join(f"{n}/{b / 1e6:.0f}" for n, b in
+                                                           totals["allocs_per_step"]), "", None),
         ("memory pool size (GB)", f"{totals['pool_total_bytes'] / gb:.2f}", "", None),
     ]
     for name, value, target, ok in rows:
@@ -94,7 +99,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--image-size", type=int, default=227)
-    ap.add_argument("--steps", type=int, default=2, help="steps run; the last is counted (>= 2)")
+    ap.add_argument("--steps", type=int, default=3, help="steps run; the last is counted (>= 2)")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     print(f"AlexNet 2012 step, {args.image_size}x{args.image_size}, batch {args.batch}, counted by the CuPy "

@@ -40,6 +40,10 @@ class Backend:
     """The array module plus the transfers a program needs."""
 
     name = "numpy"
+    # Whether programs keep planned buffers across calls (see Program._memory_plan):
+    # on a CPU that saves page faults; CuPy's memory pool reuses freed blocks itself,
+    # and its fused kernels return new arrays, so planned buffers would lie idle.
+    plans_memory = True
 
     def __init__(self, xp):
         self.xp = xp
@@ -74,6 +78,7 @@ def to_host_array(value):
 
 class CupyBackend(Backend):
     name = "cupy"
+    plans_memory = False
 
     def asarray(self, value, dtype=None):
         return self.xp.asarray(value, dtype=dtype)

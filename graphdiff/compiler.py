@@ -352,7 +352,7 @@ class Program:
         signature = tuple(v.shape for v in fed)
         plans = self._plans
         plan = plans.get(signature)
-        record = {} if plan is None else None
+        record = {} if plan is None and self.backend.plans_memory else None
         instr = None
         timings = getattr(self._thread, "timings", None)
         # On NumPy the BLAS runs on one thread and the kernels split the big GEMMs

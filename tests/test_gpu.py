@@ -1,6 +1,9 @@
 """The CuPy backend agrees with NumPy: forward, VJP and double VJP of every op,
 and a training step. Every test here is marked ``gpu`` and skipped where no GPU
 is available; run them with ``pytest -m gpu`` on a machine with one."""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,15 @@ import graphdiff as gd
 pytestmark = pytest.mark.gpu
 
 RNG = np.random.default_rng(0)
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _benchmark(name):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _x(*shape):
@@ -121,3 +133,95 @@ def test_a_cuda_dlpack_array_is_fed_to_a_gpu_program_without_a_copy(dlpack_only)
     f = gd.compile(x * 2.0, [x], backend="cupy")
     assert f._check_input(x, dlpack_only(a)).data.ptr == a.data.ptr  # the program reads a's memory
     np.testing.assert_array_equal(f(dlpack_only(a)), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+# --------------------------------------------------------------------------- the review's fixes
+def test_numpy_program_takes_device_arrays_and_variables_last_trained_on_the_gpu():
+    import cupy
+
+    w = gd.variable(_x(4, 3), name="w")
+    x = gd.placeholder((None, 4), name="x")
+    loss = gd.sum(gd.tanh(x @ w))
+    (g,) = gd.grad(loss, [w])
+    gd.compile(loss, inputs=[x], updates=[(w, w - 0.1 * g)], backend="cupy")(_x(5, 4))
+    assert isinstance(w.value, cupy.ndarray)
+    trained = cupy.asnumpy(w.value)
+    xs = _x(5, 4)
+    on_cpu = gd.compile(gd.tanh(x @ w), inputs=[x], backend="numpy")
+    got = on_cpu(cupy.asarray(xs))  # a device input, and a variable whose value is on the device
+    assert isinstance(got, np.ndarray) and isinstance(w.value, np.ndarray)
+    np.testing.assert_allclose(got, np.tanh(xs @ trained), rtol=1e-5, atol=1e-6)
+
+
+def test_save_checkpoint_takes_device_arrays(tmp_path):
+    import cupy
+
+    from graphdiff.checkpoint import load_checkpoint, save_checkpoint
+
+    value = _x(3, 2)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, {"w": cupy.asarray(value)}, {"epoch": 1})
+    arrays = load_checkpoint(path)[0]
+    np.testing.assert_array_equal(arrays["w"], value)
+
+
+def test_labels_out_of_range_raise_before_the_step_runs():
+    logits = gd.placeholder((None, 3), name="logits")
+    labels = gd.placeholder((None,), "int64", name="labels")
+    f = gd.compile(gd.softmax_cross_entropy(logits, labels), inputs=[logits, labels], backend="cupy")
+    with pytest.raises(gd.InputError, match=r"input 'labels': softmax_cross_entropy: labels must lie in \[0, 3\), "
+                                            r"got \[0, 3\]"):
+        f(_x(2, 3), np.array([0, 3]))
+    assert np.isfinite(f(_x(2, 3), np.array([0, 2])))
+
+
+def test_dropout_masks_are_the_same_on_both_backends():
+    x = gd.placeholder((64, 100), name="x")
+    y = gd.dropout(x, 0.5)
+    value = np.ones((64, 100), np.float32)
+    outs = {b: [gd.compile(y, [x], backend=b, seed=3)(value) for _ in range(1)][0] for b in ("numpy", "cupy")}
+    np.testing.assert_array_equal(outs["cupy"], outs["numpy"])
+    assert set(np.unique(outs["numpy"])) == {0.0, 2.0}
+    assert 0.45 < (outs["numpy"] == 0).mean() < 0.55
+
+
+@pytest.mark.parametrize("geometry", [((3, 3), (2, 2), (0, 0), (11, 11)), ((3, 3), (2, 2), (1, 1), (9, 8)),
+                                      ((2, 2), (3, 3), (0, 0), (8, 8)), ((3, 2), (1, 2), (1, 0), (6, 7))])
+def test_max_pool_gradient_gather_equals_the_scatter_and_repeats_exactly(geometry):
+    import cupy
+
+    from graphdiff.kernels import device, pool
+
+    size, stride, padding, (H, W) = geometry
+    x = _distinct(2, 3, H, W)
+    y, am = pool.max_pool2d_forward(np, x, size, stride, padding)
+    dy = _x(*y.shape)
+    want = pool.max_pool2d_grad(np, dy, am, (H, W), size, stride, padding)
+    runs = [cupy.asnumpy(device.max_pool2d_grad(cupy, cupy.asarray(dy), cupy.asarray(am), (H, W), size, stride,
+                                                padding)) for _ in range(2)]
+    np.testing.assert_allclose(runs[0], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    y_dev, am_dev = device.max_pool2d_forward(cupy, cupy.asarray(x), size, stride, padding, y.shape[2:], am.dtype)
+    np.testing.assert_array_equal(cupy.asnumpy(y_dev), y)
+    np.testing.assert_array_equal(cupy.asnumpy(am_dev), am)
+
+
+def test_batched_matmul_with_transposed_operands():
+    import cupy
+
+    from graphdiff.kernels.parallel import gemm
+
+    a, b = _x(2, 5, 4), _x(2, 6, 4)
+    got = gemm(cupy, cupy.asarray(a), cupy.asarray(b).transpose(0, 2, 1))
+    np.testing.assert_allclose(cupy.asnumpy(got), a @ b.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+    out = cupy.empty((2, 5, 6), np.float32).transpose(0, 2, 1)  # a strided output
+    gemm(cupy, cupy.asarray(b), cupy.asarray(a).transpose(0, 2, 1), out=out)
+    np.testing.assert_allclose(cupy.asnumpy(out), b @ a.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_alexnet_step_matches_numpy():
+    """Two SGD steps of a small AlexNet 2012 (the real layer geometry at 67x67) on both
+    backends: losses, conv2's input gradient and the updated weights agree."""
+    compare = _benchmark("gpu_check").compare
+    report = compare(image_size=67, batch=2, num_classes=10, steps=2)
+    assert report["ok"], report

@@ -29,18 +29,18 @@ def on_device(xp):
 def kernel(xp, make, *spec):
     """``make(xp, *spec)``, a function of arrays, as one kernel: wrapped in ``xp.fuse``
     on CuPy, called as it is on NumPy; made once per array module and ``spec``."""
-    key = (xp, make, spec)
+    key = (xp, make) + tuple((type(v), v) for v in spec)  # float32(2) == float64(2): keep the types apart
     f = _fused.get(key)
     if f is None:
         f = make(xp, *spec)
-        if on_device(xp):
+        if hasattr(xp, "fuse"):  # CuPy (a NumPy-like module without it runs the function as it is)
             f = xp.fuse(f, kernel_name=f"graphdiff_{make.__name__.strip('_')}")
         _fused[key] = f
     return f
 
 
 def _device_id(xp):
-    return xp.cuda.get_device_id() if on_device(xp) else None
+    return getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
 
 
 def bordered(xp, tag, shape, dtype, border, fill=0):

@@ -39,7 +39,9 @@ class Ledger:
         """``{"launches", "read", "written", "traffic", "flops", "matmul_copies",
         "matmul_copy_bytes", "h2d", "h2d_bytes", "d2h", "d2h_bytes", "syncs",
         "syncs_before_end", "allocs", "alloc_bytes"}`` over the recorded events."""
-        t = collections.Counter()
+        t = collections.Counter({k: 0 for k in ("launches", "read", "written", "flops", "matmul_copies",
+                                                 "matmul_copy_bytes", "h2d", "h2d_bytes", "d2h", "d2h_bytes",
+                                                 "syncs", "allocs", "alloc_bytes")})
         for kind, _, a in self.events:
             _add(t, kind, a)
         t["traffic"] = t["read"] + t["written"]

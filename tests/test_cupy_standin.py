@@ -1,0 +1,113 @@
+"""The CuPy stand-in is strict where CuPy is, and what the CuPy backend costs per
+step, as the stand-in counts it. Runs wherever real CuPy does not import (CI);
+where it does, the stand-in is never used and these tests are skipped."""
+import numpy as np
+import pytest
+
+import cupy_standin
+import graphdiff as gd
+
+pytestmark = pytest.mark.skipif(cupy_standin.real_cupy_importable(),
+                                reason="real CuPy imports here: the stand-in is only used where it does not")
+
+
+def test_device_arrays_refuse_numpy_and_host_operands(cupy_standin_module):
+    cupy = cupy_standin_module
+    d = cupy.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert not isinstance(d, np.ndarray)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(d)
+    for call in (lambda: cupy.add(d, np.ones(3, np.float32)), lambda: d + np.ones(3, np.float32),
+                 lambda: cupy.matmul(d, np.ones((3, 2), np.float32)), lambda: d.__setitem__(0, np.zeros(3))):
+        with pytest.raises(TypeError, match="Unsupported type"):
+            call()
+    assert np.isnan(cupy.empty((4,), np.float32).get()).all()  # a reused pool block holds garbage
+    np.testing.assert_array_equal(cupy.asnumpy(d * 2 + 1), np.arange(6).reshape(2, 3) * 2 + 1)
+    with pytest.raises(NotImplementedError, match="cannot run CUDA C"):
+        cupy.ElementwiseKernel("T x", "T y", "y = x", "copy")(d)
+    with pytest.raises(TypeError, match="inside cupy.fuse"):
+        cupy.fuse(lambda a: a[0] + 1)(d)
+
+
+def test_the_ledger_counts_launches_transfers_syncs_and_matmul_copies(cupy_standin_module):
+    cupy = cupy_standin_module
+    ledger = cupy_standin.ledger()
+    a = cupy.asarray(np.ones((64, 32), np.float32))
+    b = cupy.asarray(np.ones((32, 48), np.float32))
+    ledger.reset()
+    cupy.matmul(a, b)                  # C-contiguous: no copy
+    cupy.matmul(b.T, a.T)              # F-contiguous: a transpose flag, no copy
+    cupy.matmul(a[:, ::2], b[::2])     # neither: CuPy copies both
+    float(cupy.fuse(lambda x, y: x * y + 1.0)(a, a).sum())
+    t = ledger.totals()
+    assert t["matmul_copies"] == 2 and t["flops"] == 2 * (2 * 64 * 32 * 48) + 2 * 64 * 16 * 48
+    assert t["h2d"] == 0 and t["d2h"] == 1 and t["syncs"] == 1 and t["syncs_before_end"] == 0
+    assert t["launches"] == 3 + 2 + 1 + 1  # gemms, the two copies, the fused kernel, the sum
+
+
+def test_deactivation_restores_the_missing_backend():
+    with cupy_standin.active():
+        assert "cupy" in gd.available_backends()
+    with pytest.raises(gd.BackendError, match="pip install"):
+        gd.get_backend("cupy")
+
+
+def test_nccl_backend_for_one_process(cupy_standin_module):
+    cupy = cupy_standin_module
+    from cupyx.distributed import NCCLBackend
+
+    comm = NCCLBackend(1, 0)
+    x = cupy.asarray(np.arange(4, dtype=np.float32))
+    out = cupy.empty_like(x)
+    comm.all_reduce(x, out, op="sum")
+    comm.broadcast(out, root=0)
+    comm.barrier()
+    np.testing.assert_array_equal(out.get(), np.arange(4))
+    with pytest.raises(RuntimeError, match="one device"):
+        NCCLBackend(2, 0)
+
+
+def test_a_training_step_costs_no_sync_no_matmul_copy_no_upload_but_its_inputs(cupy_standin_module):
+    from models.alexnet import alexnet_small, train_step
+
+    model = alexnet_small(num_classes=10, image_size=32, seed=0)
+    step = train_step(model, lr=0.01, backend="cupy")
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)
+    labels = rng.integers(0, 10, 4)
+    ledger = cupy_standin.ledger()
+    for _ in range(2):  # the pool's free chunks settle in the second step (see BENCHMARKS.md)
+        step(images, labels)
+    ledger.reset()
+    step(images, labels)
+    t = ledger.totals()
+    assert t["syncs_before_end"] == 0, ledger.sites_of("sync")
+    assert t.get("matmul_copies", 0) == 0, ledger.sites_of("matmul_copy")
+    assert (t["h2d"], t["h2d_bytes"]) == (2, images.nbytes + labels.nbytes), ledger.sites_of("h2d")
+    assert t.get("allocs", 0) == 0, ledger.sites_of("alloc")
+    names = [a["name"] for kind, _, a in ledger.events if kind == "launch"]
+    assert not any(n.endswith(".at") for n in names)  # no scatter (atomics on a GPU)
+    # SGD: each parameter's v and w in one fused kernel
+    sgd = [s for s, c in ledger.by_site().items() if "elementwise_program" in s]
+    assert sgd and t["launches"] <= 200, t["launches"]  # the AlexNet target (533 before fusing)
+
+
+def test_lrn_and_pooling_take_few_kernels(cupy_standin_module):
+    cupy = cupy_standin_module
+    x = gd.placeholder((2, 8, 9, 9), name="x")
+    y = gd.max_pool2d(gd.lrn(x, 5, 1e-2, 0.75, 2.0), 3, 2)
+    (gx,) = gd.grad(gd.sum(y * y), [x])
+    f = gd.compile([y, gx], [x], backend="cupy")
+    value = np.random.default_rng(0).standard_normal((2, 8, 9, 9)).astype(np.float32)
+    f(value)
+    ledger = cupy_standin.ledger()
+    ledger.reset()
+    f(value)
+    by_file = {}
+    for kind, site, _ in ledger.events:
+        if kind == "launch":
+            by_file[site.split(":")[0]] = by_file.get(site.split(":")[0], 0) + 1
+    assert by_file.get("graphdiff/kernels/device.py", 0) <= 3 + 3 + 1 + 7  # LRN forward and backward, pool, its grad
+    cpu = gd.compile([y, gx], [x], backend="numpy")(value)
+    for got, want in zip(f(value), cpu):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
