@@ -8,8 +8,18 @@ import torch
 from torch import nn
 
 
-def torch_alexnet(num_classes=1000, groups=2, dropout=0.5):
+def torch_alexnet(num_classes=1000, groups=2, dropout=0.5, dropout_after_relu=False):
+    """``dropout_after_relu=True`` places dropout as models.alexnet does (fc6 -> ReLU ->
+    dropout, fc7 -> ReLU -> dropout) instead of before fc6 and fc7 (torchvision's order)."""
     lrn = dict(size=5, alpha=1e-4 * 5, beta=0.75, k=2.0)
+    if dropout_after_relu:
+        head = [("flatten", nn.Flatten()),
+                ("fc6", nn.Linear(256 * 6 * 6, 4096)), ("relu6", nn.ReLU()), ("drop6", nn.Dropout(dropout)),
+                ("fc7", nn.Linear(4096, 4096)), ("relu7", nn.ReLU()), ("drop7", nn.Dropout(dropout))]
+    else:
+        head = [("flatten", nn.Flatten()),
+                ("drop6", nn.Dropout(dropout)), ("fc6", nn.Linear(256 * 6 * 6, 4096)), ("relu6", nn.ReLU()),
+                ("drop7", nn.Dropout(dropout)), ("fc7", nn.Linear(4096, 4096)), ("relu7", nn.ReLU())]
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(3, 96, 11, stride=4)), ("relu1", nn.ReLU()),
         ("lrn1", nn.LocalResponseNorm(**lrn)), ("pool1", nn.MaxPool2d(3, 2)),
@@ -18,9 +28,7 @@ def torch_alexnet(num_classes=1000, groups=2, dropout=0.5):
         ("conv3", nn.Conv2d(256, 384, 3, padding=1)), ("relu3", nn.ReLU()),
         ("conv4", nn.Conv2d(384, 384, 3, padding=1, groups=groups)), ("relu4", nn.ReLU()),
         ("conv5", nn.Conv2d(384, 256, 3, padding=1, groups=groups)), ("relu5", nn.ReLU()),
-        ("pool5", nn.MaxPool2d(3, 2)), ("flatten", nn.Flatten()),
-        ("drop6", nn.Dropout(dropout)), ("fc6", nn.Linear(256 * 6 * 6, 4096)), ("relu6", nn.ReLU()),
-        ("drop7", nn.Dropout(dropout)), ("fc7", nn.Linear(4096, 4096)), ("relu7", nn.ReLU()),
+        ("pool5", nn.MaxPool2d(3, 2)), *head,
         ("fc8", nn.Linear(4096, num_classes)),
     ]))
 

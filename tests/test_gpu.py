@@ -225,3 +225,10 @@ def test_alexnet_step_matches_numpy():
     compare = _benchmark("gpu_check").compare
     report = compare(image_size=67, batch=2, num_classes=10, steps=2)
     assert report["ok"], report
+
+
+def test_gpu_benchmark_runs_its_engine_side():
+    """What benchmarks/alexnet_gpu.py runs of graphdiff (on a GPU it also times PyTorch)."""
+    times = _benchmark("alexnet_gpu").main(["--batch", "2", "--image-size", "67", "--classes", "10", "--reps", "1",
+                                            "--warmup", "1", "--engine-only"])
+    assert len(times["graphdiff"]) == 1
