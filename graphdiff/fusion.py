@@ -81,8 +81,11 @@ class FusedElementwise(Op):
         raise NotImplementedError
 
     def forward(self, xp, *arrays, out=None):
-        if device.on_device(xp):  # one kernel (cupy.fuse); its outputs are new arrays from the pool
-            return device.elementwise_program(xp, self.program, self.extra_outputs, arrays, _apply_fused)
+        if device.on_device(xp):  # one kernel (cupy.fuse), in place for variable updates
+            dtype = next((o.dtype for o in (out if isinstance(out, tuple) else (out,)) if o is not None),
+                         arrays[0].dtype)
+            return device.elementwise_program(xp, self.program, self.extra_outputs, arrays, _apply_fused,
+                                              dtype.type, out)
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
         outs = list(out) if self.num_outputs > 1 else [out]
         dtype = next((o.dtype for o in outs if o is not None), arrays[0].dtype)
@@ -178,14 +181,13 @@ def _apply(xp, fn, vals, out):
     return getattr(xp, UFUNC_OF[fn])(*vals, out=out)
 
 
-def _apply_fused(xp, fn, vals):
-    """One step of a fused program inside ``cupy.fuse``: ufuncs and Python scalars only
-    (a Python scalar keeps the array's dtype). ``step`` is ``sign(max(x, 0))``: 1 where
-    x > 0, else 0 (NaN stays NaN, where the NumPy kernel gives 0)."""
+def _apply_fused(xp, fn, vals, value_type):
+    """One step of a fused program inside ``cupy.fuse``: ufuncs and constants of the
+    result's scalar type only. ``step`` is ``where(x > 0, 1, 0)``."""
     if fn == "relu":
-        return xp.maximum(vals[0], 0.0)
+        return xp.maximum(vals[0], value_type(0))
     if fn == "step":
-        return xp.sign(xp.maximum(vals[0], 0.0))
+        return xp.where(vals[0] > value_type(0), value_type(1), value_type(0))
     return getattr(xp, UFUNC_OF[fn])(*vals)
 
 

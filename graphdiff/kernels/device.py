@@ -34,7 +34,7 @@ def kernel(xp, make, *spec):
     if f is None:
         f = make(xp, *spec)
         if hasattr(xp, "fuse"):  # CuPy (a NumPy-like module without it runs the function as it is)
-            f = xp.fuse(f, kernel_name=f"graphdiff_{make.__name__.strip('_')}")
+            f = xp.fuse(kernel_name=f"graphdiff_{make.__name__.strip('_')}")(f)
         _fused[key] = f
     return f
 
@@ -108,22 +108,59 @@ def _blas_ready(xp, m):
 
 
 # ------------------------------------------------------------------ elementwise programs
-def elementwise_program(xp, program, extra_outputs, arrays, apply):
+def elementwise_program(xp, program, extra_outputs, arrays, apply, value_type, out=None):
     """A :class:`graphdiff.fusion.FusedElementwise` program as one kernel: the steps
-    ``(fn, args)`` evaluated by ``apply(xp, fn, values)``. Returns the result, or a
-    tuple (result, extra outputs...)."""
-    return kernel(xp, _program, program, tuple(extra_outputs), apply)(*arrays)
+    ``(fn, args)`` evaluated by ``apply(xp, fn, values, value_type)`` (``value_type``
+    the scalar type of the result, for typed constants). Returns the result, or a
+    tuple (result, extra outputs...). Where every output has a buffer in ``out`` (a
+    variable's own buffer: an in-place update such as SGD's ``v`` and ``w``), the
+    kernel writes them there (``o[...] = value`` inside ``cupy.fuse``; elementwise,
+    so an output that is also an input is safe), so variables keep their memory
+    from step to step; otherwise its results are new arrays."""
+    extra_outputs = tuple(extra_outputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    if all(o is not None for o in outs) and _into_works.get(xp, True):
+        try:
+            kernel(xp, _program_into, program, extra_outputs, apply, value_type)(*arrays, *outs)
+            return out
+        except (TypeError, ValueError, NotImplementedError):  # a CuPy whose fusion lacks in-place outputs
+            _into_works[xp] = False
+    results = kernel(xp, _program, program, extra_outputs, apply, value_type)(*arrays)
+    if all(o is not None for o in outs):
+        for o, r in zip(outs, results if isinstance(results, tuple) else (results,)):
+            o[...] = r
+        return out
+    return results
 
 
-def _program(xp, program, extra_outputs, apply):
-    def run(*ins):
-        temps = []
-        for name, args in program:
-            temps.append(apply(xp, name, [ins[k] if kind == "in" else temps[k] for kind, k in args]))
+_into_works = {}
+
+
+def _steps(xp, program, apply, value_type, ins):
+    temps = []
+    for name, args in program:
+        temps.append(apply(xp, name, [ins[k] if kind == "in" else temps[k] for kind, k in args], value_type))
+    return temps
+
+
+def _program(xp, program, extra_outputs, apply, value_type):
+    def elementwise(*ins):
+        temps = _steps(xp, program, apply, value_type, ins)
         if extra_outputs:
             return (temps[-1],) + tuple(temps[j] for j in extra_outputs)
         return temps[-1]
-    return run
+    return elementwise
+
+
+def _program_into(xp, program, extra_outputs, apply, value_type):
+    count = 1 + len(extra_outputs)
+
+    def elementwise_into(*params):
+        ins, outs = params[:-count], params[-count:]
+        temps = _steps(xp, program, apply, value_type, ins)
+        for o, j in zip(outs, (len(program) - 1,) + extra_outputs):
+            o[...] = temps[j]
+    return elementwise_into
 
 
 # ------------------------------------------------------------------ max pooling

@@ -5,7 +5,7 @@ import numpy as _np
 
 from . import cuda, lib  # noqa: F401
 from ._core import *  # noqa: F401,F403
-from ._core import (_POOL, _FUSING, _bytes_read, _check_operand, _launch, abs, all, any, max, min,  # noqa: F401
+from ._core import (_POOL, _FUSING, _FUSE_WRITES, _bytes_read, _check_operand, _launch, abs, all, any, max, min,  # noqa: F401
                     ndarray, get_default_memory_pool, sum, ufunc)
 from ._ledger import LEDGER as _LEDGER
 
@@ -51,7 +51,9 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
 class _Fusion:
     """``cupy.fuse``: the function's elementwise ops run as ONE kernel. Inside,
     only ufuncs and arithmetic on whole arrays and scalars are allowed (no views,
-    indexing or reductions are modelled); the results are new arrays, as CuPy's."""
+    indexing or reductions are modelled); returned results are new arrays, as
+    CuPy's; a parameter may be written in place with ``x[...] = value`` or a
+    ufunc's ``out`` (then the function may return None)."""
 
     def __init__(self, func, kernel_name=None):
         self.func = func
@@ -65,20 +67,25 @@ class _Fusion:
         for a in args:
             _check_operand(a)
         _FUSING[0] += 1
+        del _FUSE_WRITES[:]
         try:
             res = self.func(*args)
         finally:
             _FUSING[0] -= 1
+            written = {id(a): a for a in _FUSE_WRITES if builtins_any(a is p for p in args)}
+            del _FUSE_WRITES[:]
         many = isinstance(res, tuple)
         outs = []
-        for r in (res if many else (res,)):
+        for r in (() if res is None else res if many else (res,)):
             if not isinstance(r, ndarray):
                 raise TypeError(f"stand-in: a fused function must return device arrays, got {type(r)}")
             o = ndarray(r.shape, r.dtype)
             o._a[...] = r._a
             outs.append(o)
         _LEDGER.record("launch", name=f"fused:{self.name}", read=_bytes_read([a for a in args if isinstance(a, ndarray)]),
-                       written=builtins_sum(o.nbytes for o in outs), flops=0)
+                       written=builtins_sum(o.nbytes for o in list(outs) + list(written.values())), flops=0)
+        if res is None:
+            return None
         return tuple(outs) if many else outs[0]
 
 
@@ -90,12 +97,15 @@ def builtins_sum(it):
 
 
 def fuse(*args, **kwargs):
-    """``@cupy.fuse()`` or ``@cupy.fuse`` or ``cupy.fuse(f, kernel_name=...)``."""
-    if len(args) == 1 and callable(args[0]) and not kwargs:
-        return _Fusion(args[0])
-    if args and callable(args[0]):
-        return _Fusion(args[0], kwargs.get("kernel_name"))
-    return lambda f: _Fusion(f, kwargs.get("kernel_name"))
+    """CuPy's signature, exactly: ``cupy.fuse(f)``, ``@cupy.fuse()`` or
+    ``cupy.fuse(kernel_name=...)(f)`` (``cupy.fuse(f, kernel_name=...)`` returns a
+    decorator, not a fused function, as in CuPy)."""
+    def wrapper(f, kernel_name=None):
+        return _Fusion(f, kernel_name)
+
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return wrapper(args[0])
+    return lambda f: wrapper(f, *args, **kwargs)
 
 
 class _CudaSource:

@@ -314,6 +314,13 @@ class ndarray:
         return out
 
     def __setitem__(self, key, value):
+        if _FUSING[0]:  # CuPy's fusion: only `x[...] = value` (or `x[:]`), an in-place output
+            if not (key is Ellipsis or key == slice(None)):
+                raise ValueError("The fusion supports `[...]` or `[:]`.")
+            _check_operand(value)
+            self._a[...] = value._a if isinstance(value, ndarray) else value
+            _FUSE_WRITES.append(self)
+            return
         key = _index(key)
         _check_operand(value)
         src = value._a if isinstance(value, ndarray) else value
@@ -403,6 +410,7 @@ def _bytes_read(arrays):
 
 
 _FUSING = [0]  # > 0 inside a cupy.fuse'd function: its ops are one kernel, counted there
+_FUSE_WRITES = []  # arrays a fused function wrote in place (`x[...] = v`, a ufunc's out=)
 
 
 def _launch(name, inputs, outputs, run, flops=0):
@@ -509,6 +517,8 @@ class ufunc:
                     made.append(o)
                 _record_ufunc(self.name, ins, made)
                 return made[0] if self.nout == 1 else tuple(made)
+            if _FUSING[0]:
+                _FUSE_WRITES.extend(outs)
             targets = tuple(o._a for o in outs)
             self._np(*vals, out=targets if self.nout > 1 else targets[0], casting=casting, **kw)
         _record_ufunc(self.name, ins, list(outs))
