@@ -232,3 +232,27 @@ def test_gpu_benchmark_runs_its_engine_side():
     times = _benchmark("alexnet_gpu").main(["--batch", "2", "--image-size", "67", "--classes", "10", "--reps", "1",
                                             "--warmup", "1", "--engine-only"])
     assert len(times["graphdiff"]) == 1
+
+
+def test_resumed_training_equals_an_uninterrupted_run_on_the_gpu():
+    """Dropout keys come from the program's generator and the pooling gradient is a
+    gather, so three steps equal one step, a checkpoint's state, and two more."""
+    from models.alexnet import alexnet_small, train_step
+
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)
+    labels = rng.integers(0, 10, 4)
+
+    def fresh():
+        return train_step(alexnet_small(num_classes=10, image_size=32, seed=0), lr=0.01, backend="cupy", seed=1)
+
+    straight = fresh()
+    want = [straight(images, labels) for _ in range(3)]
+    first = fresh()
+    got = [first(images, labels)]
+    state, rng_state = first.state_arrays(), first.get_rng_state()
+    resumed = fresh()
+    resumed.load_state_arrays(state)
+    resumed.set_rng_state(rng_state)
+    got += [resumed(images, labels) for _ in range(2)]
+    assert got == want

@@ -679,27 +679,19 @@ def empty_like(a, dtype=None, order="K", subok=None, shape=None):
 
 
 def zeros(shape, dtype=float, order="C"):
-    out = empty(shape, dtype, order)
-    out.fill(0)
-    return out
+    return full(shape, 0, dtype, order)
 
 
 def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
-    out = empty_like(a, dtype, shape=shape)
-    out.fill(0)
-    return out
+    return full_like(a, 0, dtype, shape=shape)
 
 
 def ones(shape, dtype=float, order="C"):
-    out = empty(shape, dtype, order)
-    out.fill(1)
-    return out
+    return full(shape, 1, dtype, order)
 
 
 def ones_like(a, dtype=None, order="K", subok=None, shape=None):
-    out = empty_like(a, dtype, shape=shape)
-    out.fill(1)
-    return out
+    return full_like(a, 1, dtype, shape=shape)
 
 
 def full(shape, fill_value, dtype=None, order="C"):
