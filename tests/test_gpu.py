@@ -256,3 +256,19 @@ def test_resumed_training_equals_an_uninterrupted_run_on_the_gpu():
     resumed.set_rng_state(rng_state)
     got += [resumed(images, labels) for _ in range(2)]
     assert got == want
+
+
+@pytest.mark.parametrize("name", ["max_pool2d", "lrn", "conv2d_stride1", "mul_div"])
+def test_cupy_matches_numpy_unfused(name):
+    """The ops as written (no fusion: the argmax op, ReLU and each elementwise op alone)."""
+    build, arrays = CASES[name]
+    results = {}
+    for backend in ("numpy", "cupy"):
+        xs = [gd.placeholder(a.shape, a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
+        y = build(*xs)
+        grads = gd.grad(gd.sum(y * y), xs)
+        second = gd.grad(gd.sum(grads[0] * grads[0]), xs)
+        f = gd.compile([y] + grads + second, inputs=xs, backend=backend, fuse=False)
+        results[backend] = f(*arrays)
+    for cpu, gpu in zip(results["numpy"], results["cupy"]):
+        np.testing.assert_allclose(gpu, cpu, rtol=2e-3, atol=2e-4)

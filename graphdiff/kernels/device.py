@@ -206,6 +206,42 @@ def _pool_with_argmax(xp, count, index_type):
     return pool_with_argmax
 
 
+def max_pool2d_argmax(xp, x, y, size, stride, padding, argmax_dtype):
+    """The first offset ``a*kw + b`` whose window value equals ``y`` (the argmax op read
+    off the forward values): one kernel over the window views."""
+    if tuple(padding) != (0, 0):
+        x = pad2d(xp, x, padding, "device_pool_xpad", fill=-numpy.inf)
+    views = _windows(x, size, stride, y.shape[2:])
+    return kernel(xp, _pool_argmax, len(views), numpy.dtype(argmax_dtype).type)(y, *views)
+
+
+def _pool_argmax(xp, count, index_type):
+    def pool_argmax(y, *views):
+        am = xp.where(views[count - 1] == y, index_type(count - 1), index_type(0))
+        for k in range(count - 2, 0, -1):  # downwards, so the first match is the last written
+            am = xp.where(views[k] == y, index_type(k), am)
+        return am
+    return pool_argmax
+
+
+def max_pool2d_gather(xp, g, argmax, size, stride, padding):
+    """``out[i, j] = Gpad[i*sh + a, j*sw + b]`` with ``a*kw + b = argmax[i, j]`` (the
+    gradient's transpose, for double backward): one kernel over the window views."""
+    if tuple(padding) != (0, 0):
+        g = pad2d(xp, g, padding, "device_pool_gpad")
+    views = _windows(g, size, stride, argmax.shape[2:])
+    return kernel(xp, _pool_pick, len(views), g.dtype.type, argmax.dtype.type)(argmax, *views)
+
+
+def _pool_pick(xp, count, value_type, index_type):
+    def pool_pick(argmax, *views):
+        out = xp.where(argmax == index_type(0), views[0], value_type(0))
+        for k in range(1, count):
+            out = out + xp.where(argmax == index_type(k), views[k], value_type(0))
+        return out
+    return pool_pick
+
+
 def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None):
     """The multiplexer as a gather, deterministic: each input position sums, in a fixed
     order, ``dy`` of the windows that cover it and chose it, ``dX[u*sh + p] =
