@@ -1,4 +1,5 @@
-"""Convolution kernels on plain arrays (NumPy now, CuPy later).
+"""Convolution kernels on plain arrays, for NumPy and CuPy (on CuPy the fused kernels
+of :mod:`graphdiff.kernels.device` take over where they save passes).
 
 Every function takes the array module ``xp`` first and uses only functions that
 NumPy and CuPy share. Layout is NCHW, weights are ``(O, C // groups, kh, kw)``,

@@ -1,4 +1,5 @@
-"""Matrix product kernel on plain arrays (NumPy now, CuPy later).
+"""Matrix product kernel on plain arrays, for NumPy and CuPy (CuPy GEMMs go
+through :func:`graphdiff.kernels.device.gemm`).
 
 ``matmul(xp, a, b, out=None)`` is ``xp.matmul`` with one CPU-specific choice:
 the orientation of 2-D products with few output rows. OpenBLAS threads an

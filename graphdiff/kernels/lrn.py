@@ -1,4 +1,5 @@
-"""Local response normalization kernels on plain arrays (NumPy now, CuPy later).
+"""Local response normalization kernels on plain arrays, for NumPy and CuPy (on CuPy the fused kernels
+of :mod:`graphdiff.kernels.device` take over where they save passes).
 
 AlexNet's across-channel LRN (Krizhevsky et al. 2012, section 3.3), NCHW::
 

@@ -1,4 +1,5 @@
-"""Max-pooling kernels on plain arrays (NumPy now, CuPy later).
+"""Max-pooling kernels on plain arrays, for NumPy and CuPy (on CuPy the fused kernels
+of :mod:`graphdiff.kernels.device` take over where they save passes).
 
 Layout NCHW; ``size``, ``stride`` and ``padding`` are pairs. Windows may overlap
 (AlexNet: size 3, stride 2). Padding is -inf, so it never wins a window (a
