@@ -29,7 +29,7 @@ stage() {  # stage NAME SECONDS COMMAND...
     [ "$rc" -eq 0 ] || failures=$((failures + 1))
 }
 
-stage versions 60 "$PY" - <<'PYEOF'
+stage versions 45 "$PY" - <<'PYEOF'
 import platform, subprocess
 import numpy, cupy
 print("python", platform.python_version(), "numpy", numpy.__version__, "cupy", cupy.__version__)
@@ -45,10 +45,10 @@ except ImportError as exc:
 print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
                      capture_output=True, text=True).stdout)
 PYEOF
-stage "pytest -m gpu" 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-stage "NumPy vs CuPy, AlexNet 2012, two SGD steps" 120 env CUPY_TF32=0 "$PY" benchmarks/gpu_check.py --batch 16
+stage "pytest -m gpu" 225 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+stage "NumPy vs CuPy, AlexNet 2012, two SGD steps" 90 env CUPY_TF32=0 "$PY" benchmarks/gpu_check.py --batch 16
 stage "benchmark FP32" 75 env CUPY_TF32=0 "$PY" benchmarks/alexnet_gpu.py --batch 128 --reps 10
-stage "benchmark TF32" 75 env CUPY_TF32=1 "$PY" benchmarks/alexnet_gpu.py --batch 128 --reps 10 --tf32
+stage "benchmark TF32" 70 env CUPY_TF32=1 "$PY" benchmarks/alexnet_gpu.py --batch 128 --reps 10 --tf32
 echo
 echo "=== done: $failures failing stage(s); log in $LOG"
 exit "$failures"

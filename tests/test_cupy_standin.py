@@ -110,3 +110,18 @@ def test_lrn_and_pooling_take_few_kernels(cupy_standin_module):
     cpu = gd.compile([y, gx], [x], backend="numpy")(value)
     for got, want in zip(f(value), cpu):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_the_prepared_gpu_session_parses_and_fits_nine_minutes():
+    import os
+    import re
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "gpu_session.sh")
+    subprocess.run(["bash", "-n", script], check=True)
+    text = open(script).read()
+    limits = [int(s) for s in re.findall(r"^stage (?:\w+|\"[^\"]+\") (\d+) ", text, re.M)]
+    assert len(limits) == 5 and sum(limits) <= 9 * 60 - 30, limits  # stages' limits, with time to start
+    for name in re.findall(r"benchmarks/(\w+\.py)", text):
+        assert os.path.exists(os.path.join(root, "benchmarks", name)), name
