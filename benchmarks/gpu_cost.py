@@ -48,7 +48,10 @@ def count_step(batch, image_size, steps=2, num_classes=1000):
             allocs.append((ledger.totals()["allocs"], ledger.totals()["alloc_bytes"]))
         totals = ledger.totals()
         totals["allocs_per_step"] = allocs
+        from graphdiff.kernels import device
+
         totals["pool_total_bytes"] = cupy.get_default_memory_pool().total_bytes()
+        totals["long_lived_bytes"] = sum(p.total_bytes() for p in device._pools.values())
         return totals, ledger, images.nbytes + labels.nbytes
     finally:
         cupy_standin.deactivate()
@@ -76,7 +79,8 @@ def report(totals, ledger, input_bytes, top):
          f"({totals.get('alloc_bytes', 0) / 1e6:.1f} MB)", "0", totals.get("allocs", 0) == 0),
         ("  new allocations per step (count, MB)", " ".join(f"{n}/{b / 1e6:.0f}" for n, b in
                                                            totals["allocs_per_step"]), "", None),
-        ("memory pool size (GB)", f"{totals['pool_total_bytes'] / gb:.2f}", "", None),
+        ("device memory: step / long-lived pools (GB)",
+         f"{totals['pool_total_bytes'] / gb:.2f} / {totals['long_lived_bytes'] / gb:.2f}", "", None),
     ]
     for name, value, target, ok in rows:
         mark = "" if ok is None else ("ok" if ok else "MISSED")

@@ -86,6 +86,12 @@ class CupyBackend(Backend):
     def to_host(self, array):
         return self.xp.asnumpy(array) if isinstance(array, self.xp.ndarray) else array
 
+    def load_variable(self, var):
+        from .kernels.device import long_lived
+
+        with long_lived(self.xp):  # variables stay on the device, updated in place
+            return super().load_variable(var)
+
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()
 

@@ -14,11 +14,14 @@ Every function here takes ``xp`` and also runs on NumPy (``fused`` then calls
 the plain function), which is how the tests compare them with the NumPy
 kernels; the CuPy stand-in in the test suite runs ``cupy.fuse`` too.
 """
+import contextlib
+
 import numpy
 
 _fused = {}      # (array module, function) -> xp.fuse(function)
 _bordered = {}   # (array module, device, tag, shape, dtype, fill) -> a padded buffer whose border is kept
 _iota = {}       # (array module, device, n) -> arange(n, uint32)
+_pools = {}      # (array module, device) -> the memory pool of long-lived buffers
 
 
 def on_device(xp):
@@ -43,6 +46,21 @@ def _device_id(xp):
     return getattr(getattr(xp, "cuda", None), "get_device_id", lambda: None)()
 
 
+def long_lived(xp):
+    """A context in which device allocations come from a memory pool of their own:
+    buffers kept across steps (variables, scratch, bordered copies) then never sit
+    between the blocks a step frees and takes again, so the default pool's blocks
+    serve the second step exactly as the first (no new device allocation after it).
+    Does nothing on NumPy."""
+    if not on_device(xp) or not hasattr(xp.cuda, "using_allocator"):
+        return contextlib.nullcontext()
+    key = (xp, _device_id(xp))
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _pools[key] = xp.cuda.MemoryPool()
+    return xp.cuda.using_allocator(pool.malloc)
+
+
 def bordered(xp, tag, shape, dtype, border, fill=0):
     """A buffer of ``shape`` whose region outside ``border`` (a tuple of slices: the
     interior) holds ``fill``, set once when the buffer is made; callers write the
@@ -50,7 +68,8 @@ def bordered(xp, tag, shape, dtype, border, fill=0):
     key = (xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill)
     buf = _bordered.get(key)
     if buf is None:
-        buf = _bordered[key] = xp.full(tuple(shape), fill, dtype=dtype)
+        with long_lived(xp):
+            buf = _bordered[key] = xp.full(tuple(shape), fill, dtype=dtype)
     return buf, buf[border]
 
 
@@ -59,6 +78,7 @@ def clear():
     _fused.clear()
     _bordered.clear()
     _iota.clear()
+    _pools.clear()
 
 
 def pad2d(xp, x, padding, tag, fill=0):
@@ -390,7 +410,8 @@ def iota(xp, n):
     key = (xp, _device_id(xp), n)
     a = _iota.get(key)
     if a is None:
-        a = _iota[key] = xp.arange(n, dtype=numpy.uint32)
+        with long_lived(xp):
+            a = _iota[key] = xp.arange(n, dtype=numpy.uint32)
     return a
 
 

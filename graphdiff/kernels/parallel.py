@@ -67,7 +67,13 @@ def workspace(xp, tag, shape, dtype):
     buf = cache.get(key)
     if buf is None or buf.nbytes < nbytes:
         cache.pop(key, None)  # free the old one before allocating the new one
-        buf = xp.empty(max(nbytes, 1), dtype=xp.uint8)
+        if xp is numpy:
+            buf = xp.empty(max(nbytes, 1), dtype=xp.uint8)
+        else:
+            from .device import long_lived
+
+            with long_lived(xp):  # kept across steps: out of the way of a step's own blocks
+                buf = xp.empty(max(nbytes, 1), dtype=xp.uint8)
         cache[key] = buf
     return buf[:nbytes].view(dtype).reshape(shape)
 

@@ -93,7 +93,10 @@ def deactivate():
     backends._CACHE.pop("cupy", None)
     if cached is not None:
         backends._CACHE["cupy"] = cached
+    from graphdiff.kernels import device
+
     parallel.clear_workspace()  # scratch arrays of the stand-in's module
+    device.clear()
     for key in [k for k in parallel._zeros if k[0] == "cupy"]:
         del parallel._zeros[key]
 

@@ -72,8 +72,8 @@ class MemoryPool:
             if csize > size:  # split: the rest stays free
                 self._put_free(ptr + size, csize - size, arena)
         else:
-            ptr = arena = self._next_ptr
-            self._next_ptr += size + self.ROUND
+            ptr = arena = _NEXT_PTR[0]
+            _NEXT_PTR[0] += size + self.ROUND
             self._arenas[arena] = (numpy.empty(size, numpy.uint8), size)
             self._total += size
             LEDGER.record("alloc", bytes=size)
@@ -107,6 +107,8 @@ class MemoryPool:
 
 
 _POOL = MemoryPool()
+_ALLOCATOR = [None]  # the allocator set by cupy.cuda.using_allocator (None: the default pool)
+_NEXT_PTR = [1 << 32]  # fake device addresses, distinct across pools
 
 
 def get_default_memory_pool():
@@ -143,7 +145,10 @@ class ndarray:
         dtype = numpy.dtype(dtype)
         nbytes = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
         # Inside a cupy.fuse'd function temporaries live in registers, not in the pool.
-        mem = _Memory(numpy.empty(nbytes, numpy.uint8), 0, nbytes) if _FUSING[0] else _POOL.malloc(nbytes)
+        if _FUSING[0]:
+            mem = _Memory(numpy.empty(nbytes, numpy.uint8), 0, nbytes)
+        else:
+            mem = (_ALLOCATOR[0] or _POOL.malloc)(nbytes)
         a = mem.raw[:nbytes].view(dtype).reshape(shape, order=order)
         _wrap_into(self, a, mem)
 

@@ -1,6 +1,21 @@
 """``cupy.cuda`` as far as the engine and its benchmarks use it: streams, devices, runtime queries."""
+import contextlib
+
+from .._core import _ALLOCATOR, MemoryPool  # noqa: F401 - cupy.cuda.MemoryPool
 from .._ledger import LEDGER
 from . import runtime  # noqa: F401
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    """Allocations in the block come from ``allocator(nbytes)`` (e.g. another
+    ``MemoryPool().malloc``); None: the default pool."""
+    previous = _ALLOCATOR[0]
+    _ALLOCATOR[0] = allocator
+    try:
+        yield
+    finally:
+        _ALLOCATOR[0] = previous
 
 
 class Stream:
