@@ -5,20 +5,21 @@ so what the NumPy kernels do in cache-sized blocks (many small passes) is
 done here as one ``cupy.fuse`` kernel per expression: the elementwise chains
 the compiler fused, max pooling with its argmax (all window offsets in one
 kernel), the pooling gradient as a gather (no atomics: deterministic), LRN's
-window sums over a zero-bordered copy of the channels. ``cupy.fuse`` kernels
-return new arrays (from CuPy's memory pool: no device allocation once a step
-has run); padded copies keep their zero borders in persistent buffers
-(:func:`bordered`), so padding is one copy, not a fill plus a copy.
+window sums over a zero-bordered copy of the channels. The kernels return new
+arrays from CuPy's memory pool, except variable updates, written in place;
+padded copies keep their zero borders in persistent buffers (:func:`bordered`),
+so padding is one copy, not a fill plus a copy; buffers kept across steps come
+from a pool of their own (:func:`long_lived`), so a step's blocks repeat exactly.
 
-Every function here takes ``xp`` and also runs on NumPy (``fused`` then calls
-the plain function), which is how the tests compare them with the NumPy
-kernels; the CuPy stand-in in the test suite runs ``cupy.fuse`` too.
+Every function here takes ``xp`` and also runs on NumPy (:func:`kernel` then
+calls the plain function); the CuPy stand-in in the test suite runs
+``cupy.fuse`` as well, so CI compares these kernels with the NumPy ones.
 """
 import contextlib
 
 import numpy
 
-_fused = {}      # (array module, function) -> xp.fuse(function)
+_fused = {}      # (array module, maker, spec...) -> the kernel (see kernel())
 _bordered = {}   # (array module, device, tag, shape, dtype, fill) -> a padded buffer whose border is kept
 _iota = {}       # (array module, device, n) -> arange(n, uint32)
 _pools = {}      # (array module, device) -> the memory pool of long-lived buffers
