@@ -23,6 +23,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from .backends import to_host_array
+
 __all__ = [
     "CheckpointError",
     "META_KEY",
@@ -81,9 +83,7 @@ def _check_arrays(arrays: Mapping[str, Any]) -> dict:
             raise TypeError(f"array names must be non-empty str, got {name!r}")
         if name == META_KEY:
             raise ValueError(f"{META_KEY!r} is reserved for the metadata")
-        if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
-            value = value.get()  # a device (CuPy) array: NumPy cannot read it in place
-        arr = np.asarray(value)
+        arr = np.asarray(to_host_array(value))  # a device (CuPy) array is copied to the host
         if arr.dtype.hasobject:
             raise TypeError(f"array {name!r} has dtype {arr.dtype}, which "
                             "would need pickle")
