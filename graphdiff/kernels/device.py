@@ -53,7 +53,8 @@ def long_lived(xp):
     between the blocks a step frees and takes again, so the default pool's blocks
     serve the second step exactly as the first (no new device allocation after it).
     Does nothing on NumPy."""
-    if not on_device(xp) or not hasattr(xp.cuda, "using_allocator"):
+    cuda = getattr(xp, "cuda", None)
+    if not on_device(xp) or not hasattr(cuda, "using_allocator"):
         return contextlib.nullcontext()
     key = (xp, _device_id(xp))
     pool = _pools.get(key)

@@ -9,7 +9,8 @@ from ._core import (_POOL, _FUSING, _FUSE_WRITES, _bytes_read, _check_operand, _
                     ndarray, get_default_memory_pool, sum, ufunc)
 from ._ledger import LEDGER as _LEDGER
 
-for _mod in ("bisect", "builtins", "numbers", "weakref", "numpy"):  # _core's imports, not CuPy names
+for _mod in ("bisect", "builtins", "numbers", "weakref", "numpy",  # _core's imports and helpers, not CuPy names
+             "MemoryPool", "ufunc_type", "LEDGER"):
     globals().pop(_mod, None)
 del _mod
 
@@ -32,10 +33,10 @@ def is_available():
 def get_array_module(*args):
     import sys
 
-    return sys.modules[__name__] if builtins_any(isinstance(a, ndarray) for a in args) else _np
+    return sys.modules[__name__] if _any(isinstance(a, ndarray) for a in args) else _np
 
 
-def builtins_any(it):
+def _any(it):
     for x in it:
         if x:
             return True
@@ -62,7 +63,7 @@ class _Fusion:
         self.__doc__ = func.__doc__
 
     def __call__(self, *args):
-        if not builtins_any(isinstance(a, ndarray) for a in args):
+        if not _any(isinstance(a, ndarray) for a in args):
             return self.func(*args)  # CuPy: NumPy arguments run the plain function
         for a in args:
             _check_operand(a)
@@ -72,7 +73,7 @@ class _Fusion:
             res = self.func(*args)
         finally:
             _FUSING[0] -= 1
-            written = {id(a): a for a in _FUSE_WRITES if builtins_any(a is p for p in args)}
+            written = {id(a): a for a in _FUSE_WRITES if _any(a is p for p in args)}
             del _FUSE_WRITES[:]
         many = isinstance(res, tuple)
         outs = []
@@ -83,13 +84,13 @@ class _Fusion:
             o._a[...] = r._a
             outs.append(o)
         _LEDGER.record("launch", name=f"fused:{self.name}", read=_bytes_read([a for a in args if isinstance(a, ndarray)]),
-                       written=builtins_sum(o.nbytes for o in list(outs) + list(written.values())), flops=0)
+                       written=_sum(o.nbytes for o in list(outs) + list(written.values())), flops=0)
         if res is None:
             return None
         return tuple(outs) if many else outs[0]
 
 
-def builtins_sum(it):
+def _sum(it):
     t = 0
     for x in it:
         t += x

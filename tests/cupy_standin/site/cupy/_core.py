@@ -550,7 +550,7 @@ def _record_ufunc(name, ins, outs):
 
 
 _UFUNC_LIST = ["add", "subtract", "multiply", "divide", "true_divide", "floor_divide", "power", "negative",
-               "positive", "absolute", "exp", "expm1", "log", "log1p", "log2", "log10", "sqrt", "square", "tanh",
+               "absolute", "exp", "expm1", "log", "log1p", "log2", "log10", "sqrt", "square", "tanh",
                "sin", "cos", "sign", "maximum", "minimum", "fmax", "fmin", "greater", "greater_equal", "less",
                "less_equal", "equal", "not_equal", "logical_and", "logical_or", "logical_not", "logical_xor",
                "bitwise_and", "bitwise_or", "bitwise_xor", "invert", "left_shift", "right_shift", "isnan",
@@ -771,10 +771,6 @@ def from_dlpack(x):
     if isinstance(x, ndarray):
         return x
     raise TypeError("stand-in: only its own device arrays can be imported through DLPack")
-
-
-def fromDlpack(x):  # noqa: N802 - CuPy's old spelling
-    return from_dlpack(x)
 
 
 # ------------------------------------------------------------------- manipulation
