@@ -183,11 +183,14 @@ def _apply(xp, fn, vals, out):
 
 def _apply_fused(xp, fn, vals, value_type):
     """One step of a fused program inside ``cupy.fuse``: ufuncs and constants of the
-    result's scalar type only. ``step`` is ``where(x > 0, 1, 0)``."""
+    result's scalar type only. ``step`` is ``where(x > 0, 1, 0)``, ``relu_grad``
+    ``where(y > 0, g, 0)``."""
     if fn == "relu":
         return xp.maximum(vals[0], value_type(0))
     if fn == "step":
         return xp.where(vals[0] > value_type(0), value_type(1), value_type(0))
+    if fn == "relu_grad":  # g where y > 0, else 0 (a select: an infinite g stays finite where closed)
+        return xp.where(vals[0] > value_type(0), vals[1], value_type(0))
     return getattr(xp, UFUNC_OF[fn])(*vals)
 
 

@@ -193,57 +193,80 @@ def _windows(xpad, size, stride, out_size):
 
 
 def max_pool2d_forward(xp, x, size, stride, padding, out_size, argmax_dtype=None):
-    """``y = max_ab Xpad[i*sh + a, j*sw + b]`` and, with ``argmax_dtype``, the first offset
-    ``a*kw + b`` holding it: ONE kernel over the ``kh*kw`` window views (-inf padding
-    in a persistent bordered copy). Returns ``(y, argmax or None)``."""
+    """``y = max_ab Xpad[i*sh + a, j*sw + b]`` and, with ``argmax_dtype``, its offset
+    ``a*kw + b``: ONE kernel over the ``kh*kw`` window views (-inf padding in a
+    persistent bordered copy). The NumPy kernels' rule: a NaN propagates and the
+    argmax is the window's first NaN; else the first maximum among the input's own
+    cells, never a padding cell (also where the window is all -inf). Returns
+    ``(y, argmax or None)``."""
     if tuple(padding) != (0, 0):
         x = pad2d(xp, x, padding, "device_pool_xpad", fill=-numpy.inf)
     views = _windows(x, size, stride, out_size)
     if argmax_dtype is None:
         return kernel(xp, _pool_max, len(views))(*views), None
-    if len(views) == 1:
-        return views[0].copy(), xp.zeros(views[0].shape, argmax_dtype)
-    return kernel(xp, _pool_with_argmax, len(views), numpy.dtype(argmax_dtype).type)(*views)
+    masks = _real_cells(xp, x.shape[2:], size, stride, padding, out_size)
+    return kernel(xp, _pool_with_argmax, len(views), numpy.dtype(argmax_dtype).type, x.dtype.type,
+                  masks is not None)(*views, *(masks or ()))
+
+
+def _real_cells(xp, padded_size, size, stride, padding, out_size):
+    """Per window offset, a bool ``(OH, OW)`` mask of the windows whose cell at that
+    offset is the input's own (not padding); None without padding. Made (uploaded)
+    once per geometry and kept."""
+    if tuple(padding) == (0, 0):
+        return None
+    key = (xp, _device_id(xp), "real", tuple(padded_size), tuple(size), tuple(stride), tuple(padding),
+           tuple(out_size))
+    masks = _bordered.get(key)
+    if masks is None:
+        (kh, kw), (sh, sw), (ph, pw), (OH, OW) = size, stride, padding, out_size
+        H, W = padded_size[0] - 2 * ph, padded_size[1] - 2 * pw
+        rows, cols = numpy.arange(OH) * sh, numpy.arange(OW) * sw
+        host = [((rows + a >= ph) & (rows + a < ph + H))[:, None] & ((cols + b >= pw) & (cols + b < pw + W))[None, :]
+                for a in range(kh) for b in range(kw)]
+        with long_lived(xp):
+            masks = _bordered[key] = tuple(xp.asarray(m) for m in host)
+    return masks
 
 
 def _pool_max(xp, count):
     def pool_max(*views):
         y = views[0]
         for v in views[1:]:
-            y = xp.maximum(y, v)
+            y = xp.maximum(y, v)  # NaN propagates
         return y
     return pool_max
 
 
-def _pool_with_argmax(xp, count, index_type):
-    def pool_with_argmax(*views):
-        # A strictly greater value takes over, so ties keep the first offset; offsets
-        # grow along the sweep, so "take over" is a max of (v > y) * offset.
-        y, am = views[0], None
+def _pool_with_argmax(xp, count, index_type, value_type, padded):
+    def pool_with_argmax(*params):
+        views, real = params[:count], params[count:]
+        # The first real cell is taken, then a NaN (final) or a strictly greater value
+        # takes over: ties keep the first, -inf windows keep a cell of the input.
+        best = views[0]
+        taken = real[0] if padded else None
+        on_nan = (views[0] != views[0]) if taken is None else (views[0] != views[0]) & taken
+        am = xp.where(views[0] == views[0], index_type(0), index_type(0))
         for k in range(1, count):
-            taken = (views[k] > y) * index_type(k)
-            am = taken if am is None else xp.maximum(am, taken)
-            y = xp.maximum(y, views[k])
-        return y, am
+            v = views[k]
+            nan = v != v
+            take = ~on_nan & (nan | (v > best))
+            if padded:
+                take = real[k] & (take | ~taken)
+                take = take & ~on_nan
+                taken = taken | take
+            best = xp.where(take, v, best)
+            am = xp.where(take, index_type(k), am)
+            on_nan = on_nan | (take & nan)
+        return best, am
     return pool_with_argmax
 
 
 def max_pool2d_argmax(xp, x, y, size, stride, padding, argmax_dtype):
-    """The first offset ``a*kw + b`` whose window value equals ``y`` (the argmax op read
-    off the forward values): one kernel over the window views."""
-    if tuple(padding) != (0, 0):
-        x = pad2d(xp, x, padding, "device_pool_xpad", fill=-numpy.inf)
-    views = _windows(x, size, stride, y.shape[2:])
-    return kernel(xp, _pool_argmax, len(views), numpy.dtype(argmax_dtype).type)(y, *views)
-
-
-def _pool_argmax(xp, count, index_type):
-    def pool_argmax(y, *views):
-        am = xp.where(views[count - 1] == y, index_type(count - 1), index_type(0))
-        for k in range(count - 2, 0, -1):  # downwards, so the first match is the last written
-            am = xp.where(views[k] == y, index_type(k), am)
-        return am
-    return pool_argmax
+    """The argmax op (which cell ``y`` came from) on the device: the same one-kernel
+    sweep as :func:`max_pool2d_forward`, by the same rule (``y`` is recomputed in
+    registers rather than compared, so NaN and -inf windows need no second pass)."""
+    return max_pool2d_forward(xp, x, size, stride, padding, y.shape[2:], argmax_dtype)[1]
 
 
 def max_pool2d_gather(xp, g, argmax, size, stride, padding):
@@ -389,6 +412,20 @@ def _lrn_backward(xp, size, minus_beta, c):
             s = s + v
         return dy * xp.power(scale, minus_beta) - c * x * s
     return lrn_backward
+
+
+# ------------------------------------------------------------------ ReLU's switch
+def relu_grad(xp, y, g):
+    """``where(y > 0, g, 0)`` in one kernel (a select: an infinite ``g`` stays out where closed)."""
+    return kernel(xp, _relu_grad, g.dtype.type)(y, g)
+
+
+def _relu_grad(xp, value_type):
+    zero = value_type(0)
+
+    def relu_grad(y, g):
+        return xp.where(y > zero, g, zero)
+    return relu_grad
 
 
 # ------------------------------------------------------------------ convolution epilogue

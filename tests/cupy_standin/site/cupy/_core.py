@@ -180,6 +180,11 @@ class ndarray:
     def __dlpack_device__(self):
         return (2, 0)  # kDLCUDA, device 0
 
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        """A capsule standing for CUDA memory: only the stand-in's ``from_dlpack`` opens it
+        (NumPy refuses a CUDA device, as with CuPy's real capsules)."""
+        return _Capsule(self)
+
     # ------------------------------------------------------------ boundary
     def __array__(self, dtype=None, copy=None):
         raise TypeError(_IMPLICIT)
@@ -767,10 +772,21 @@ def copyto(dst, src, casting="same_kind", where=None):
     _launch("copy", [src] if isinstance(src, ndarray) else [], [dst], lambda: numpy.copyto(dst._a, s, casting=casting))
 
 
-def from_dlpack(x):
-    if isinstance(x, ndarray):
-        return x
-    raise TypeError("stand-in: only its own device arrays can be imported through DLPack")
+class _Capsule:
+    def __init__(self, array):
+        self.array = array
+
+
+def from_dlpack(x, *, device=None, copy=None):
+    """Another array's device memory as a device array, shared (no copy)."""
+    if not hasattr(x, "__dlpack__"):
+        raise TypeError(f"{type(x)} has no __dlpack__")
+    if int(x.__dlpack_device__()[0]) != 2:
+        raise RuntimeError("CuPy can only import arrays on a CUDA device (the stand-in: on its own device)")
+    cap = x.__dlpack__()
+    if not isinstance(cap, _Capsule):
+        raise TypeError("stand-in: only its own device arrays can be imported through DLPack")
+    return _view(cap.array, cap.array._a)
 
 
 # ------------------------------------------------------------------- manipulation
