@@ -1,5 +1,5 @@
 """AlexNet 2012 on NumPy against CuPy: two SGD steps from the same weights and
-batch (dropout masks are the same on both backends), comparing the losses,
+batch (dropout off: the backends draw their masks differently), comparing the losses,
 conv2's input gradient (the gradient reaching pool1's output) at each step and
 every updated parameter and momentum buffer. Exits 1 on a mismatch.
 
@@ -31,7 +31,10 @@ def _run(backend, image_size, batch, num_classes, steps, lr):
     model = alexnet(num_classes=num_classes, image_size=image_size, seed=0)
     updates, state = sgd_momentum(model.loss, model.params, lr=lr)
     (conv2_input_grad,) = gd.grad(model.loss, [model.layers["pool1"]])
-    step = gd.compile([model.loss, conv2_input_grad], inputs=model.inputs, updates=updates, backend=backend, seed=0)
+    # Dropout off (training=False): NumPy draws its masks with the generator, CuPy hashes
+    # them on the device, so the two would train on different masks.
+    step = gd.compile([model.loss, conv2_input_grad], inputs=model.inputs, updates=updates, backend=backend,
+                      training=False)
     record = {"loss": [], "conv2_input_grad": []}
     for _ in range(steps):
         loss, g = step(images, labels)

@@ -458,8 +458,9 @@ def dropout_mask(xp, shape, dtype, rate, keys):
     """Inverted dropout's mask, ``1/(1-rate)`` with probability ``1 - rate`` else 0, from
     a counter-based hash of each element's index and two 32-bit ``keys`` (drawn on
     the host from the program's generator, so a checkpoint's generator state replays
-    the same masks): drawn where the mask is used, nothing uploaded, and the same
-    bits on NumPy and CuPy. The hash is murmur3's 32-bit finalizer, applied twice
+    the same masks): drawn where the mask is used, nothing uploaded (NumPy programs
+    keep drawing theirs with the generator; this function gives the same bits on
+    both array modules). The hash is murmur3's 32-bit finalizer, applied twice
     with a key mixed in before each; the top 24 bits are compared with ``rate * 2^24``."""
     n = int(numpy.prod(shape, dtype=numpy.int64))
     t = numpy.dtype(dtype).type

@@ -169,10 +169,14 @@ class DropoutMask(Op):
     def forward(self, xp, x, *, rng, training):
         if not training or self.rate == 0.0:
             return xp.ones((1,) * x.ndim, x.dtype)
-        # Two 32-bit keys from the host generator; the mask is a hash of them and each
-        # element's index, computed where it is used (see kernels.device.dropout_mask).
-        keys = rng.integers(0, 1 << 32, size=2, dtype=np.uint64)
-        return _device.dropout_mask(xp, x.shape, x.dtype, self.rate, keys)
+        if _device.on_device(xp):
+            # On a GPU: two 32-bit keys from the host generator (so a checkpoint's state
+            # replays the masks), and the mask a hash of them and each element's index,
+            # computed on the device: nothing uploaded (see kernels.device.dropout_mask).
+            keys = rng.integers(0, 1 << 32, size=2, dtype=np.uint64)
+            return _device.dropout_mask(xp, x.shape, x.dtype, self.rate, keys)
+        keep = rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+        return (keep >= self.rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
 
 
 def dropout(x, rate=0.5, name=None):
