@@ -125,3 +125,18 @@ def test_the_prepared_gpu_session_parses_and_fits_nine_minutes():
     assert len(limits) == 5 and sum(limits) <= 9 * 60 - 30, limits  # stages' limits, with time to start
     for name in re.findall(r"benchmarks/(\w+\.py)", text):
         assert os.path.exists(os.path.join(root, "benchmarks", name)), name
+
+
+def test_the_nccl_communicator_at_one_rank_on_the_standin(cupy_standin_module):
+    """graphdiff.distributed's NCCL path with cupyx.distributed's real signatures."""
+    cupy = cupy_standin_module
+    from graphdiff.distributed import NCCLCommunicator, SelfCommunicator
+
+    comm = NCCLCommunicator(SelfCommunicator())
+    x = cupy.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    handle = comm.allreduce_start(x)
+    comm.wait(handle)
+    np.testing.assert_array_equal(comm.allreduce(x).get(), x.get())
+    np.testing.assert_array_equal(comm.allgather(x).get(), x.get()[None])
+    np.testing.assert_array_equal(comm.reduce_scatter(x[None]).get(), x.get())
+    assert comm.broadcast(x) is x

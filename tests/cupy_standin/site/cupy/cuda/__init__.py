@@ -36,6 +36,14 @@ class Stream:
     def use(self):
         return self
 
+    def wait_event(self, event):
+        """Later work on this stream waits for ``event`` (one stream here: nothing to wait for)."""
+
+    def record(self, event=None):
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
 
 Stream.null = Stream(null=True)
 _current = Stream.null
