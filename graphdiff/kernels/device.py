@@ -16,11 +16,12 @@ calls the plain function); the CuPy stand-in in the test suite runs
 ``cupy.fuse`` as well, so CI compares these kernels with the NumPy ones.
 """
 import contextlib
+import threading
 
 import numpy
 
 _fused = {}      # (array module, maker, spec...) -> the kernel (see kernel())
-_bordered = {}   # (array module, device, tag, shape, dtype, fill) -> a padded buffer whose border is kept
+_bordered = {}   # (thread, array module, device, tag, shape, dtype, fill) -> a padded buffer whose border is kept
 _iota = {}       # (array module, device, n) -> arange(n, uint32)
 _pools = {}      # (array module, device) -> the memory pool of long-lived buffers
 
@@ -66,8 +67,10 @@ def long_lived(xp):
 def bordered(xp, tag, shape, dtype, border, fill=0):
     """A buffer of ``shape`` whose region outside ``border`` (a tuple of slices: the
     interior) holds ``fill``, set once when the buffer is made; callers write the
-    interior only. Returns ``(buffer, interior view)``. One buffer per tag and shape."""
-    key = (xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill)
+    interior only. Returns ``(buffer, interior view)``. One buffer per thread, tag and
+    shape (like :func:`graphdiff.kernels.parallel.workspace`: programs may run on
+    several threads at once)."""
+    key = (threading.get_ident(), xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill)
     buf = _bordered.get(key)
     if buf is None:
         with long_lived(xp):
