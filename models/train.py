@@ -720,8 +720,10 @@ def cli(argv=None):
     except Exception as exc:
         if parallel is None or parallel.size == 1:
             raise
+        message = f"error: rank {parallel.rank} of {parallel.size} failed: {type(exc).__name__}: {exc}"
+        print(message, file=sys.stderr, flush=True)  # first: the line that names the rank must get out
         traceback.print_exc()
-        _abort_world(parallel, f"error: rank {parallel.rank} of {parallel.size} failed: {type(exc).__name__}: {exc}")
+        _abort_world(parallel, message)
     if result["status"] == "interrupted" and parallel.size > 1:
         # Ctrl-C reaches the ranks at different points: one blocked in a collective
         # would wait forever for those that stopped. Rank 0 has saved what it could.
@@ -733,6 +735,9 @@ def cli(argv=None):
 def _abort_world(parallel, message):
     """A rank failed: say which, then end every rank now (the others would wait for it forever)."""
     print(message, file=sys.stderr, flush=True)
+    # mpiexec forwards a rank's output asynchronously and drops what it has not
+    # forwarded when MPI_Abort kills the job: give it a moment to pass the line on
+    time.sleep(0.5)
     parallel.abort(2)
 
 
