@@ -7,6 +7,11 @@ the fraction of the sgemm peak measured here; the peak RSS of each side (each
 measured in a fresh process); the BLAS kernel and thread counts.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/alexnet_cpu.py [--batch 8 32] [--reps 5]
+        [--kernels auto|numpy|onednn]
+
+Also prints the CPU model, the convolution kernel libraries available (oneDNN,
+where the ``onednn`` extra is installed, with the ISA it uses) and which one
+each convolution of the step runs after the first step's measurement.
 """
 import argparse
 import collections
@@ -28,6 +33,22 @@ FORWARD_MACS = 724_406_816  # per 227x227 image (conv + fc), see visualize.summa
 CONV1_MACS = 55 * 55 * 96 * 3 * 11 * 11  # conv1's input gradient: neither side computes it (images need none)
 # forward + the two backward products (input and weight gradients) of every layer, less conv1's input gradient
 STEP_FLOPS_PER_IMAGE = 2 * (3 * FORWARD_MACS - CONV1_MACS)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} x{len(names)}" if names else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def kernel_report(program):
+    """``conv1 fwd onednn, ...``: the library of each convolution instruction, by scope."""
+    kernels = program.kernels
+    return "; ".join(f"{n.scope or n.name} {n.op.name} {kernels[n.name]}" for n in program.nodes
+                     if n.name in kernels and n.op.name != "part")
 
 
 def blas_info():
@@ -192,12 +213,20 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rss-only", choices=["engine", "torch"])
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--kernels", choices=["auto", "numpy", "onednn"],
+                    help="graphdiff's convolution kernels (GRAPHDIFF_KERNELS; default auto: measured per layer)")
     args = ap.parse_args()
+    if args.kernels:
+        os.environ["GRAPHDIFF_KERNELS"] = args.kernels  # also for the RSS subprocesses
     if args.rss_only:
         return rss_only(args.rss_only, args.batch[0])
 
     threads = os.cpu_count()
-    print(f"date: {time.strftime('%Y-%m-%d')}  cpus: {threads}  numpy {np.__version__}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}  cpu: {cpu_model()}  cpus: {threads}  numpy {np.__version__}  "
+          f"load average {os.getloadavg()[0]:.2f}")
+    from graphdiff.kernels import choice
+
+    print(choice.status_line(), f"| mode {choice.resolve_mode()}")
     print("OPENBLAS_CORETYPE =", os.environ.get("OPENBLAS_CORETYPE"), " OPENBLAS_L2_SIZE =",
           os.environ.get("OPENBLAS_L2_SIZE"))
     step, build = engine_step()
@@ -219,6 +248,7 @@ def main():
         for _ in range(args.warmup):
             for fn in sides.values():
                 fn()
+        print(f"  batch {batch} kernels: {kernel_report(getattr(step, 'program', step))}")
         times = {name: [] for name in sides}
         for _ in range(args.reps):  # alternating: the machine's drift hits both sides alike
             for name, fn in sides.items():
