@@ -35,15 +35,6 @@ CONV1_MACS = 55 * 55 * 96 * 3 * 11 * 11  # conv1's input gradient: neither side 
 STEP_FLOPS_PER_IMAGE = 2 * (3 * FORWARD_MACS - CONV1_MACS)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} x{len(names)}" if names else "unknown"
-    except OSError:
-        return "unknown"
-
-
 def kernel_report(program):
     """``conv1 fwd onednn, ...``: the library of each convolution instruction, by scope."""
     kernels = program.kernels
@@ -222,10 +213,10 @@ def main():
         return rss_only(args.rss_only, args.batch[0])
 
     threads = os.cpu_count()
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}  cpu: {cpu_model()}  cpus: {threads}  numpy {np.__version__}  "
-          f"load average {os.getloadavg()[0]:.2f}")
     from graphdiff.kernels import choice
 
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}  cpu: {choice.cpu_model()}  cpus: {threads}  "
+          f"numpy {np.__version__}  load average {os.getloadavg()[0]:.2f}")
     print(choice.status_line(), f"| mode {choice.resolve_mode()}")
     print("OPENBLAS_CORETYPE =", os.environ.get("OPENBLAS_CORETYPE"), " OPENBLAS_L2_SIZE =",
           os.environ.get("OPENBLAS_L2_SIZE"))

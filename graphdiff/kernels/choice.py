@@ -77,6 +77,16 @@ def status_line():
     return f"convolution kernels: NumPy im2col + BLAS only; oneDNN not loaded: {onednn.load_error()}"
 
 
+def cpu_model():
+    """The CPU's model name and how many logical CPUs there are, from /proc/cpuinfo (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0]} x{len(names)}" if names else "unknown"
+
+
 def kernel_for(op, xp, mode):
     """A :class:`ConvolutionKernel` for ``op`` in a program of ``mode`` on NumPy, or
     None where the op is not a convolution or oneDNN cannot play."""
@@ -115,6 +125,9 @@ class ConvolutionKernel:
         self.reason = None  # why oneDNN was not used, where it failed
         self._convolutions = {}  # input shapes -> onednn.Convolution
         self._numpy = op.forward
+        # A Convolution's memory objects point at one call's arrays: one call at a
+        # time per instruction (a program called from several threads).
+        self._lock = threading.Lock()
 
     def __call__(self, *arrays, out=None):
         if out is None and self.op.num_outputs > 1:
@@ -129,7 +142,8 @@ class ConvolutionKernel:
             return self._choose(key, arrays, out)
         self.library = library
         if library == "onednn":
-            return _ONEDNN_RUN[self.op.name](self._convolution(shapes, arrays), arrays, out)
+            with self._lock:
+                return _ONEDNN_RUN[self.op.name](self._convolution(shapes, arrays), arrays, out)
         return self._numpy(numpy, *arrays, out=out)
 
     def _convolution(self, shapes, arrays):
@@ -139,24 +153,26 @@ class ConvolutionKernel:
         return conv
 
     def _choose(self, key, arrays, out):
-        """Time both libraries on these operands and keep the faster; returns the chosen one's result."""
+        """Time both libraries on these operands (each once to warm up, then
+        ``TIMED_RUNS`` times, alternating) and keep the faster for these shapes;
+        returns the kept library's result."""
         runs = {"numpy": lambda: self._numpy(numpy, *arrays, out=out),
                 "onednn": lambda: _ONEDNN_RUN[self.op.name](self._convolution(key[1], arrays), arrays, out)}
         best = {}
-        try:
-            for name, run in runs.items():  # warm-up: primitive creation, scratch buffers
-                run()
-            for _ in range(TIMED_RUNS):
-                for name, run in runs.items():
-                    best[name] = min(best.get(name, float("inf")), _seconds(name, run))
-            library = min(best, key=best.get)
-        except onednn.OneDNNError as exc:  # a geometry this build has no primitive for: NumPy
-            self.reason, library = str(exc), "numpy"
-        with _decisions_lock:
-            library = _decisions.setdefault(key, library)  # another thread may have decided first
-        self.library = library
-        self.timings = best
-        return runs[library]()
+        with self._lock:
+            try:
+                for run in runs.values():  # warm-up: primitive creation, scratch buffers
+                    run()
+                for _ in range(TIMED_RUNS):
+                    for name, run in runs.items():
+                        best[name] = min(best.get(name, float("inf")), _seconds(name, run))
+                library = min(best, key=best.get)
+            except onednn.OneDNNError as exc:  # a geometry this build has no primitive for: NumPy
+                self.reason, library = str(exc), "numpy"
+            with _decisions_lock:
+                library = _decisions.setdefault(key, library)  # another thread may have decided first
+            self.library, self.timings = library, best
+            return runs[library]()
 
 
 CONVOLUTION_OPS = frozenset(_ONEDNN_RUN) | {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols"}
