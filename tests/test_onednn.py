@@ -226,3 +226,23 @@ print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"))
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["None", "None"]
+
+
+def test_alexnet_small_trains_alike_on_both_libraries(monkeypatch):
+    """Three SGD steps of the small AlexNet (convolutions with groups, strides, ReLU
+    fusion, both gradients) with every convolution on oneDNN and on NumPy."""
+    from models.alexnet import alexnet_small, train_step
+
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((4, 3, 24, 24)).astype(np.float32), rng.integers(0, 10, 4)) for _ in range(3)]
+    runs = {}
+    for mode in ("numpy", "onednn"):
+        monkeypatch.setenv("GRAPHDIFF_KERNELS", mode)
+        model = alexnet_small(image_size=24, seed=0)
+        step = train_step(model, lr=0.01)
+        runs[mode] = ([step(x, t) for x, t in batches], {k: p.value.copy() for k, p in model.params.items()})
+        assert set(step.program.kernels.values()) == {mode}
+    (loss_a, params_a), (loss_b, params_b) = runs["numpy"], runs["onednn"]
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for k in params_a:
+        np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-5, err_msg=k)

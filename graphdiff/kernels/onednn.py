@@ -352,6 +352,25 @@ class _Primitive:
             self.handle = self.pd = None
 
 
+class _Step:
+    """A primitive and its operands, ``(exec arg, query, plain shape, "in"/"out", scratch tag)``."""
+
+    def __init__(self, pd, operands):
+        self.primitive = _Primitive(pd)
+        self.operands = [(arg, _Operand(pd, query, shape, direction, tag))
+                         for arg, query, shape, direction, tag in operands]
+
+    def run(self, arrays, extra=None):
+        """Execute on ``arrays`` (one per operand, plain layout); ``extra``: more exec args."""
+        args = dict(extra or {})
+        for (arg, operand), array in zip(self.operands, arrays):
+            operand.bind(array)
+            args[arg] = operand.memory
+        self.primitive.execute(args)
+        for _, operand in self.operands:
+            operand.finish()
+
+
 class Convolution:
     """oneDNN's primitives for one convolution geometry, float32, NCHW::
 
@@ -413,25 +432,16 @@ class Convolution:
     def forward(self, x, w, b=None, out=None):
         """``conv2d(x, w, b)`` (``max(., 0)`` when built with ``relu``) into ``out`` (else a new array)."""
         if self._fwd is None:
-            prim = _Primitive(self._forward_pd(self.relu))
-            pd = prim.pd
-            self._fwd = (prim, _Operand(pd, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
-                         _Operand(pd, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
-                         _Operand(pd, _QUERY_DST_MD, self.y_shape, "out", "onednn_y"))
-        prim, src, wts, dst = self._fwd
+            self._fwd = _Step(self._forward_pd(self.relu), [
+                (_ARG_SRC, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
+                (_ARG_WEIGHTS, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
+                (_ARG_DST, _QUERY_DST_MD, self.y_shape, "out", "onednn_y")])
         y = numpy.empty(self.y_shape, numpy.float32) if out is None else out
-        x, w = _c32(x), _c32(w)
-        src.bind(x)
-        wts.bind(w)
-        dst.bind(y)
-        args = {_ARG_SRC: src.memory, _ARG_WEIGHTS: wts.memory, _ARG_DST: dst.memory}
+        bias = None
         if self.bias:
-            b = _c32(b)
-            bias_mem = self._bias_memory()
-            _lib.dnnl_memory_set_data_handle(bias_mem, b.ctypes.data)
-            args[_ARG_BIAS] = bias_mem
-        prim.execute(args)
-        dst.finish()
+            bias = {_ARG_BIAS: self._bias_memory()}
+            _lib.dnnl_memory_set_data_handle(bias[_ARG_BIAS], _c32(b).ctypes.data)
+        self._fwd.run([_c32(x), _c32(w), y], bias)
         return y
 
     def _bias_memory(self):
@@ -449,17 +459,12 @@ class Convolution:
             _check(_lib.dnnl_convolution_backward_data_primitive_desc_create(
                 ctypes.byref(pd), _engine, _CONV_DIRECT, dsrc.handle, wts.handle, ddst.handle, *self.geometry,
                 self._hint(), None), "convolution backward data")
-            prim = _Primitive(pd)
-            self._bwd_data = (prim, _Operand(pd, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
-                              _Operand(pd, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
-                              _Operand(pd, _QUERY_DIFF_SRC_MD, self.x_shape, "out", "onednn_x"))
-        prim, ddst, wts, dsrc = self._bwd_data
+            self._bwd_data = _Step(pd, [
+                (_ARG_DIFF_DST, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
+                (_ARG_WEIGHTS, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
+                (_ARG_DIFF_SRC, _QUERY_DIFF_SRC_MD, self.x_shape, "out", "onednn_x")])
         dx = numpy.empty(self.x_shape, numpy.float32) if out is None else out
-        ddst.bind(_c32(dy))
-        wts.bind(_c32(w))
-        dsrc.bind(dx)
-        prim.execute({_ARG_DIFF_DST: ddst.memory, _ARG_WEIGHTS: wts.memory, _ARG_DIFF_SRC: dsrc.memory})
-        dsrc.finish()
+        self._bwd_data.run([_c32(dy), _c32(w), dx])
         return dx
 
     def backward_weights(self, x, dy, out=None):
@@ -470,24 +475,19 @@ class Convolution:
             _check(_lib.dnnl_convolution_backward_weights_primitive_desc_create(
                 ctypes.byref(pd), _engine, _CONV_DIRECT, src.handle, dwts.handle, None, ddst.handle, *self.geometry,
                 self._hint(), None), "convolution backward weights")
-            prim = _Primitive(pd)
-            self._bwd_weights = (prim, _Operand(pd, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
-                                 _Operand(pd, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
-                                 _Operand(pd, _QUERY_DIFF_WEIGHTS_MD, self.wg_shape, "out", "onednn_w"))
-        prim, src, ddst, dwts = self._bwd_weights
+            self._bwd_weights = _Step(pd, [
+                (_ARG_SRC, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
+                (_ARG_DIFF_DST, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
+                (_ARG_DIFF_WEIGHTS, _QUERY_DIFF_WEIGHTS_MD, self.wg_shape, "out", "onednn_w")])
         dw = numpy.empty(self.w_shape, numpy.float32) if out is None else out
-        src.bind(_c32(x))
-        ddst.bind(_c32(dy))
-        dwts.bind(dw)
-        prim.execute({_ARG_SRC: src.memory, _ARG_DIFF_DST: ddst.memory, _ARG_DIFF_WEIGHTS: dwts.memory})
-        dwts.finish()
+        self._bwd_weights.run([_c32(x), _c32(dy), dw])
         return dw
 
     def implementations(self):
         """The implementation oneDNN picked for each primitive built so far, e.g.
         ``{"forward": "brg:avx512_core", ...}``."""
         built = {"forward": self._fwd, "backward_data": self._bwd_data, "backward_weights": self._bwd_weights}
-        return {k: v[0].implementation() for k, v in built.items() if v is not None}
+        return {k: v.primitive.implementation() for k, v in built.items() if v is not None}
 
 
 def _c32(a):
