@@ -39,6 +39,7 @@ from . import onednn
 MODES = ("auto", "numpy", "onednn")
 ENV = "GRAPHDIFF_KERNELS"
 TIMED_RUNS = 2  # per library, after one warm-up run each
+KEEP_SHAPES = 4  # oneDNN primitives kept per instruction (input shapes seen most recently)
 
 # op name -> how to run it with a oneDNN Convolution (arrays as the op's forward gets them)
 _ONEDNN_RUN = {
@@ -149,6 +150,8 @@ class ConvolutionKernel:
     def _convolution(self, shapes, arrays):
         conv = self._convolutions.get(shapes)
         if conv is None:
+            if len(self._convolutions) >= KEEP_SHAPES:  # e.g. a last, smaller batch: drop the oldest
+                self._convolutions.pop(next(iter(self._convolutions)))
             conv = self._convolutions[shapes] = onednn.Convolution(*_geometry(self.op, arrays))
         return conv
 

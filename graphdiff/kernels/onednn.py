@@ -249,7 +249,7 @@ class _Desc:
         _check(_lib.dnnl_memory_desc_create_with_tag(ctypes.byref(self.handle), len(shape), _dims(shape), _F32, tag),
                f"dnnl_memory_desc_create_with_tag{tuple(shape)}")
 
-    def __del__(self, destroy=None):
+    def __del__(self):
         if _lib is not None and self.handle:
             _lib.dnnl_memory_desc_destroy(self.handle)
             self.handle = None
