@@ -134,31 +134,28 @@ def torch_step(threads):
 ENGINE_LAYER_NAMES = {"norm1": "lrn1", "norm2": "lrn2"}  # graphdiff's scopes as the PyTorch modules are named
 
 
-def engine_breakdown(step, images, labels, runs=3):
-    """(layer, "forward"/"backward") -> seconds: each op's fastest of ``runs``
-    profiled steps, added up by scope (one step's op times are noisy)."""
+def breakdowns(step, model, images, labels, timages, tlabels, runs=3):
+    """Per-layer tables ``(layer, "forward"/"backward") -> seconds`` of both sides,
+    profiled alternately, ``runs`` steps each (the machine's drift hits both alike):
+    graphdiff's op times by scope and PyTorch's module hooks, each entry the
+    fastest of its ``runs`` (one step's op times are noisy)."""
+    from torch_alexnet import layer_times  # torch is imported only where needed (RSS)
+
     program = getattr(step, "program", step)
-    best = {}
+    best, tor = {}, {}
     for _ in range(runs):
+        time.sleep(PAUSE_S)
         _, timings = program.profile(images, labels)
         for k, (node, seconds) in enumerate(timings):
             best[k] = (node, min(seconds, best.get(k, (None, seconds))[1]))
-    table = collections.defaultdict(float)
+        time.sleep(PAUSE_S)
+        for key, seconds in layer_times(model, timages, tlabels).items():
+            tor[key] = min(seconds, tor.get(key, seconds))
+    eng = collections.defaultdict(float)
     for node, seconds in best.values():
         layer = node.scope.split("/")[0] or "(top)"
-        table[(ENGINE_LAYER_NAMES.get(layer, layer), "backward" if node.kind == "gradient" else "forward")] += seconds
-    return table
-
-
-def torch_breakdown(model, images, labels, runs=3):
-    """The same for PyTorch (module hooks): each entry's fastest of ``runs`` steps."""
-    from torch_alexnet import layer_times  # torch is imported only where needed (RSS)
-
-    best = {}
-    for _ in range(runs):
-        for key, seconds in layer_times(model, images, labels).items():
-            best[key] = min(seconds, best.get(key, seconds))
-    return best
+        eng[(ENGINE_LAYER_NAMES.get(layer, layer), "backward" if node.kind == "gradient" else "forward")] += seconds
+    return eng, tor
 
 
 def measure_rss(side, batch):
@@ -259,18 +256,20 @@ def main():
         print(f"  ratio graphdiff/pytorch: median {ratio_med:.2f}x  min {ratio_min:.2f}x")
         summary.append((batch, flops, times))
 
-        eng = engine_breakdown(step, images, labels)
-        tor = torch_breakdown(tstep.model, ti, tl)
-        print(f"  per layer (ms, fastest of 3)  {'graphdiff fwd':>13s} {'bwd':>7s}   {'pytorch fwd':>11s} {'bwd':>7s}")
+        eng, tor = breakdowns(step, tstep.model, images, labels, ti, tl)
+        print(f"  {'per layer (ms, fastest of 3)':29s} {'graphdiff fwd':>13s} {'bwd':>7s}   {'pytorch fwd':>11s} "
+              f"{'bwd':>7s}   fwd+bwd ratio")
         for layer in sorted({k[0] for k in eng} | {k[0] for k in tor}, key=_layer_order):
+            ours, theirs = (sum(t.get((layer, k), 0.0) for k in ("forward", "backward")) for t in (eng, tor))
+            ratio = f"{ours / theirs:13.2f}" if ours and theirs else ""
             print(f"  {layer:29s} {_ms(eng, layer, 'forward', 13)} {_ms(eng, layer, 'backward', 7)}"
-                  f"   {_ms(tor, layer, 'forward', 11)} {_ms(tor, layer, 'backward', 7)}")
+                  f"   {_ms(tor, layer, 'forward', 11)} {_ms(tor, layer, 'backward', 7)}   {ratio}")
         totals = [sum(v for (_, kind), v in table.items() if kind == want) * 1e3
                   for table in (eng, tor) for want in ("forward", "backward")]
         print(f"  {'total':29s} {totals[0]:13.1f} {totals[1]:7.1f}   {totals[2]:11.1f} {totals[3]:7.1f}")
         print("  (graphdiff: op times by scope, ReLUs inside their conv/fc layer, sgd = the updates;"
               " pytorch: module hooks, with conv1's input gradient, which its training step skips,"
-              " and without the optimizer step.)")
+              " and without the optimizer step; the two sides profiled alternately.)")
 
     peak = max(peak, sgemm_peak())
     print(f"\nsummary (sgemm peak: the best of all its measurements in this run, {peak:.0f} GFLOP/s)")

@@ -138,7 +138,10 @@ def _load():
                 except OSError as exc:
                     reasons.append(f"{path}: {exc}")
             else:
-                _error = f"libdnnl.so.3 not found ({'; '.join(reasons) or 'no candidate path exists'}); {INSTALL}"
+                hint = (" (it needs GNU OpenMP: apt-get install libgomp1)"
+                        if any("libgomp" in r for r in reasons) else "")
+                _error = (f"libdnnl.so.3 could not be loaded ({'; '.join(reasons) or 'no candidate path exists'})"
+                          f"{hint}; {INSTALL}")
                 return None
         finally:
             for k in set_here:
