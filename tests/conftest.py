@@ -1,6 +1,13 @@
 """Shared test set-up: GPU tests (marked ``gpu``) are skipped where CuPy or a GPU is missing;
-fixtures several test files use."""
+fixtures several test files use. Convolutions run NumPy's kernels unless
+``GRAPHDIFF_KERNELS`` says otherwise (deterministic: no choice by timing);
+tests/test_onednn.py forces oneDNN's, and ``GRAPHDIFF_KERNELS=onednn pytest``
+runs the whole suite on them."""
+import os
+
 import pytest
+
+os.environ.setdefault("GRAPHDIFF_KERNELS", "numpy")
 
 import graphdiff as gd
 

@@ -205,7 +205,7 @@ try:
 except gd.BackendError as e:
     print("error:", e)
 """
-    env = dict(os.environ, GRAPHDIFF_ONEDNN="0", PYTHONPATH=ROOT)
+    env = dict(os.environ, GRAPHDIFF_ONEDNN="0", GRAPHDIFF_KERNELS="auto", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert "'numpy'}" in out and "oneDNN not loaded" in out

@@ -7,10 +7,12 @@ A compiled program on NumPy gives each convolution instruction (``conv2d``,
 The first time it runs with given input shapes it times both libraries on the
 real operands (each once to warm up: oneDNN builds its primitive, NumPy its
 scratch buffers; then twice each, alternating) and keeps the faster for those
-shapes. The decision is remembered for the whole process (keyed by op,
-attributes and shapes), so every later program with the same convolution runs
-the same kernels: two programs of one model, or a run and its resumption in
-one process, compute identical results.
+shapes. The decision is remembered for the whole process, keyed by direction
+(forward, with or without its ReLU; backward-data; backward-weights; both
+gradients as one op) and geometry (shapes, stride, padding, groups), so every
+later program with the same convolution runs the same kernels: two programs
+of one model, a node compiled on its own and inside the whole graph, or a run
+and its resumption in one process, compute identical results.
 
 The library in use is a program setting, ``gd.compile(..., kernels=...)``,
 default from the environment variable ``GRAPHDIFF_KERNELS``:
@@ -51,7 +53,9 @@ _ONEDNN_RUN = {
                                           c.backward_weights(a[2], a[0], out=out[1])),
 }
 
-_decisions = {}  # (op key, input shapes, dtype) -> "numpy" | "onednn", for the whole process
+_DIRECTION = {"conv2d": "forward", "conv2d_relu": "forward", "conv2d_grad_input": "backward_data",
+              "conv2d_grad_weight": "backward_weights", "conv2d_backward": "backward_data_and_weights"}
+_decisions = {}  # (direction, x shape, w shape, stride, padding, groups) -> "numpy" | "onednn", for the process
 _decisions_lock = threading.Lock()
 
 
@@ -137,10 +141,10 @@ class ConvolutionKernel:
         if arrays[0].dtype != numpy.float32 or any(a.dtype != numpy.float32 for a in arrays if a is not None):
             self.library = "numpy"
             return self._numpy(numpy, *arrays, out=out)
-        key = (self.op.key(), shapes)
+        key = (_DIRECTION[self.op.name],) + tuple(_geometry(self.op, arrays)[:5])
         library = "onednn" if self.mode == "onednn" else _decisions.get(key)
         if library is None:
-            return self._choose(key, arrays, out)
+            return self._choose(key, shapes, arrays, out)
         self.library = library
         if library == "onednn":
             with self._lock:
@@ -155,12 +159,12 @@ class ConvolutionKernel:
             conv = self._convolutions[shapes] = onednn.Convolution(*_geometry(self.op, arrays))
         return conv
 
-    def _choose(self, key, arrays, out):
+    def _choose(self, key, shapes, arrays, out):
         """Time both libraries on these operands (each once to warm up, then
         ``TIMED_RUNS`` times, alternating) and keep the faster for these shapes;
         returns the kept library's result."""
         runs = {"numpy": lambda: self._numpy(numpy, *arrays, out=out),
-                "onednn": lambda: _ONEDNN_RUN[self.op.name](self._convolution(key[1], arrays), arrays, out)}
+                "onednn": lambda: _ONEDNN_RUN[self.op.name](self._convolution(shapes, arrays), arrays, out)}
         best = {}
         with self._lock:
             try:
