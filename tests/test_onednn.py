@@ -214,18 +214,26 @@ except gd.BackendError as e:
 
 def test_openmp_settings_are_left_to_the_user():
     """OMP_NUM_THREADS / OMP_WAIT_POLICY are set only for loading the library, and
-    only where the user has not set them; the environment is restored."""
+    only where the user has not set them; the environment is restored. GNU
+    OpenMP then runs graphdiff's kernel thread count, or the user's."""
     code = """
-import os
-from graphdiff.kernels import onednn
+import ctypes, os
+from graphdiff.kernels import onednn, parallel
 assert onednn.available(), onednn.load_error()
-print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"))
+gomp = ctypes.CDLL("libgomp.so.1")
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"), gomp.omp_get_max_threads(),
+      parallel.NUM_THREADS)
 """
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = ROOT
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["None", "None"]
+    for user, want in ((None, None), ("1", 1)):
+        if user:
+            env["OMP_NUM_THREADS"] = user
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        policy, threads, omp_threads, kernel_threads = run.stdout.split()
+        assert policy == "None" and threads == str(user)
+        assert int(omp_threads) == (int(kernel_threads) if want is None else want)
 
 
 def test_alexnet_small_trains_alike_on_both_libraries(monkeypatch):
