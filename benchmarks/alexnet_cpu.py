@@ -7,6 +7,11 @@ the fraction of the sgemm peak measured here; the peak RSS of each side (each
 measured in a fresh process); the BLAS kernel and thread counts.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/alexnet_cpu.py [--batch 8 32] [--reps 5]
+        [--kernels auto|numpy|onednn]
+
+Also prints the CPU model, the convolution kernel libraries available (oneDNN,
+where the ``onednn`` extra is installed, with the ISA it uses) and which one
+each convolution of the step runs after the first step's measurement.
 """
 import argparse
 import collections
@@ -28,6 +33,13 @@ FORWARD_MACS = 724_406_816  # per 227x227 image (conv + fc), see visualize.summa
 CONV1_MACS = 55 * 55 * 96 * 3 * 11 * 11  # conv1's input gradient: neither side computes it (images need none)
 # forward + the two backward products (input and weight gradients) of every layer, less conv1's input gradient
 STEP_FLOPS_PER_IMAGE = 2 * (3 * FORWARD_MACS - CONV1_MACS)
+
+
+def kernel_report(program):
+    """``conv1 fwd onednn, ...``: the library of each convolution instruction, by scope."""
+    kernels = program.kernels
+    return "; ".join(f"{n.scope or n.name} {n.op.name} {kernels[n.name]}" for n in program.nodes
+                     if n.name in kernels and n.op.name != "part")
 
 
 def blas_info():
@@ -122,31 +134,28 @@ def torch_step(threads):
 ENGINE_LAYER_NAMES = {"norm1": "lrn1", "norm2": "lrn2"}  # graphdiff's scopes as the PyTorch modules are named
 
 
-def engine_breakdown(step, images, labels, runs=3):
-    """(layer, "forward"/"backward") -> seconds: each op's fastest of ``runs``
-    profiled steps, added up by scope (one step's op times are noisy)."""
+def breakdowns(step, model, images, labels, timages, tlabels, runs=3):
+    """Per-layer tables ``(layer, "forward"/"backward") -> seconds`` of both sides,
+    profiled alternately, ``runs`` steps each (the machine's drift hits both alike):
+    graphdiff's op times by scope and PyTorch's module hooks, each entry the
+    fastest of its ``runs`` (one step's op times are noisy)."""
+    from torch_alexnet import layer_times  # torch is imported only where needed (RSS)
+
     program = getattr(step, "program", step)
-    best = {}
+    best, tor = {}, {}
     for _ in range(runs):
+        time.sleep(PAUSE_S)
         _, timings = program.profile(images, labels)
         for k, (node, seconds) in enumerate(timings):
             best[k] = (node, min(seconds, best.get(k, (None, seconds))[1]))
-    table = collections.defaultdict(float)
+        time.sleep(PAUSE_S)
+        for key, seconds in layer_times(model, timages, tlabels).items():
+            tor[key] = min(seconds, tor.get(key, seconds))
+    eng = collections.defaultdict(float)
     for node, seconds in best.values():
         layer = node.scope.split("/")[0] or "(top)"
-        table[(ENGINE_LAYER_NAMES.get(layer, layer), "backward" if node.kind == "gradient" else "forward")] += seconds
-    return table
-
-
-def torch_breakdown(model, images, labels, runs=3):
-    """The same for PyTorch (module hooks): each entry's fastest of ``runs`` steps."""
-    from torch_alexnet import layer_times  # torch is imported only where needed (RSS)
-
-    best = {}
-    for _ in range(runs):
-        for key, seconds in layer_times(model, images, labels).items():
-            best[key] = min(seconds, best.get(key, seconds))
-    return best
+        eng[(ENGINE_LAYER_NAMES.get(layer, layer), "backward" if node.kind == "gradient" else "forward")] += seconds
+    return eng, tor
 
 
 def measure_rss(side, batch):
@@ -192,12 +201,20 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rss-only", choices=["engine", "torch"])
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--kernels", choices=["auto", "numpy", "onednn"],
+                    help="graphdiff's convolution kernels (GRAPHDIFF_KERNELS; default auto: measured per layer)")
     args = ap.parse_args()
+    if args.kernels:
+        os.environ["GRAPHDIFF_KERNELS"] = args.kernels  # also for the RSS subprocesses
     if args.rss_only:
         return rss_only(args.rss_only, args.batch[0])
 
     threads = os.cpu_count()
-    print(f"date: {time.strftime('%Y-%m-%d')}  cpus: {threads}  numpy {np.__version__}")
+    from graphdiff.kernels import choice
+
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}  cpu: {choice.cpu_model()}  cpus: {threads}  "
+          f"numpy {np.__version__}  load average {os.getloadavg()[0]:.2f}")
+    print(choice.status_line(), f"| mode {choice.resolve_mode()}")
     print("OPENBLAS_CORETYPE =", os.environ.get("OPENBLAS_CORETYPE"), " OPENBLAS_L2_SIZE =",
           os.environ.get("OPENBLAS_L2_SIZE"))
     step, build = engine_step()
@@ -219,6 +236,7 @@ def main():
         for _ in range(args.warmup):
             for fn in sides.values():
                 fn()
+        print(f"  batch {batch} kernels: {kernel_report(getattr(step, 'program', step))}")
         times = {name: [] for name in sides}
         for _ in range(args.reps):  # alternating: the machine's drift hits both sides alike
             for name, fn in sides.items():
@@ -238,18 +256,20 @@ def main():
         print(f"  ratio graphdiff/pytorch: median {ratio_med:.2f}x  min {ratio_min:.2f}x")
         summary.append((batch, flops, times))
 
-        eng = engine_breakdown(step, images, labels)
-        tor = torch_breakdown(tstep.model, ti, tl)
-        print(f"  per layer (ms, fastest of 3)  {'graphdiff fwd':>13s} {'bwd':>7s}   {'pytorch fwd':>11s} {'bwd':>7s}")
+        eng, tor = breakdowns(step, tstep.model, images, labels, ti, tl)
+        print(f"  {'per layer (ms, fastest of 3)':29s} {'graphdiff fwd':>13s} {'bwd':>7s}   {'pytorch fwd':>11s} "
+              f"{'bwd':>7s}   fwd+bwd ratio")
         for layer in sorted({k[0] for k in eng} | {k[0] for k in tor}, key=_layer_order):
+            ours, theirs = (sum(t.get((layer, k), 0.0) for k in ("forward", "backward")) for t in (eng, tor))
+            ratio = f"{ours / theirs:13.2f}" if ours and theirs else ""
             print(f"  {layer:29s} {_ms(eng, layer, 'forward', 13)} {_ms(eng, layer, 'backward', 7)}"
-                  f"   {_ms(tor, layer, 'forward', 11)} {_ms(tor, layer, 'backward', 7)}")
+                  f"   {_ms(tor, layer, 'forward', 11)} {_ms(tor, layer, 'backward', 7)}   {ratio}")
         totals = [sum(v for (_, kind), v in table.items() if kind == want) * 1e3
                   for table in (eng, tor) for want in ("forward", "backward")]
         print(f"  {'total':29s} {totals[0]:13.1f} {totals[1]:7.1f}   {totals[2]:11.1f} {totals[3]:7.1f}")
         print("  (graphdiff: op times by scope, ReLUs inside their conv/fc layer, sgd = the updates;"
               " pytorch: module hooks, with conv1's input gradient, which its training step skips,"
-              " and without the optimizer step.)")
+              " and without the optimizer step; the two sides profiled alternately.)")
 
     peak = max(peak, sgemm_peak())
     print(f"\nsummary (sgemm peak: the best of all its measurements in this run, {peak:.0f} GFLOP/s)")

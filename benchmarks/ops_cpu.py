@@ -2,7 +2,7 @@
 
 Run (the two OpenBLAS variables, if set, halve GEMM speed)::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/ops_cpu.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/ops_cpu.py [--kernels numpy onednn]
 
 For every op and shape both sides run in this process, alternating, after a
 warm-up; we print min and median milliseconds per side for the forward pass and
@@ -16,6 +16,11 @@ BLAS on one thread and the big GEMMs split over the kernel threads
 (``kernels.parallel.blas_on_one_thread``). Torch gets as many threads as
 NumPy's BLAS. The machine may be shared: the min is the least noisy figure, and
 the load average is printed so a noisy run can be recognised.
+
+Convolutions run with each kernel library asked for (``--kernels``, default
+both where the ``onednn`` extra loaded): NumPy's im2col + BLAS kernels
+(``conv1``) and oneDNN's primitives (``conv1-onednn``: forward with bias, then
+backward-data and backward-weights, primitives built during the warm-up).
 """
 
 import argparse
@@ -27,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from graphdiff.kernels import conv, lrn, parallel, pool  # noqa: E402
+from graphdiff.kernels import choice, conv, lrn, onednn, parallel, pool  # noqa: E402
 from graphdiff.ops.lrn import LRNNormalize, LRNScale  # noqa: E402
 
 # name, C_in, C_out, H (=W), kernel, stride, padding, groups
@@ -95,7 +100,7 @@ def report(name, what, a, b):
     return a.min() / b.min()
 
 
-def conv_cases(torch, F, N, dtype, rng):
+def conv_cases(torch, F, N, dtype, rng, kernels=("numpy",)):
     for name, C, O, H, k, s, p, g in CONVS:
         x = rng.standard_normal((N, C, H, H)).astype(dtype)
         w = (rng.standard_normal((O, C // g, k, k)) * 0.01).astype(dtype)
@@ -124,7 +129,20 @@ def conv_cases(torch, F, N, dtype, rng):
         def fb_torch():
             torch.autograd.grad(f_torch(), [xt, wt], dyt)
 
-        yield name, f_ours, fb_ours, f_torch, fb_torch
+        if "numpy" in kernels:
+            yield name, f_ours, fb_ours, f_torch, fb_torch
+        if "onednn" in kernels:
+            prims = onednn.Convolution(x.shape, w.shape, st, pd, g, bias=True)
+
+            def f_dnnl(c=prims, x=x, w=w, b=b, y=y):
+                return c.forward(x, w, b, out=y)
+
+            def fb_dnnl(c=prims, f=f_dnnl, x=x, w=w, dy=dy, dx=dx, dw=dw):
+                f()
+                c.backward_data(dy, w, out=dx)
+                c.backward_weights(x, dy, out=dw)
+
+            yield name + "-onednn", f_dnnl, fb_dnnl, f_torch, fb_torch
 
 
 def pool_cases(torch, F, N, dtype, rng):
@@ -187,7 +205,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--only", nargs="*", help="case names (conv1 pool1 lrn1 ...) or families (conv pool lrn)")
+    ap.add_argument("--kernels", nargs="+", choices=["numpy", "onednn"], default=["numpy", "onednn"],
+                    help="convolution kernel libraries to time (oneDNN where it loaded)")
     args = ap.parse_args()
+    if not onednn.available():
+        args.kernels = [k for k in args.kernels if k != "onednn"]
 
     import threadpoolctl
     import torch
@@ -204,12 +226,15 @@ def main():
         if var in os.environ:
             print(f"  warning: {var}={os.environ[var]} is set (slows OpenBLAS GEMMs)")
     print("load average", os.getloadavg(), "| batch", args.batch, args.dtype, "| reps", args.reps)
+    print("cpu:", choice.cpu_model(), "|", choice.status_line())
 
     rng = np.random.default_rng(0)
     ratios = {}
     for family in (conv_cases, pool_cases, lrn_cases):
-        for name, f_ours, fb_ours, f_torch, fb_torch in family(torch, F, args.batch, args.dtype, rng):
-            if args.only and name not in args.only and name.rstrip("0123456789") not in args.only:
+        extra = {"kernels": args.kernels} if family is conv_cases else {}
+        for name, f_ours, fb_ours, f_torch, fb_torch in family(torch, F, args.batch, args.dtype, rng, **extra):
+            base = name.split("-")[0]
+            if args.only and base not in args.only and base.rstrip("0123456789") not in args.only:
                 continue
             a, b = compare(name, f_ours, f_torch, args.reps, args.warmup)
             report(name, "forward", a, b)

@@ -31,14 +31,14 @@ from .backends import get_backend
 from .errors import GraphdiffError, InputError, OutOfMemoryError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
-from .kernels import parallel
+from .kernels import choice as kernel_choice, parallel
 from .graph import (ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, gc_paused,
                     toposort)
 
 
 @gc_paused()  # deep graphs: see graph.gc_paused
 def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True,  # noqa: A001
-            fuse=None):
+            fuse=None, kernels=None):
     """Compile ``outputs`` (a tensor or a list) into a callable.
 
     ``inputs`` are placeholders fed positionally (or by name as keywords), a
@@ -48,12 +48,15 @@ def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, se
     by :func:`graphdiff.optim.sgd_momentum`;
     ``training=False`` turns dropout off; ``seed`` seeds the program's random
     generator (dropout masks); ``optimize=False`` skips merging, folding and
-    fusing; ``fuse=False`` skips only the fusion of elementwise chains.
+    fusing; ``fuse=False`` skips only the fusion of elementwise chains;
+    ``kernels`` picks the convolutions' kernel library on NumPy: ``"auto"``
+    (measured per layer at the first run), ``"numpy"`` or ``"onednn"``; default
+    ``GRAPHDIFF_KERNELS`` or ``"auto"`` (see :mod:`graphdiff.kernels.choice`).
     """
     if isinstance(inputs, Tensor):
         inputs = [inputs]
     return Program(outputs, inputs, _update_pairs(updates), backend, training, seed, optimize,
-                   optimize if fuse is None else fuse)
+                   optimize if fuse is None else fuse, kernels)
 
 
 def _update_pairs(updates):
@@ -92,8 +95,9 @@ class Program:
     """A compiled graph. Call it with the input arrays; it returns the outputs
     (a single array for a single output tensor, else a list)."""
 
-    def __init__(self, outputs, inputs, updates, backend, training, seed, optimize, fuse):
+    def __init__(self, outputs, inputs, updates, backend, training, seed, optimize, fuse, kernels=None):
         self.backend = get_backend(backend)
+        self.kernel_mode = kernel_choice.resolve_mode(kernels)
         self.single = isinstance(outputs, Tensor)
         self.outputs = [outputs] if self.single else _output_list(outputs)
         self.inputs = list(inputs)
@@ -115,7 +119,10 @@ class Program:
         if optimize:
             self.passes.append(("cse + constant folding", order))
         if fuse:
-            fused = fuse_elementwise(order, roots)
+            # Columns shared between a convolution and its weight gradient are a
+            # NumPy-only layout: where oneDNN may run them, each op keeps its input.
+            share = not kernel_choice.onednn_in_play(self.kernel_mode, self.backend.name)
+            fused = fuse_elementwise(order, roots, share_columns=share)
             roots = [fused[id(r)] for r in roots]
             order = _schedule(roots)
             self.passes.append(("fusion", order))
@@ -435,6 +442,15 @@ class Program:
         return rows, sizes
 
     @property
+    def kernels(self):
+        """``{node name: library}`` for each convolution instruction: ``"numpy"`` or
+        ``"onednn"`` as used by the latest run (None before the first run; ``"cupy"``
+        on CuPy); every other op runs graphdiff's own kernels (see
+        :mod:`graphdiff.kernels.choice`)."""
+        return {node.name: library for node, library in
+                kernel_choice.program_kernels(self._instrs, self.backend.name).items()}
+
+    @property
     def in_place_updates(self):
         """The variables whose new value each call writes straight into their own
         buffer (see ``_plan_inplace_updates``), in update order."""
@@ -531,7 +547,7 @@ def _kernel(op, xp, program):
         def run(*arrays):
             return op.forward(xp, *arrays, rng=program.rng, training=program.training)
         return run
-    return functools.partial(op.forward, xp)
+    return kernel_choice.kernel_for(op, xp, program.kernel_mode) or functools.partial(op.forward, xp)
 
 
 def _simplify(roots):

@@ -194,17 +194,18 @@ def _apply_fused(xp, fn, vals, value_type):
     return getattr(xp, UFUNC_OF[fn])(*vals)
 
 
-def fuse_elementwise(order, roots):
+def fuse_elementwise(order, roots, share_columns=True):
     """The schedule's nodes with elementwise chains fused, and convolutions
-    rewritten (:func:`_fuse_convolutions`: a ReLU into its convolution, and
-    columns shared with the weight gradient). Returns a map from each node's
-    id to its replacement (itself where unchanged)."""
+    rewritten (:func:`_fuse_convolutions`: a ReLU into its convolution, and,
+    with ``share_columns``, columns shared with the weight gradient: a layout
+    of the NumPy kernels only). Returns a map from each node's id to its
+    replacement (itself where unchanged)."""
     uses = {}
     for node in order:
         for i in node.inputs:
             uses[id(i)] = uses.get(id(i), 0) + 1
     rooted = {id(r) for r in roots}
-    heads, absorbed = _fuse_convolutions(order, uses, rooted)
+    heads, absorbed = _fuse_convolutions(order, uses, rooted, share_columns)
     heads.update(_fuse_pooling(order))
     for node in reversed(order):
         if id(node) in absorbed or id(node) in heads or not _fusable(node):
@@ -246,7 +247,7 @@ def _parts(multi, replaced):
 SHARE_COLUMNS_MAX_EXPANSION = 8
 
 
-def _fuse_convolutions(order, uses, rooted):
+def _fuse_convolutions(order, uses, rooted, share_columns=True):
     """Rewrites of ``conv2d`` nodes. A ReLU that is the only reader of a
     convolution rides along with it (``conv2d_relu``); a convolution whose
     ``conv2d_grad_weight`` (same input and geometry) is in the schedule, with
@@ -275,7 +276,7 @@ def _fuse_convolutions(order, uses, rooted):
         head = node if relu is None else relu
         (kh, kw), (sh, sw) = w.shape[2:], op.stride
         key = (id(x), (kh, kw), op.stride, op.padding, op.groups)
-        if (key in grads and None not in node.shape[2:] and None not in (kh, kw)
+        if (share_columns and key in grads and None not in node.shape[2:] and None not in (kh, kw)
                 and kh * kw <= SHARE_COLUMNS_MAX_EXPANSION * sh * sw):
             if key not in columns:
                 im2col = Im2col((kh, kw), op.stride, op.padding, op.groups)

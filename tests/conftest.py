@@ -1,13 +1,17 @@
 """Shared test set-up. Tests marked ``gpu`` run on the real CuPy backend where
 CuPy and a GPU are present (``pytest -m gpu`` on a GPU machine), and on the
 strict CuPy stand-in (``tests/cupy_standin``) where CuPy does not import, as
-in CI; where CuPy imports but finds no GPU they are skipped. Also fixtures
-several test files use."""
+in CI; where CuPy imports but finds no GPU they are skipped. Convolutions run
+NumPy's kernels unless ``GRAPHDIFF_KERNELS`` says otherwise (deterministic: no
+choice by timing); tests/test_onednn.py forces oneDNN's, and
+``GRAPHDIFF_KERNELS=onednn pytest`` runs the whole suite on them. Also
+fixtures several test files use."""
 import os
 import sys
 
 import pytest
 
+os.environ.setdefault("GRAPHDIFF_KERNELS", "numpy")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for cupy_standin
 
 import cupy_standin  # noqa: E402

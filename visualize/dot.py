@@ -186,13 +186,15 @@ def op_label(op, width=24, max_lines=4):
     return "\n".join(lines)
 
 
-def _node_label(t, stats=None):
+def _node_label(t, stats=None, kernels=None):
     if t.kind in ("placeholder", "variable"):
         text = f"{t.name}\n{shape_label(t.shape)}"
     elif t.kind == "constant":
         text = t.op.describe()
     else:
         text = op_label(t.op)
+    if kernels and id(t) in kernels:  # a compiled convolution's kernel library
+        text += f"\nkernel: {kernels[id(t)]}"
     st = stats.get(id(t)) if stats else None
     if st is not None and "mean" in st:
         text += f"\nmean {st['mean']:.3g} std {st['std']:.3g} zero {100 * st['zero']:.0f}%"
@@ -254,7 +256,9 @@ def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, co
     * ``outputs``: a Tensor, a list of Tensors, or a model with ``.loss``;
       pass ``[loss, *grads]`` to draw both passes. A compiled program
       (``gd.compile(...)``) draws the graph it runs: fused elementwise chains,
-      ``conv2d_relu``, ops with two outputs and the ``part`` nodes reading them.
+      ``conv2d_relu``, ops with two outputs and the ``part`` nodes reading them;
+      once it has run, each convolution (or layer box) names its kernel
+      library (``kernel: onednn``, see ``Program.kernels``).
     * ``collapse``: False draws every node; True one box per scope (an int
       ``k`` groups by the first ``k`` levels of nested scopes). Edges between
       boxes are summed (``x3``); ops outside any scope stay single nodes.
@@ -278,6 +282,7 @@ def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, co
     program = outputs if isinstance(outputs, gd.Program) else None
     if collapse is None:
         collapse = program is not None
+    kernels = _kernel_notes(program)
     outputs = as_outputs(outputs)
     nodes = gd.toposort(outputs)
     marks = {} if program is not None else gradient_outputs(outputs, nodes)
@@ -286,16 +291,25 @@ def to_dot(outputs, *, collapse=None, title=None, shapes=True, clusters=True, co
     key = _Key()
     stats = _feed_stats(nodes, feed)
     if collapse:
-        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes, marks, updating, key, stats)
+        _collapsed(d, nodes, 0 if collapse is True else int(collapse), shapes, marks, updating, key, stats, kernels)
     else:
-        _full(d, nodes, shapes, clusters, constants, marks, key, stats)
+        _full(d, nodes, shapes, clusters, constants, marks, key, stats, kernels)
     d.meta["legend"] = {"nodes": list(key.nodes), "edges": list(key.edges)}
     if legend:
         _legend(d, key)
     return d
 
 
-def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None):
+def _kernel_notes(program):
+    """``{node id: library}`` for a compiled program's convolutions that have run
+    (``Program.kernels``: ``"onednn"`` or ``"numpy"``); {} for a graph."""
+    if program is None:
+        return {}
+    by_name = program.kernels
+    return {id(n): by_name[n.name] for n in program.nodes if by_name.get(n.name) and n.op.name != "part"}
+
+
+def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None, kernels=None):
     drawn = [t for t in nodes if constants or t.kind != "constant"]
     ids = {id(t): f"n{t.id}" for t in drawn}
     users = defaultdict(list)
@@ -318,7 +332,7 @@ def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None):
         by_cluster[cluster_of(t)].append(t)
 
     def emit(graph, t):
-        style, label = _node_style(t), _node_label(t, stats)
+        style, label = _node_style(t), _node_label(t, stats, kernels)
         _note_node(key, t, style)
         if id(t) in marks:
             style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"
@@ -360,7 +374,7 @@ def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None):
     d.meta.update(nodes=len(drawn), edges=n_edges, reused=n_reused)
 
 
-def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None):
+def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None, kernels=None):
     # Group key per node: ("scope", scope, backward) or ("node", id). Constants
     # join their first user's group; scoped variables join their scope's box.
     users = defaultdict(list)
@@ -392,7 +406,7 @@ def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None):
         gid[g] = f"g{k}"
         if g[0] == "node":
             t = ts[0]
-            style, label = _node_style(t), _node_label(t, stats)
+            style, label = _node_style(t), _node_label(t, stats, kernels)
             _note_node(key, t, style)
             if id(t) in marks:
                 style, label = dict(style, **GRADIENT_OUTPUT), f"{marks[id(t)]}\n{label}"
@@ -411,6 +425,9 @@ def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None):
         n_ops = sum(is_op(t) for t in ts)
         held = "values held" if updates else "params"  # an update box holds state (momentum), not weights
         lines.append(f"{n_ops} op{'s' if n_ops != 1 else ''}" + (f", {values:,} {held}" if values else ""))
+        libraries = sorted({kernels[id(t)] for t in ts if kernels and id(t) in kernels})
+        if libraries:  # the convolutions' kernel library (Program.kernels)
+            lines.append(f"kernel: {', '.join(libraries)}")
         style = dict(LAYER_BOX[bool(backward)])
         key.node("layer, backward pass" if backward else "layer (forward pass)", style)
         grads = [marks[id(t)] for t in ts if id(t) in marks]

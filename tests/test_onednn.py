@@ -1,0 +1,256 @@
+"""The oneDNN convolution kernels (graphdiff/kernels/onednn.py) and the choice
+between them and NumPy's (graphdiff/kernels/choice.py).
+
+oneDNN runs float32 only, so its checks compare float32 programs forced onto
+oneDNN (``kernels="onednn"``) with float64 programs on NumPy's kernels (which
+tests/test_cnn_ops.py checks by finite differences and naive loops): the
+forward pass, the VJP and the double VJP (grad of grad: the gradient ops stay
+graph ops, only their kernels change), over hypothesis-drawn geometries.
+Needs the ``onednn`` extra; skipped without it, except under ``CI``.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import graphdiff as gd
+from graphdiff.kernels import choice, onednn
+from test_cnn_ops import ref_conv2d
+
+pytestmark = pytest.mark.skipif(not onednn.available() and not os.environ.get("CI"),
+                                reason=f"needs oneDNN: {onednn.INSTALL} ({onednn.load_error()})")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def examples(n):
+    return settings(max_examples=n, deadline=None, derandomize=True)
+
+
+def close(got, want, what, rtol=2e-4):
+    """float32 against float64: errors relative to the array's scale."""
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(np.asarray(got, np.float64) - want).max()) / scale
+    assert err < rtol, f"{what}: max error {err:.2e} of scale {scale:.3g}"
+
+
+def conv_gradients(dtype, x_shape, w_shape, stride, padding, groups, bias, relu):
+    """The forward output, its VJP (x, w, b) and the double VJP (x, w, dy) of a
+    convolution, as one program's outputs; placeholders ``x, w, b, dy, vx, vw``."""
+    O = w_shape[0]
+    ph = [gd.placeholder(s, dtype=dtype, name=n) for n, s in
+          [("x", x_shape), ("w", w_shape), ("b", (O,))]]
+    x, w, b = ph
+    y = gd.conv2d(x, w, b if bias else None, stride=stride, padding=padding, groups=groups)
+    if relu:
+        y = gd.relu(y)
+    dy = gd.placeholder(y.shape, dtype=dtype, name="dy")
+    gx, gw, gb = gd.grad(gd.sum(y * dy), [x, w, b])
+    vx, vw = gd.placeholder(x_shape, dtype=dtype, name="vx"), gd.placeholder(w_shape, dtype=dtype, name="vw")
+    hx, hw, hdy = gd.grad(gd.sum(gx * vx) + gd.sum(gw * vw), [x, w, dy])
+    return [y, gx, gw, gb, hx, hw, hdy], [x, w, b, dy, vx, vw]
+
+
+def run_both(x_shape, w_shape, stride, padding, groups, bias, relu, seed=0):
+    """Values of :func:`conv_gradients` in float32 on oneDNN and in float64 on NumPy,
+    and the oneDNN program."""
+    rng = np.random.default_rng(seed)
+    results, program = {}, None
+    arrays = None
+    for dtype, mode in (("float64", "numpy"), ("float32", "onednn")):
+        outs, ins = conv_gradients(dtype, x_shape, w_shape, stride, padding, groups, bias, relu)
+        if arrays is None:
+            arrays = [rng.standard_normal(p.shape) for p in ins]
+        f = gd.compile(outs, inputs=ins, kernels=mode)
+        results[mode] = [np.asarray(v, np.float64) for v in f(*[a.astype(dtype) for a in arrays])]
+        program = f
+    return results["onednn"], results["numpy"], program, arrays
+
+
+geometry = st.tuples(
+    st.integers(1, 3),                 # batch
+    st.integers(1, 3),                 # channels per group
+    st.integers(1, 3),                 # filters per group
+    st.integers(1, 2),                 # groups
+    st.integers(1, 5), st.integers(1, 4),   # kernel height, width
+    st.integers(1, 3), st.integers(1, 2),   # stride h, w
+    st.integers(0, 2), st.integers(0, 1),   # padding h, w
+    st.integers(0, 6), st.integers(0, 5),   # input size beyond the smallest that fits
+    st.booleans(), st.booleans())      # bias, relu
+
+
+@examples(60)
+@given(geometry)
+@example((2, 3, 4, 2, 3, 3, 1, 1, 1, 1, 3, 3, True, True))   # AlexNet conv4-like: 3x3, pad 1, two groups
+@example((2, 3, 2, 1, 5, 5, 1, 1, 2, 2, 4, 4, False, True))  # conv2-like: 5x5, pad 2
+@example((1, 2, 3, 1, 4, 4, 3, 3, 0, 0, 2, 1, True, False))  # strides that skip the last rows and columns
+@example((3, 1, 2, 1, 1, 1, 2, 1, 0, 0, 3, 2, True, True))   # 1x1 kernel, strided
+def test_forward_vjp_and_double_vjp_match_numpy(params):
+    N, Cg, Og, g, kh, kw, sh, sw, ph, pw, eh, ew, bias, relu = params
+    x_shape = (N, Cg * g, max(1, kh - 2 * ph) + eh, max(1, kw - 2 * pw) + ew)
+    w_shape = (Og * g, Cg, kh, kw)
+    got, want, program, arrays = run_both(x_shape, w_shape, (sh, sw), (ph, pw), g, bias, relu)
+    names = ["y", "dE/dx", "dE/dw", "dE/db", "d2/dx", "d2/dw", "d2/ddy"]
+    for name, a, b in zip(names, got, want):
+        close(a, b, name)
+    assert set(program.kernels.values()) == {"onednn"}, program.kernels
+    # the forward pass against the slides' formula, by loops
+    x, w, b = arrays[:3]
+    ref = ref_conv2d(x, w, b if bias else None, (sh, sw), (ph, pw), g)
+    close(got[0], np.maximum(ref, 0) if relu else ref, "y vs loops")
+
+
+def test_the_compiled_ops_all_run_on_onednn():
+    """conv2d_relu, conv2d_backward (a stride-1 layer's two gradients) and the separate
+    gradients of a strided layer: each names oneDNN in ``Program.kernels`` and in the diagram,
+    and the NumPy-only shared columns are not built."""
+    import visualize as vz
+
+    rng = np.random.default_rng(3)
+    x = gd.placeholder((None, 3, 15, 15), name="x")
+    w1 = gd.variable(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) * 0.2, name="w1")
+    w2 = gd.variable(rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.2, name="w2")
+    h = gd.relu(gd.conv2d(x, w1, stride=2, padding=1))
+    loss = gd.sum(gd.relu(gd.conv2d(h, w2, padding=1)) ** 2)
+    grads = gd.grad(loss, [w1, w2])
+    f = gd.compile([loss, *grads], [x], kernels="onednn")
+    names = {n.op.name for n in f.nodes}
+    assert {"conv2d_relu", "conv2d_backward", "conv2d_grad_weight"} <= names and "im2col" not in names
+    assert set(f.kernels.values()) == {None}  # not run yet
+    xv = rng.standard_normal((2, 3, 15, 15)).astype(np.float32)
+    got = f(xv)
+    assert set(f.kernels.values()) == {"onednn"} and len(f.kernels) == 4
+    want = gd.compile([loss, *grads], [x], kernels="numpy")(xv)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    assert vz.to_dot(f).source.count("kernel: onednn") == 4
+
+
+def test_float64_stays_on_numpy_in_onednn_mode():
+    x = gd.placeholder((2, 2, 6, 6), dtype="float64", name="x")
+    w = gd.placeholder((3, 2, 3, 3), dtype="float64", name="w")
+    f = gd.compile(gd.conv2d(x, w), [x, w], kernels="onednn")
+    xv, wv = np.random.default_rng(0).standard_normal((2, 2, 6, 6)), np.ones((3, 2, 3, 3))
+    np.testing.assert_allclose(f(xv, wv), ref_conv2d(xv, wv, None, (1, 1), (0, 0), 1), rtol=1e-12)
+    assert list(f.kernels.values()) == ["numpy"]
+
+
+def test_auto_mode_keeps_the_faster_library_and_remembers_it(monkeypatch):
+    """At the first run each convolution is timed with both libraries; the faster is kept
+    for those shapes, for the whole process (a second program does not measure again)."""
+    calls = []
+    fake = {"numpy": 1.0, "onednn": 2.0}
+
+    def seconds(library, run):
+        calls.append(library)
+        run()
+        return fake[library]
+
+    monkeypatch.setattr(choice, "_seconds", seconds)
+    choice.clear_decisions()
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    wv = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+    def program(mode="auto"):
+        x, w = gd.placeholder(xv.shape, name="x"), gd.placeholder(wv.shape, name="w")
+        return gd.compile(gd.conv2d(x, w, padding=1), [x, w], kernels=mode)
+
+    f = program()
+    y = f(xv, wv)
+    assert calls == ["numpy", "onednn"] * choice.TIMED_RUNS and list(f.kernels.values()) == ["numpy"]
+    np.testing.assert_array_equal(y, program("numpy")(xv, wv))  # the kept library's result
+    calls.clear()
+    fake.update(numpy=3.0)  # a second program with the same convolution: no new measurement
+    g = program()
+    g(xv, wv)
+    assert calls == [] and list(g.kernels.values()) == ["numpy"]
+    choice.clear_decisions()
+    h = program()
+    np.testing.assert_array_equal(h(xv, wv), program("onednn")(xv, wv))
+    assert list(h.kernels.values()) == ["onednn"]
+    choice.clear_decisions()
+
+
+def test_bad_mode_is_a_clear_error(monkeypatch):
+    x = gd.placeholder((1, 1, 3, 3), name="x")
+    with pytest.raises(gd.BackendError, match="kernels='cudnn'.*auto, numpy, onednn"):
+        gd.compile(x * 2, [x], kernels="cudnn")
+    monkeypatch.setenv("GRAPHDIFF_KERNELS", "fast")
+    with pytest.raises(gd.BackendError, match="from GRAPHDIFF_KERNELS"):
+        gd.compile(x * 2, [x])
+
+
+def test_reports_version_and_isa():
+    assert onednn.info().startswith("oneDNN 3.")
+    assert onednn.info() in choice.status_line()
+
+
+def test_without_the_library_everything_runs_on_numpy():
+    """GRAPHDIFF_ONEDNN=0 (as where the extra is missing): auto mode runs NumPy's kernels,
+    the status line says why, and forcing oneDNN is a BackendError naming the install."""
+    code = """
+import numpy as np, graphdiff as gd
+from graphdiff.kernels import choice
+x, w = gd.placeholder((2, 3, 8, 8), name="x"), gd.placeholder((4, 3, 3, 3), name="w")
+f = gd.compile(gd.conv2d(x, w), [x, w])
+f(np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32))
+print(f.kernels, choice.status_line())
+try:
+    gd.compile(gd.conv2d(x, w), [x, w], kernels="onednn")
+except gd.BackendError as e:
+    print("error:", e)
+"""
+    env = dict(os.environ, GRAPHDIFF_ONEDNN="0", GRAPHDIFF_KERNELS="auto", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert "'numpy'}" in out and "oneDNN not loaded" in out
+    assert "error: kernels='onednn': oneDNN is not available (disabled by GRAPHDIFF_ONEDNN=0)" in out
+
+
+def test_openmp_settings_are_left_to_the_user():
+    """OMP_NUM_THREADS / OMP_WAIT_POLICY are set only for loading the library, and
+    only where the user has not set them; the environment is restored. GNU
+    OpenMP then runs graphdiff's kernel thread count, or the user's."""
+    code = """
+import ctypes, os
+from graphdiff.kernels import onednn, parallel
+assert onednn.available(), onednn.load_error()
+gomp = ctypes.CDLL("libgomp.so.1")
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OMP_NUM_THREADS"), gomp.omp_get_max_threads(),
+      parallel.NUM_THREADS)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = ROOT
+    for user, want in ((None, None), ("1", 1)):
+        if user:
+            env["OMP_NUM_THREADS"] = user
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        policy, threads, omp_threads, kernel_threads = run.stdout.split()
+        assert policy == "None" and threads == str(user)
+        assert int(omp_threads) == (int(kernel_threads) if want is None else want)
+
+
+def test_alexnet_small_trains_alike_on_both_libraries(monkeypatch):
+    """Three SGD steps of the small AlexNet (convolutions with groups, strides, ReLU
+    fusion, both gradients) with every convolution on oneDNN and on NumPy."""
+    from models.alexnet import alexnet_small, train_step
+
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((4, 3, 24, 24)).astype(np.float32), rng.integers(0, 10, 4)) for _ in range(3)]
+    runs = {}
+    for mode in ("numpy", "onednn"):
+        monkeypatch.setenv("GRAPHDIFF_KERNELS", mode)
+        model = alexnet_small(image_size=24, seed=0)
+        step = train_step(model, lr=0.01)
+        runs[mode] = ([step(x, t) for x, t in batches], {k: p.value.copy() for k, p in model.params.items()})
+        assert set(step.program.kernels.values()) == {mode}
+    (loss_a, params_a), (loss_b, params_b) = runs["numpy"], runs["onednn"]
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for k in params_a:
+        np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-5, err_msg=k)
