@@ -254,3 +254,24 @@ def test_alexnet_small_trains_alike_on_both_libraries(monkeypatch):
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
     for k in params_a:
         np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_or_inf_goes_through_conv_relu_as_on_numpy(bad):
+    """oneDNN's ReLU post-op maps NaN to 0; the compiled conv + ReLU must keep
+    it (max(NaN, 0) is NaN on NumPy), so that a diverged run shows as one."""
+    x = gd.placeholder((2, 3, 9, 9), "float32", name="x")
+    w = gd.variable(np.ones((4, 3, 3, 3), "float32"), name="w")
+    b = gd.variable(np.zeros(4, "float32"), name="b")
+    y = gd.relu(gd.conv2d(x, w, b))
+    xv = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype("float32")
+    xv[0, 0, 4, 4] = bad
+    want = gd.compile(y, [x], kernels="numpy")(xv)
+    f = gd.compile(y, [x], kernels="onednn")
+    got = f(xv)
+    assert set(f.kernels.values()) == {"onednn"}
+    assert np.isnan(want).sum() == (36 if np.isnan(bad) else 0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    xv[0, 0, 4, 4] = 0.0  # and finite inputs again take the fused post-op
+    np.testing.assert_allclose(f(xv), gd.compile(y, [x], kernels="numpy")(xv), rtol=1e-5, atol=1e-5)

@@ -355,6 +355,13 @@ class _Primitive:
             self.handle = self.pd = None
 
 
+def _finite(*arrays):
+    """Whether the sums of ``arrays`` (None skipped) are finite: false for any
+    NaN or infinity (and, harmlessly, for a sum that overflows)."""
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        return all(numpy.isfinite(numpy.sum(a, dtype=numpy.float32)) for a in arrays if a is not None)
+
+
 class _Step:
     """A primitive and its operands, ``(exec arg, query, plain shape, "in"/"out", scratch tag)``."""
 
@@ -432,19 +439,37 @@ class Convolution:
             self._fwd_pd_hint = _Primitive(self._forward_pd(False))
         return self._fwd_pd_hint.pd
 
+    def _forward_step(self, relu):
+        return _Step(self._forward_pd(relu), [
+            (_ARG_SRC, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
+            (_ARG_WEIGHTS, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
+            (_ARG_DST, _QUERY_DST_MD, self.y_shape, "out", "onednn_y")])
+
     def forward(self, x, w, b=None, out=None):
-        """``conv2d(x, w, b)`` (``max(., 0)`` when built with ``relu``) into ``out`` (else a new array)."""
-        if self._fwd is None:
-            self._fwd = _Step(self._forward_pd(self.relu), [
-                (_ARG_SRC, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
-                (_ARG_WEIGHTS, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
-                (_ARG_DST, _QUERY_DST_MD, self.y_shape, "out", "onednn_y")])
+        """``conv2d(x, w, b)`` (``max(., 0)`` when built with ``relu``) into ``out`` (else a new array).
+
+        oneDNN's ReLU post-op turns NaN into 0, where ``relu`` (``maximum(x, 0)``)
+        keeps it: a diverged run must not look healthy. A NaN or infinity in the
+        operands (their sums are not finite: one cheap pass over ``x``) takes the
+        convolution without the post-op, then NumPy's ``maximum``."""
+        x, w = _c32(x), _c32(w)
+        relu_post_op = self.relu and _finite(x, w, b)
+        if relu_post_op or not self.relu:
+            if self._fwd is None:
+                self._fwd = self._forward_step(self.relu)
+            step = self._fwd
+        else:
+            if self.__dict__.get("_fwd_plain") is None:
+                self._fwd_plain = self._forward_step(False)
+            step = self._fwd_plain
         y = numpy.empty(self.y_shape, numpy.float32) if out is None else out
         bias = None
         if self.bias:
             bias = {_ARG_BIAS: self._bias_memory()}
             _lib.dnnl_memory_set_data_handle(bias[_ARG_BIAS], _c32(b).ctypes.data)
-        self._fwd.run([_c32(x), _c32(w), y], bias)
+        step.run([x, w, y], bias)
+        if self.relu and not relu_post_op:
+            numpy.maximum(y, numpy.float32(0), out=y)
         return y
 
     def _bias_memory(self):
