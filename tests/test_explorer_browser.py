@@ -19,6 +19,7 @@ import graphdiff as gd
 import visualize as vz
 from graphdiff.autodiff import provenance
 
+import needs
 from test_explorer import small_cnn
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -30,9 +31,7 @@ BUDGET_S = 3.0
 
 
 def _missing(what):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing under CI ({INSTALL})")
-    pytest.skip(f"{what} is missing; install it with: {INSTALL}")
+    needs.missing(what, INSTALL)
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,19 @@
 value are refused, malformed values and arguments are typed errors naming
 what was wrong, and DLPack arrays (PyTorch tensors) go in and come out
 without a copy."""
-import importlib
-import os
 import re
 
 import numpy as np
 import pytest
 
 import graphdiff as gd
+import needs
 
 
 def torch_module():
     """PyTorch (the ``bench`` extra, installed by the README's test command):
     required under CI, skipped only where CI is unset."""
-    if os.environ.get("CI"):
-        return importlib.import_module("torch")
-    return pytest.importorskip("torch", reason="needs PyTorch: pip install '.[bench]'")
+    return needs.module("torch", "pip install -e '.[bench]'")
 
 
 def program(dtype, shape=(None,)):
@@ -115,6 +112,8 @@ def test_torch_tensors_of_other_layouts_dtypes_and_with_grad():
     f = gd.compile(x * 1.0, [x])
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3).t()  # transposed: strided, still no copy
     np.testing.assert_array_equal(f(t), t.numpy())
+    view = gd.compile(x, [x])(t)  # the input itself as an output: the tensor's own memory
+    assert np.shares_memory(view, t.numpy())
     np.testing.assert_array_equal(f(torch.ones(3, 2, dtype=torch.float64)), np.ones((3, 2)))  # cast as NumPy's
     w = torch.ones(3, 2, requires_grad=True)  # read through detach(): the same memory
     np.testing.assert_array_equal(f(w), np.ones((3, 2)))

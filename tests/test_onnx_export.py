@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
+import needs
 from models.alexnet import alexnet, alexnet_small
 from models.cnn import cnn4
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = needs.module("onnx", "pip install -e '.[interop]'")
+ort = needs.module("onnxruntime", "pip install -e '.[interop]'")
 
 RNG = np.random.default_rng(0)
 

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
+import needs
 from models.alexnet import Model, alexnet_small, train_step
 from test_onnx_export import DENSE, SWEEP, feed_for, x4
 
-onnx = pytest.importorskip("onnx")
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxscript")
+onnx = needs.module("onnx", "pip install -e '.[interop]'")
+torch = needs.module("torch", "pip install -e '.[bench]'")
+needs.module("onnxscript", "pip install -e '.[test]'")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 nn = torch.nn

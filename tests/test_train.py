@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import models.train as train
+import needs
 from graphdiff.checkpoint import CheckpointError, load_checkpoint
 from models import relu_vs_tanh
 
@@ -428,12 +429,7 @@ def test_an_empty_validation_split_trains_without_validation_and_resumes(tmp_pat
 # --------------------------------------------------------------------------- TensorBoard
 def needs_tensorboard():
     """Skip without the tensorboard package, except in CI (which installs it)."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("tensorboard is not installed: pip install -e '.[interop]'")
-        pytest.skip("needs tensorboard: pip install -e '.[interop]'")
+    needs.module("tensorboard", "pip install -e '.[interop]'")
 
 
 def test_tensorboard_events_match_the_metrics_and_hold_the_graph(tmp_path):

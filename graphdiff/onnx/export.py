@@ -16,6 +16,7 @@ past their node to write the ONNX idiom (each says so):
 An op without a rule raises :class:`~graphdiff.ModelFormatError` naming the op
 and the node. The file is written atomically (temporary file, then rename).
 """
+import errno
 import os
 import tempfile
 
@@ -471,6 +472,8 @@ def export(outputs, inputs, path, opset=DEFAULT_OPSET, name="graphdiff"):
         raise ModelFormatError(f"onnx export: {path}: the model does not fit one protobuf file ({e})") from None
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"onnx export: no folder {folder!r} to write {path!r} in", path)
     fd, tmp = tempfile.mkstemp(prefix=".onnx-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
