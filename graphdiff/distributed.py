@@ -51,6 +51,7 @@ MPI_INSTALL = "pip install -e '.[mpi]'"
 #: MPICH's and Intel MPI's Hydra (and srun's PMI), Open MPI, MVAPICH. (Not SLURM_NTASKS:
 #: a batch job's own script sees it without being one of several processes.)
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 #: Default bucket size: PyTorch DDP uses 25 MB and Horovod 64 MB; a smaller one
 #: starts the first reduction earlier in the backward pass.
@@ -70,6 +71,16 @@ def launched_size(environ=None):
         if value.isdigit() and int(value) > 1:
             return int(value)
     return 1
+
+
+def launched_rank(environ=None):
+    """This process's rank as its launcher set it (0 if none): known before MPI starts."""
+    environ = os.environ if environ is None else environ
+    for key in RANK_VARIABLES:
+        value = environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def world(backend="numpy"):

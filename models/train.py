@@ -63,6 +63,7 @@ import numpy as np
 
 import graphdiff as gd
 from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
+from graphdiff.distributed import launched_rank
 from models.alexnet import alexnet, alexnet_small, train_step
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
@@ -307,6 +308,12 @@ def validate_args(args):
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
     if not args.lr > 0 or not math.isfinite(args.lr):
         raise UsageError("--lr must be positive")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError("--max-minutes must be positive")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
     try:
         kind, _ = parse_spec(args.data)
     except DataError as exc:
@@ -714,8 +721,14 @@ def cli(argv=None):
         else:
             text = str(exc)
         if parallel is None or parallel.size == 1:
-            print(f"error: {text}", file=sys.stderr)
+            # arguments are checked before MPI starts, alike on every rank: rank 0 says it
+            if parallel is not None or launched_rank() == 0:
+                print(f"error: {text}", file=sys.stderr)
             return 2
+        if parallel.rank:
+            # a mistake in the arguments is found by every rank: rank 0 says it and
+            # ends the job; the others speak only if it does not (an error of their own)
+            time.sleep(2.0)
         _abort_world(parallel, f"error: rank {parallel.rank} of {parallel.size}: {text}")
     except Exception as exc:
         if parallel is None or parallel.size == 1:

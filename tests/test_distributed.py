@@ -359,6 +359,15 @@ def test_training_command_on_two_ranks_equals_one_process_and_resumes(tmp_path):
     assert result["status"] == "done" and len(metrics(split)) == 4
 
 
+def test_a_mistake_in_the_arguments_is_one_error_line_under_mpiexec(tmp_path):
+    code, output, _ = mpirun("-m", "models.train", *TINY, "--data", "bogus", "--out", str(tmp_path / "a"))
+    assert code == 2 and output.count("error:") == 1 and "unknown data set spec 'bogus'" in output, output
+    code, output, _ = mpirun("-m", "models.train", *TINY, "--epochs", "1", "--out", str(tmp_path / "b"))
+    assert code == 0, output
+    code, output, _ = mpirun("-m", "models.train", *TINY, "--epochs", "1", "--out", str(tmp_path / "b"))
+    assert code == 2 and output.count("error:") == 1 and "already holds a run" in output, output
+
+
 @pytest.mark.parametrize("fault", ["raise", "die"])
 def test_a_failed_rank_stops_every_rank_and_keeps_the_checkpoint(tmp_path, fault):
     code, output, seconds = mpirun(WORKER, "train", fault, *TINY, "--batch-size", "8", "--epochs", "3",

@@ -167,6 +167,8 @@ def one_error_line(capsys, argv):
     (["--epochs", "0"], r"--epochs must be positive"),
     (["--model", "resnet"], r"argument --model: invalid choice: 'resnet'"),
     (["--resume", "--overwrite"], r"argument --overwrite: not allowed with argument --resume"),
+    (["--max-minutes", "-1"], r"--max-minutes must be positive"),
+    (["--model", "cnn4", "--dropout", "1.5"], r"--dropout must be in \[0, 1\), got 1.5"),
 ])
 def test_user_mistakes_are_one_error_line(tmp_path, capsys, extra, message):
     import re
@@ -174,6 +176,13 @@ def test_user_mistakes_are_one_error_line(tmp_path, capsys, extra, message):
     line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "run"), "--epochs", "1", *extra])
     assert re.search(message, line), line
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_out_that_is_a_file_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "file"), "--epochs", "1"])
+    assert line == f"error: --out {tmp_path / 'file'} is a file, not a folder"
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 def test_smallest_image_size_is_computed_from_the_layer_geometry(capsys):
