@@ -143,14 +143,16 @@ def compute_values(nodes, feed, training=False, seed=0):
     if extra:
         raise gd.InputError(f"explore: feed gives placeholder(s) {', '.join(map(repr, extra))}, "
                             f"which the graph does not read")
-    inputs = [t for t, _ in resolved.values()]
     ops = [n for n in nodes if n.kind not in ("placeholder", "variable", "constant")]
     values = {}
     if ops:
         # where the variables live on the GPU (a model trained with CuPy), run there
         on_gpu = any(type(n.value).__module__.startswith("cupy") for n in nodes if n.kind == "variable")
-        program = gd.compile(ops, inputs=inputs, training=training, seed=seed, backend="cupy" if on_gpu else "numpy")
-        results = program(*[v for _, v in resolved.values()])
+        program = gd.compile(ops, inputs=placeholders, training=training, seed=seed,
+                             backend="cupy" if on_gpu else "numpy")
+        # every placeholder in its place, None where the feed has none: the program
+        # then names what is missing, as a direct call does
+        results = program(*[resolved[id(p)][1] if id(p) in resolved else None for p in placeholders])
         values.update((id(n), np.asarray(r)) for n, r in zip(ops, results))
     for n in nodes:
         if n.kind == "placeholder" and id(n) in resolved:
