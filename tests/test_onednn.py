@@ -275,3 +275,39 @@ def test_a_nan_or_inf_goes_through_conv_relu_as_on_numpy(bad):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     xv[0, 0, 4, 4] = 0.0  # and finite inputs again take the fused post-op
     np.testing.assert_allclose(f(xv), gd.compile(y, [x], kernels="numpy")(xv), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_both_gradients_reorder_dy_once_and_equal_the_separate_calls(groups):
+    """``Convolution.backward`` (a stride-1 layer's ``conv2d_backward``) hands the
+    ``dy`` that backward-data reordered to backward-weights: the two gradients
+    equal :meth:`backward_data` and :meth:`backward_weights` called one by one,
+    also after another convolution has used the scratch buffers in between."""
+    rng = np.random.default_rng(9)
+    x_shape, w_shape = (3, 32, 9, 9), (32, 32 // groups, 3, 3)
+    conv = onednn.Convolution(x_shape, w_shape, (1, 1), (1, 1), groups)
+    x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    dy = rng.standard_normal(conv.y_shape).astype(np.float32)
+    want = conv.backward_data(dy, w), conv.backward_weights(x, dy)
+    other = onednn.Convolution((2, 16, 11, 11), (16, 16, 3, 3), (1, 1), (1, 1), 1)
+    other.backward_weights(np.ones((2, 16, 11, 11), np.float32), np.ones(other.y_shape, np.float32))
+    got = conv.backward(dy, w, x)
+    assert conv._share_dy  # both primitives take dy blocked, in one layout
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    close(got[1], ref_grad_weight(x, dy, w_shape, groups), "dE/dw vs loops")
+
+
+def ref_grad_weight(x, dy, w_shape, groups):
+    """dE/dW[o, c, a, b] = sum_{n, i, j} dy[n, o, i, j] * Xpad[n, g(o) C/g + c, i + a, j + b] (stride 1, pad 1)."""
+    O, Cg, kh, kw = w_shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    OH, OW = dy.shape[2:]
+    dw = np.zeros(w_shape)
+    for o in range(O):
+        c0 = (o // (O // groups)) * Cg
+        for a in range(kh):
+            for b in range(kw):
+                window = xp[:, c0:c0 + Cg, a:a + OH, b:b + OW]
+                dw[o, :, a, b] = np.einsum("nchw,nhw->c", window, dy[:, o].astype(np.float64))
+    return dw

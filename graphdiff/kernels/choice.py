@@ -49,8 +49,7 @@ _ONEDNN_RUN = {
     "conv2d_relu": lambda c, a, out: c.forward(*a, out=out),
     "conv2d_grad_input": lambda c, a, out: c.backward_data(a[0], a[1], out=out),
     "conv2d_grad_weight": lambda c, a, out: c.backward_weights(a[0], a[1], out=out),
-    "conv2d_backward": lambda c, a, out: (c.backward_data(a[0], a[1], out=out[0]),
-                                          c.backward_weights(a[2], a[0], out=out[1])),
+    "conv2d_backward": lambda c, a, out: c.backward(a[0], a[1], a[2], out=out),
 }
 
 _DIRECTION = {"conv2d": "forward", "conv2d_relu": "forward", "conv2d_grad_input": "backward_data",

@@ -269,6 +269,7 @@ class _Operand:
 
     def __init__(self, pd, query, plain_shape, direction, tag):
         self.shape, self.direction, self.tag = tuple(plain_shape), direction, tag
+        self.pd, self.query = pd, query
         self.plain = _Desc(self.shape, _plain_tag(len(self.shape)))
         want = _lib.dnnl_primitive_desc_query_md(pd, query, 0)
         self.memory = _memory(want)
@@ -279,10 +280,12 @@ class _Operand:
             src, dst = (self.plain.handle, want) if direction == "in" else (want, self.plain.handle)
             self.reorder = _Primitive(_reorder_pd(src, dst))
 
-    def bind(self, array):
+    def bind(self, array, reordered=False):
         """Point the operand at ``array`` (plain layout, C-contiguous); an input in
         another layout is reordered now into a scratch buffer (shared by every
-        convolution of this thread with this role: calls run one at a time)."""
+        convolution of this thread with this role: calls run one at a time),
+        unless ``reordered``: the buffer already holds ``array`` in this layout
+        (the previous primitive of the same convolution reordered it)."""
         if array.size != _size(self.shape) or not array.flags.c_contiguous:
             raise ValueError(f"oneDNN operand: expected a contiguous array of shape {self.shape}, got {array.shape}")
         if self.reorder is None:
@@ -291,7 +294,7 @@ class _Operand:
         raw = parallel.workspace(numpy, self.tag, (self.nbytes + ALIGN,), numpy.uint8)
         _lib.dnnl_memory_set_data_handle(self.memory, raw.ctypes.data + (-raw.ctypes.data) % ALIGN)
         _lib.dnnl_memory_set_data_handle(self.user_memory, array.ctypes.data)
-        if self.direction == "in":
+        if self.direction == "in" and not reordered:
             self.reorder.execute({_ARG_FROM: self.user_memory, _ARG_TO: self.memory})
 
     def finish(self):
@@ -370,11 +373,12 @@ class _Step:
         self.operands = [(arg, _Operand(pd, query, shape, direction, tag))
                          for arg, query, shape, direction, tag in operands]
 
-    def run(self, arrays, extra=None):
-        """Execute on ``arrays`` (one per operand, plain layout); ``extra``: more exec args."""
+    def run(self, arrays, extra=None, reordered=()):
+        """Execute on ``arrays`` (one per operand, plain layout); ``extra``: more exec
+        args; ``reordered``: the exec args whose scratch buffer already holds the array."""
         args = dict(extra or {})
         for (arg, operand), array in zip(self.operands, arrays):
-            operand.bind(array)
+            operand.bind(array, arg in reordered)
             args[arg] = operand.memory
         self.primitive.execute(args)
         for _, operand in self.operands:
@@ -481,6 +485,24 @@ class Convolution:
 
     def backward_data(self, dy, w, out=None):
         """``dX`` of the convolution given ``dy`` (rows no window covered get zero)."""
+        dx = numpy.empty(self.x_shape, numpy.float32) if out is None else out
+        self._backward_data_step().run([_c32(dy), _c32(w), dx])
+        return dx
+
+    def backward(self, dy, w, x, out=(None, None)):
+        """``(dX, dW)``: :meth:`backward_data` then :meth:`backward_weights`, with ``dy``
+        reordered once where both primitives take it in the same layout (the
+        backward-data step leaves it in the ``onednn_y`` scratch buffer)."""
+        dx = numpy.empty(self.x_shape, numpy.float32) if out[0] is None else out[0]
+        dw = numpy.empty(self.w_shape, numpy.float32) if out[1] is None else out[1]
+        dy = _c32(dy)
+        data, weights = self._backward_data_step(), self._backward_weights_step()
+        self.__dict__.setdefault("_share_dy", _same_layout(data.operands[0][1], weights.operands[1][1]))
+        data.run([dy, _c32(w), dx])
+        weights.run([_c32(x), dy, dw], reordered=(_ARG_DIFF_DST,) if self._share_dy else ())
+        return dx, dw
+
+    def _backward_data_step(self):
         if self._bwd_data is None:
             pd = _p()
             dsrc, wts, ddst = self._any(self.x_shape), self._any(self.wg_shape), self._any(self.y_shape)
@@ -491,12 +513,15 @@ class Convolution:
                 (_ARG_DIFF_DST, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
                 (_ARG_WEIGHTS, _QUERY_WEIGHTS_MD, self.wg_shape, "in", "onednn_w"),
                 (_ARG_DIFF_SRC, _QUERY_DIFF_SRC_MD, self.x_shape, "out", "onednn_x")])
-        dx = numpy.empty(self.x_shape, numpy.float32) if out is None else out
-        self._bwd_data.run([_c32(dy), _c32(w), dx])
-        return dx
+        return self._bwd_data
 
     def backward_weights(self, x, dy, out=None):
         """``dW`` of the convolution, ``(O, C/g, kh, kw)``, summed over the batch."""
+        dw = numpy.empty(self.w_shape, numpy.float32) if out is None else out
+        self._backward_weights_step().run([_c32(x), _c32(dy), dw])
+        return dw
+
+    def _backward_weights_step(self):
         if self._bwd_weights is None:
             pd = _p()
             src, dwts, ddst = self._any(self.x_shape), self._any(self.wg_shape), self._any(self.y_shape)
@@ -507,15 +532,22 @@ class Convolution:
                 (_ARG_SRC, _QUERY_SRC_MD, self.x_shape, "in", "onednn_x"),
                 (_ARG_DIFF_DST, _QUERY_DIFF_DST_MD, self.y_shape, "in", "onednn_y"),
                 (_ARG_DIFF_WEIGHTS, _QUERY_DIFF_WEIGHTS_MD, self.wg_shape, "out", "onednn_w")])
-        dw = numpy.empty(self.w_shape, numpy.float32) if out is None else out
-        self._bwd_weights.run([_c32(x), _c32(dy), dw])
-        return dw
+        return self._bwd_weights
 
     def implementations(self):
         """The implementation oneDNN picked for each primitive built so far, e.g.
         ``{"forward": "brg:avx512_core", ...}``."""
         built = {"forward": self._fwd, "backward_data": self._bwd_data, "backward_weights": self._bwd_weights}
         return {k: v.primitive.implementation() for k, v in built.items() if v is not None}
+
+
+def _same_layout(a, b):
+    """Whether two operands reorder the same array into the same layout and scratch buffer."""
+    if a.reorder is None or b.reorder is None:
+        return False
+    want_a = _lib.dnnl_primitive_desc_query_md(a.pd, a.query, 0)
+    want_b = _lib.dnnl_primitive_desc_query_md(b.pd, b.query, 0)
+    return a.tag == b.tag and a.shape == b.shape and bool(_lib.dnnl_memory_desc_equal(want_a, want_b))
 
 
 def _c32(a):
