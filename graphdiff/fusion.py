@@ -101,33 +101,57 @@ class FusedElementwise(Op):
         else:
             outs_flat = [o.reshape(-1) for o in outs]
             nslots = max(self._slots(), default=-1) + 1
+            direct = self._direct_outputs(arrays, outs)  # decided once, on the whole arrays
 
             def block(lo, hi):
                 scratch = workspace(xp, "fused", (nslots, hi - lo), dtype)  # one per thread, reused by every block
-                self._evaluate(xp, [a[lo:hi] if a.ndim else a for a in flat], [o[lo:hi] for o in outs_flat], scratch)
+                self._evaluate(xp, [a[lo:hi] if a.ndim else a for a in flat], [o[lo:hi] for o in outs_flat], scratch,
+                               direct)
 
             parallel_blocks(xp, size, 1, block)
         return tuple(outs) if self.num_outputs > 1 else outs[0]
 
-    def _evaluate(self, xp, arrays, outs, scratch):
+    def _evaluate(self, xp, arrays, outs, scratch, direct=None):
         """The steps on whole arrays (``scratch`` None: fresh temporaries) or on one
-        block (temporaries in the rows of ``scratch``, see :meth:`_slots`)."""
+        block (temporaries in the rows of ``scratch``, see :meth:`_slots`).
+        ``direct`` (from :meth:`_direct_outputs`) says which extra outputs each
+        step may write straight into its output buffer."""
         temps = []
         last = len(self.program) - 1
         slots = self._slots()
+        if direct is None:
+            direct = self._direct_outputs(arrays, outs)
         for j, (fn, args) in enumerate(self.program):
             vals = [arrays[k] if kind == "in" else temps[k] for kind, k in args]
             if j == last:
                 dest = outs[0]
+            elif j in direct:
+                dest = outs[direct[j]]
             elif scratch is None:
                 dest = None
             else:
                 dest = scratch[slots[j]]
             temps.append(_apply(xp, fn, vals, dest))
-        # The extra outputs are written last: each may be the buffer of an input
-        # (an in-place update) that a later step still reads.
-        for o, j in zip(outs[1:], self.extra_outputs):
-            o[...] = temps[j]
+        # The other extra outputs are written last: each may be the buffer of an
+        # input (an in-place update) that a later step still reads.
+        for i, (o, j) in enumerate(zip(outs[1:], self.extra_outputs), start=1):
+            if direct.get(j) != i:
+                o[...] = temps[j]
+
+    def _direct_outputs(self, arrays, outs):
+        """``{step: output index}`` for the extra outputs a step can compute straight
+        into their buffer, saving a copy pass (SGD's ``v'`` into ``v``): those whose
+        buffer no later step reads as an input (an in-place update whose old value
+        is still needed must wait for the end)."""
+        direct = {}
+        for i, j in enumerate(self.extra_outputs, start=1):
+            o = outs[i]
+            if o is None or j in direct:
+                continue
+            later = {k for _, args in self.program[j + 1:] for kind, k in args if kind == "in"}
+            if not any(np.may_share_memory(o, arrays[k]) for k in later if hasattr(arrays[k], "shape")):
+                direct[j] = i
+        return direct
 
     def _slots(self):
         """Scratch slot of each step's result: a step may take over the slot of

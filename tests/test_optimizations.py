@@ -86,6 +86,33 @@ def test_fusion_happens_and_reads_scalars_broadcast_to_full_size():
     np.testing.assert_allclose(f(xv), 3.0 * (1 - np.tanh(xv) ** 2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("reads_old_v", [False, True])
+def test_an_update_value_is_computed_into_its_variable_only_where_no_later_step_reads_the_old_value(reads_old_v):
+    """SGD's ``v'`` is written straight into ``v``'s buffer (one copy pass fewer);
+    where a later step of the same fused op still reads the old ``v`` (here
+    ``w' = (v' - v) + w``), ``v'`` waits in scratch and is copied in at the end."""
+    shape = (3 * BLOCK_ELEMENTS + 5,)
+    rng = np.random.default_rng(5)
+    v0, w0, xv = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    x = gd.placeholder(shape, name="x")
+    v, w = gd.variable(v0.copy(), name="v"), gd.variable(w0.copy(), name="w")
+    new_v = v * 0.9 - (w * 0.5 + x) * 0.1
+    new_w = ((new_v - v) + w) if reads_old_v else (w + new_v)
+    f = gd.compile([gd.sum(x)], [x], updates=[(v, new_v), (w, new_w)])
+    (node,) = [n for n in f.nodes if n.op.name == "fused_elementwise"]
+    assert node.op.extra_outputs
+    feeds = {id(v): v.value, id(w): w.value, id(x): xv}
+    direct = node.op._direct_outputs([feeds.get(id(t), 0.0) for t in node.inputs], [w.value, v.value])
+    assert bool(direct) != reads_old_v
+    for step in range(2):
+        f(xv)
+        want_v = v0 * np.float32(0.9) - (w0 * np.float32(0.5) + xv) * np.float32(0.1)
+        want_w = ((want_v - v0) + w0) if reads_old_v else (w0 + want_v)
+        np.testing.assert_allclose(v.value, want_v, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(w.value, want_w, rtol=1e-6, atol=1e-6)
+        v0, w0 = want_v, want_w
+
+
 def test_memory_plan_keeps_results_equal_across_calls_and_shapes():
     x = gd.placeholder((None, 6), name="x")
     w = gd.variable(np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32), name="w")
