@@ -394,7 +394,8 @@ class Convolution:
     size leaves, so strides that skip the last rows work as in NumPy.)
     :meth:`forward` (optionally with the bias and a ReLU post-op),
     :meth:`backward_data` (``dX``) and :meth:`backward_weights` (``dW``) each build
-    their primitive (and the reorders of its operands) on first use and keep it.
+    their primitive (and the reorders of its operands) on first use and keep it;
+    :meth:`backward` runs both and reorders ``dy`` once.
     """
 
     def __init__(self, x_shape, w_shape, stride, padding, groups, bias=False, relu=False):
