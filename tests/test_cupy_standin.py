@@ -29,6 +29,19 @@ def test_device_arrays_refuse_numpy_and_host_operands(cupy_standin_module):
         cupy.fuse(lambda a: a[0] + 1)(d)
 
 
+def test_an_integer_per_axis_gives_a_0d_device_view_as_in_cupy(cupy_standin_module):
+    """NumPy gives a scalar for ``a[0, 1]``; CuPy a 0-d array on the same memory,
+    which ``a[0, 1] = v`` writes through."""
+    cupy = cupy_standin_module
+    d = cupy.zeros((2, 3), np.float64)
+    item = d[1, 2]
+    assert isinstance(item, cupy.ndarray) and item.shape == ()
+    d[0, 1] = cupy.asarray(np.float64(5.0))
+    d[1, 2] = 7.0
+    np.testing.assert_array_equal(d.get(), [[0.0, 5.0, 0.0], [0.0, 0.0, 7.0]])
+    assert float(item) == 7.0  # a view: it sees the write
+
+
 def test_the_ledger_counts_launches_transfers_syncs_and_matmul_copies(cupy_standin_module):
     cupy = cupy_standin_module
     ledger = cupy_standin.ledger()
