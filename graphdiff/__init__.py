@@ -8,7 +8,7 @@ autodiff, for the convolutional networks of the AlexNet lecture.
     f = gd.compile([loss, gw, gb], inputs=[x, t])
 """
 from .autodiff import grad, zeros_like
-from .backends import available_backends, get_backend, register_backend
+from .backends import available_backends, default_backend, get_backend, register_backend
 from .compiler import Program, compile
 from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, OutOfMemoryError, ShapeError
 from .feed import from_dlpack

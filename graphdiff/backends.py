@@ -1,12 +1,17 @@
 """Array backends: where a compiled program's arrays live and which array
 module (``xp``) the op kernels are given. A registry maps names to factories:
-``numpy`` (CPU) and ``cupy`` (NVIDIA GPU)."""
+``numpy`` (CPU) and ``cupy`` (NVIDIA GPU). ``compile`` uses ``numpy`` unless
+told otherwise, or inside ``with default_backend("cupy"):``."""
+import contextlib
+import contextvars
+
 import numpy as np
 
 from .errors import BackendError
 
 _REGISTRY = {}
 _CACHE = {}
+_DEFAULT = contextvars.ContextVar("graphdiff_default_backend", default="numpy")
 
 
 def register_backend(name, factory):
@@ -14,7 +19,35 @@ def register_backend(name, factory):
     _REGISTRY[name] = factory
 
 
-def get_backend(name):
+@contextlib.contextmanager
+def default_backend(name):
+    """``with gd.default_backend("cupy"):`` programs compiled in the block without a
+    ``backend`` argument (``gd.compile``, and what calls it without one, such as
+    ``graphdiff.testing``'s gradient checks) run on ``name``; the previous default
+    comes back on exit. The setting belongs to the current thread (a context
+    variable): other threads keep theirs, and a thread started in the block starts
+    from ``"numpy"``. An unknown name raises ``BackendError`` on entry; a backend
+    that does not work here (``"cupy"`` without CuPy) raises when a program is
+    compiled, as ``compile(..., backend=name)`` would.
+
+        x = gd.placeholder((2, 3), name="x")
+        with gd.default_backend("cupy"):
+            f = gd.compile(gd.relu(x), inputs=[x])   # as compile(..., backend="cupy")
+    """
+    if not isinstance(name, Backend) and name not in _REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    token = _DEFAULT.set(name)
+    try:
+        yield name
+    finally:
+        _DEFAULT.reset(token)
+
+
+def get_backend(name=None):
+    """The backend called ``name`` (a :class:`Backend` is returned as it is); ``None``:
+    the current default (see :func:`default_backend`)."""
+    if name is None:
+        name = _DEFAULT.get()
     if isinstance(name, Backend):
         return name
     if name not in _REGISTRY:

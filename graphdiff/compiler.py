@@ -37,7 +37,7 @@ from .graph import (ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableO
 
 
 @gc_paused()  # deep graphs: see graph.gc_paused
-def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, seed=0, optimize=True,  # noqa: A001
+def compile(outputs, inputs=(), updates=None, backend=None, training=True, seed=0, optimize=True,  # noqa: A001
             fuse=None, kernels=None):
     """Compile ``outputs`` (a tensor or a list) into a callable.
 
@@ -45,7 +45,9 @@ def compile(outputs, inputs=(), updates=None, backend="numpy", training=True, se
     list or a single placeholder; ``updates`` a list of ``(variable,
     new_value)`` pairs applied after each run, or a dict ``{variable:
     new_value}``, one pair, or an optimizer's ``(updates, state)`` as returned
-    by :func:`graphdiff.optim.sgd_momentum`;
+    by :func:`graphdiff.optim.sgd_momentum`; ``backend`` names where the arrays
+    live: ``"numpy"`` or ``"cupy"`` (default: ``"numpy"``, or the name set by
+    :func:`graphdiff.default_backend` around the call);
     ``training=False`` turns dropout off; ``seed`` seeds the program's random
     generator (dropout masks); ``optimize=False`` skips merging, folding and
     fusing; ``fuse=False`` skips only the fusion of elementwise chains;

@@ -1,7 +1,12 @@
 """Shared test set-up. Tests marked ``gpu`` run on the real CuPy backend where
 CuPy and a GPU are present (``pytest -m gpu`` on a GPU machine), and on the
 strict CuPy stand-in (``tests/cupy_standin``) where CuPy does not import, as
-in CI; where CuPy imports but finds no GPU they are skipped. Convolutions run
+in CI; where CuPy imports but finds no GPU they are skipped. A test (or test
+module) marked ``each_backend`` runs twice: with ``gd.default_backend("numpy")``
+and with ``gd.default_backend("cupy")``, the latter marked ``gpu`` (so every
+program it compiles without a ``backend`` argument, the gradient checks' too,
+runs on the stand-in in CI and on the GPU under ``pytest -m gpu``); a test there
+that is about NumPy-only internals says so with ``numpy_only(reason)``. Convolutions run
 NumPy's kernels unless ``GRAPHDIFF_KERNELS`` says otherwise (deterministic: no
 choice by timing); tests/test_onednn.py forces oneDNN's, and
 ``GRAPHDIFF_KERNELS=onednn pytest`` runs the whole suite on them. Also
@@ -19,6 +24,31 @@ import cupy_standin  # noqa: E402
 import graphdiff as gd  # noqa: E402
 
 pytest_plugins = ["cupy_standin.plugin"]
+
+
+BACKEND_RUNS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_generate_tests(metafunc):
+    each = metafunc.definition.get_closest_marker("each_backend")
+    only = metafunc.definition.get_closest_marker("numpy_only")
+    if only is not None and not only.kwargs.get("reason"):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: numpy_only needs reason=")
+    gpu = metafunc.definition.get_closest_marker("gpu")  # a gpu test picks its backends itself
+    if each is not None and only is None and gpu is None:
+        metafunc.parametrize("array_backend", BACKEND_RUNS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def array_backend(request):
+    """The default backend of the test's programs: ``"numpy"`` or ``"cupy"`` in a
+    test marked ``each_backend`` (parametrized above), else None (compile's own default)."""
+    name = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    with gd.default_backend(name):
+        yield name
 
 
 def gpu_available():

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 import graphdiff as gd
 from test_cnn_ops import assert_vjps, examples, pool_configs, run
 
+# Each test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
+pytestmark = pytest.mark.each_backend
+
 
 # =========================================================================== naive references
 def ref_avg_pool2d(x, size, stride, padding, count_include_pad):

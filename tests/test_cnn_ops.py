@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 import graphdiff as gd
 from graphdiff.testing import check_double_vjp, check_vjp
 
+# Each test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
+pytestmark = pytest.mark.each_backend
+
 TOL = 1e-6  # finite-difference relative error in float64 (typically ~1e-9)
 
 

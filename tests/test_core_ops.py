@@ -10,6 +10,9 @@ from hypothesis.extra import numpy as hnp
 import graphdiff as gd
 from graphdiff.testing import check_double_vjp, check_vjp
 
+# Each test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
+pytestmark = pytest.mark.each_backend
+
 TOL = 1e-6
 
 

@@ -29,6 +29,60 @@ def test_device_arrays_refuse_numpy_and_host_operands(cupy_standin_module):
         cupy.fuse(lambda a: a[0] + 1)(d)
 
 
+def test_an_integer_per_axis_gives_a_0d_device_view_as_in_cupy(cupy_standin_module):
+    """NumPy gives a scalar for ``a[0, 1]``; CuPy a 0-d array on the same memory,
+    which ``a[0, 1] = v`` writes through."""
+    cupy = cupy_standin_module
+    d = cupy.zeros((2, 3), np.float64)
+    item = d[1, 2]
+    assert isinstance(item, cupy.ndarray) and item.shape == ()
+    d[0, 1] = cupy.asarray(np.float64(5.0))
+    d[1, 2] = 7.0
+    np.testing.assert_array_equal(d.get(), [[0.0, 5.0, 0.0], [0.0, 0.0, 7.0]])
+    assert float(item) == 7.0  # a view: it sees the write
+
+
+def test_the_namespaces_hold_no_names_cupy_lacks(cupy_standin_module):
+    """No helper leaks into a public namespace: a module attribute is one of CuPy's
+    own submodules, and the ledger is reached through cupy_standin.ledger() only."""
+    import types
+
+    import cupyx
+    import cupyx.distributed
+    import cupyx.scipy
+
+    cupy = cupy_standin_module
+    submodules = {"cupy.cuda", "cupy.lib", "cupy.cuda.runtime", "cupy.lib.stride_tricks", "cupyx.scipy",
+                  "cupyx.distributed"}
+    for module in (cupy, cupy.cuda, cupy.cuda.runtime, cupy.lib, cupy.lib.stride_tricks, cupyx,
+                   cupyx.distributed, cupyx.scipy):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        foreign = [n for n in public if isinstance(getattr(module, n), types.ModuleType)
+                   and f"{module.__name__}.{n}" not in submodules]
+        assert foreign == [] and "LEDGER" not in public, (module.__name__, foreign)
+
+
+@pytest.mark.each_backend
+def test_each_backend_compiles_on_numpy_then_on_the_standin(array_backend):
+    x = gd.placeholder((3,), "float64", name="x")
+    f = gd.compile(gd.relu(x) * 2.0, [x])
+    assert f.backend.name == array_backend
+    if array_backend == "cupy":
+        cupy_standin.ledger().reset()
+    out = f(np.array([-1.0, 0.5, 2.0]))
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, [0.0, 1.0, 4.0])
+    if array_backend == "cupy":
+        assert f.backend.xp.STANDIN and cupy_standin.ledger().totals()["launches"] >= 1
+
+
+@pytest.mark.each_backend
+@pytest.mark.numpy_only(reason="checks that numpy_only keeps a test off the cupy run")
+def test_numpy_only_runs_once_on_compiles_default(array_backend):
+    x = gd.placeholder((3,), "float64", name="x")
+    assert array_backend is None and gd.compile(x, [x]).backend.name == "numpy"
+
+
 def test_the_ledger_counts_launches_transfers_syncs_and_matmul_copies(cupy_standin_module):
     cupy = cupy_standin_module
     ledger = cupy_standin.ledger()

@@ -474,6 +474,37 @@ def test_cupy_backend_without_a_gpu_says_what_to_install():
     assert "cupy" not in gd.available_backends()
 
 
+def test_default_backend_sets_compiles_default_for_a_block_and_this_thread(monkeypatch):
+    import threading
+
+    from graphdiff import backends
+
+    class Other(backends.Backend):
+        name = "other"
+
+    monkeypatch.setitem(backends._REGISTRY, "other", lambda: Other(np))
+    monkeypatch.delitem(backends._CACHE, "other", raising=False)
+    x = gd.placeholder((2,), name="x")
+    assert gd.compile(x * 2.0, [x]).backend.name == "numpy"
+    seen = []
+    with gd.default_backend("other"):
+        f = gd.compile(x * 2.0, [x])
+        assert f.backend.name == "other"
+        np.testing.assert_array_equal(f(np.array([1.0, 2.0])), [2.0, 4.0])
+        assert gd.compile(x * 2.0, [x], backend="numpy").backend.name == "numpy"  # an explicit name wins
+        with gd.default_backend("numpy"):
+            assert gd.compile(x, [x]).backend.name == "numpy"
+        assert gd.get_backend().name == "other"  # the outer default is back
+        thread = threading.Thread(target=lambda: seen.append(gd.compile(x, [x]).backend.name))
+        thread.start()
+        thread.join()
+    assert seen == ["numpy"]  # another thread keeps its own default
+    assert gd.compile(x, [x]).backend.name == "numpy"
+    with pytest.raises(gd.BackendError, match=r"unknown backend 'tpu'.*available: "):
+        with gd.default_backend("tpu"):
+            pass
+
+
 def test_grad_keeps_the_structure_of_xs():
     """A dict gives a dict with the same keys in the same order (a model's
     ``params``); a list or tuple gives a list; one tensor gives one tensor."""

@@ -1,6 +1,7 @@
 """The CuPy backend agrees with NumPy: forward, VJP and double VJP of every op,
-and a training step. Every test here is marked ``gpu`` and skipped where no GPU
-is available; run them with ``pytest -m gpu`` on a machine with one."""
+and a training step. Every test here is marked ``gpu``: it runs on the CuPy
+stand-in where CuPy does not import (CI), on the GPU with ``pytest -m gpu`` on a
+machine with one, and is skipped where CuPy imports but finds no GPU."""
 import importlib.util
 import os
 

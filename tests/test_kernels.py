@@ -15,7 +15,25 @@ from hypothesis import strategies as st
 
 from graphdiff.kernels import conv, lrn, parallel, pool
 
+import graphdiff as gd
+
+# Each test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py), but
+# for those about NumPy's own machinery (numpy_only).
+pytestmark = pytest.mark.each_backend
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def call(kernel, *args, **kwargs):
+    """``kernel(xp, *args)`` with the test's array module (``gd.get_backend()``: NumPy,
+    or CuPy in the cupy run): array arguments go to the device, array results come
+    back to the host (a tuple stays a tuple)."""
+    backend = gd.get_backend()
+    up = [backend.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    result = kernel(backend.xp, *up, **kwargs)
+    if isinstance(result, tuple):
+        return tuple(backend.to_host(r) for r in result)
+    return backend.to_host(result)
 
 
 def out_size(n, k, s, p):
@@ -180,7 +198,7 @@ def test_conv2d_forward_matches_slide_formula(case, with_bias):
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((O, C // groups) + ks)
     b = rng.standard_normal(O) if with_bias else None
-    y = conv.conv2d_forward(np, x, w, b, stride, padding, groups)
+    y = call(conv.conv2d_forward, x, w, b, stride, padding, groups)
     np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, padding, groups), rtol=1e-10, atol=1e-10)
 
 
@@ -192,8 +210,8 @@ def test_conv2d_gradients_match_case1_and_case2(case):
     w = rng.standard_normal((O, C // groups) + ks)
     OH, OW = out_size(H, ks[0], stride[0], padding[0]), out_size(W, ks[1], stride[1], padding[1])
     dy = rng.standard_normal((N, O, OH, OW))
-    dw = conv.conv2d_grad_weight(np, x, dy, ks, stride, padding, groups)
-    dx = conv.conv2d_grad_input(np, dy, w, (H, W), stride, padding, groups)
+    dw = call(conv.conv2d_grad_weight, x, dy, ks, stride, padding, groups)
+    dx = call(conv.conv2d_grad_input, dy, w, (H, W), stride, padding, groups)
     assert dw.shape == w.shape and dx.shape == x.shape
     np.testing.assert_allclose(dw, ref_conv2d_grad_weight(x, dy, ks, stride, padding, groups),
                                rtol=1e-10, atol=1e-10)
@@ -208,12 +226,12 @@ def test_conv2d_adjointness(case):
     N, C, O, H, W, ks, stride, padding, groups, rng = case
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((O, C // groups) + ks)
-    y = conv.conv2d_forward(np, x, w, None, stride, padding, groups)
+    y = call(conv.conv2d_forward, x, w, None, stride, padding, groups)
     dy = rng.standard_normal(y.shape)
     lhs = inner(y, dy)
-    assert lhs == pytest.approx(inner(x, conv.conv2d_grad_input(np, dy, w, (H, W), stride, padding, groups)),
+    assert lhs == pytest.approx(inner(x, call(conv.conv2d_grad_input, dy, w, (H, W), stride, padding, groups)),
                                 rel=1e-10, abs=1e-9)
-    assert lhs == pytest.approx(inner(w, conv.conv2d_grad_weight(np, x, dy, ks, stride, padding, groups)),
+    assert lhs == pytest.approx(inner(w, call(conv.conv2d_grad_weight, x, dy, ks, stride, padding, groups)),
                                 rel=1e-10, abs=1e-9)
 
 
@@ -226,12 +244,12 @@ def test_conv2d_long_reduction_paths(C, O, stride, padding, groups):
     x = rng.standard_normal((2, C, 6, 7))
     w = rng.standard_normal((O, C // groups, 5, 5))
     b = rng.standard_normal(O)
-    y = conv.conv2d_forward(np, x, w, b, stride, padding, groups)
+    y = call(conv.conv2d_forward, x, w, b, stride, padding, groups)
     np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, padding, groups), rtol=1e-10, atol=1e-10)
     dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(conv.conv2d_grad_weight(np, x, dy, (5, 5), stride, padding, groups),
+    np.testing.assert_allclose(call(conv.conv2d_grad_weight, x, dy, (5, 5), stride, padding, groups),
                                ref_conv2d_grad_weight(x, dy, (5, 5), stride, padding, groups), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(conv.conv2d_grad_input(np, dy, w, (6, 7), stride, padding, groups),
+    np.testing.assert_allclose(call(conv.conv2d_grad_input, dy, w, (6, 7), stride, padding, groups),
                                ref_conv2d_grad_input(dy, w, (6, 7), stride, padding, groups), rtol=1e-10, atol=1e-10)
 
 
@@ -241,12 +259,22 @@ def test_conv2d_grad_input_correlation_path_with_long_reduction():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 48, 6, 7))
     w = rng.standard_normal((96, 48, 5, 5))
-    y = conv.conv2d_forward(np, x, w, None, (1, 1), (2, 1), 1)
+    y = call(conv.conv2d_forward, x, w, None, (1, 1), (2, 1), 1)
     dy = rng.standard_normal(y.shape)
-    dx = conv.conv2d_grad_input(np, dy, w, (6, 7), (1, 1), (2, 1), 1)
+    dx = call(conv.conv2d_grad_input, dy, w, (6, 7), (1, 1), (2, 1), 1)
     assert inner(y, dy) == pytest.approx(inner(x, dx), rel=1e-10)
     v = rng.standard_normal(x.shape)  # dx is linear in dy: check a second, independent pairing
-    assert inner(conv.conv2d_forward(np, v, w, None, (1, 1), (2, 1), 1), dy) == pytest.approx(inner(v, dx), rel=1e-10)
+    assert inner(call(conv.conv2d_forward, v, w, None, (1, 1), (2, 1), 1), dy) == pytest.approx(inner(v, dx), rel=1e-10)
+
+
+def test_padding_inputs_of_two_sizes_to_one_padded_shape_keeps_each_border():
+    """A 5x5 input padded by 1 and a 3x3 one padded by 2 are both 7x7: each gets a
+    border of fill values, not what the other left there."""
+    a, b = np.ones((1, 2, 5, 5)), np.full((1, 2, 3, 3), 2.0)
+    for _ in range(2):
+        for x, p in ((a, 1), (b, 2), (a, 1)):
+            expected = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-1.0)
+            np.testing.assert_array_equal(call(conv.pad2d, x, (p, p), "test_pad", -1.0), expected)
 
 
 def test_conv2d_uncovered_input_gets_zero_gradient():
@@ -254,7 +282,7 @@ def test_conv2d_uncovered_input_gets_zero_gradient():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((2, 1, 3, 3))
     dy = rng.standard_normal((1, 2, 2, 2))
-    dx = conv.conv2d_grad_input(np, dy, w, (8, 8), (3, 3), (0, 0), 1)
+    dx = call(conv.conv2d_grad_input, dy, w, (8, 8), (3, 3), (0, 0), 1)
     assert np.all(dx[:, :, 6:, :] == 0) and np.all(dx[:, :, :, 6:] == 0)
 
 
@@ -265,16 +293,16 @@ def test_conv2d_uncovered_input_gets_zero_gradient():
 def test_max_pool_forward_and_grad_match_loops(case):
     N, C, H, W, size, stride, padding, rng = case
     x = tie_free(rng, (N, C, H, W))
-    y, am = pool.max_pool2d_forward(np, x, size, stride, padding)
+    y, am = call(pool.max_pool2d_forward, x, size, stride, padding)
     y_ref, am_ref = ref_max_pool(x, size, stride, padding)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(am, am_ref)
     assert am.dtype == pool.argmax_dtype(size)
     dy = rng.standard_normal(y.shape)
-    dx = pool.max_pool2d_grad(np, dy, am, (H, W), size, stride, padding)
+    dx = call(pool.max_pool2d_grad, dy, am, (H, W), size, stride, padding)
     np.testing.assert_allclose(dx, ref_max_pool_grad(dy, am_ref, (H, W), size, stride, padding),
                                rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(pool.max_pool2d_gather(np, x, am, size, stride, padding), y)
+    np.testing.assert_array_equal(call(pool.max_pool2d_gather, x, am, size, stride, padding), y)
 
 
 @SETTINGS
@@ -282,36 +310,37 @@ def test_max_pool_forward_and_grad_match_loops(case):
 def test_max_pool_grad_and_gather_are_adjoint(case):
     """<max_pool2d_grad(dy), v> == <dy, max_pool2d_gather(v)>."""
     N, C, H, W, size, stride, padding, rng = case
-    _, am = pool.max_pool2d_forward(np, tie_free(rng, (N, C, H, W)), size, stride, padding)
+    _, am = call(pool.max_pool2d_forward, tie_free(rng, (N, C, H, W)), size, stride, padding)
     dy = rng.standard_normal(am.shape)
     v = rng.standard_normal((N, C, H, W))
-    lhs = inner(pool.max_pool2d_grad(np, dy, am, (H, W), size, stride, padding), v)
-    rhs = inner(dy, pool.max_pool2d_gather(np, v, am, size, stride, padding))
+    lhs = inner(call(pool.max_pool2d_grad, dy, am, (H, W), size, stride, padding), v)
+    rhs = inner(dy, call(pool.max_pool2d_gather, v, am, size, stride, padding))
     assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
 
 
 def test_max_pool_tie_goes_to_first_max_in_row_major_order():
     x = np.zeros((1, 1, 3, 3))
     x[0, 0, 0, 2] = x[0, 0, 1, 0] = x[0, 0, 2, 2] = 5.0  # three equal maxima
-    y, am = pool.max_pool2d_forward(np, x, (3, 3), (1, 1), (0, 0))
+    y, am = call(pool.max_pool2d_forward, x, (3, 3), (1, 1), (0, 0))
     assert y[0, 0, 0, 0] == 5.0 and am[0, 0, 0, 0] == 2  # (a, b) = (0, 2) comes first
-    dx = pool.max_pool2d_grad(np, np.ones((1, 1, 1, 1)), am, (3, 3), (3, 3), (1, 1), (0, 0))
+    dx = call(pool.max_pool2d_grad, np.ones((1, 1, 1, 1)), am, (3, 3), (3, 3), (1, 1), (0, 0))
     expected = np.zeros((1, 1, 3, 3))
     expected[0, 0, 0, 2] = 1.0
     np.testing.assert_array_equal(dx, expected)
     # all-equal input: every window picks its offset 0, overlapping windows add up
-    y, am = pool.max_pool2d_forward(np, np.ones((1, 1, 5, 5)), (3, 3), (2, 2), (0, 0))
+    y, am = call(pool.max_pool2d_forward, np.ones((1, 1, 5, 5)), (3, 3), (2, 2), (0, 0))
     assert np.all(am == 0)
 
 
 def test_max_pool_padding_never_wins():
     x = -np.ones((1, 1, 4, 4)) * 1e30  # very negative values still beat -inf padding
-    y, am = pool.max_pool2d_forward(np, x, (3, 3), (2, 2), (1, 1))
+    y, am = call(pool.max_pool2d_forward, x, (3, 3), (2, 2), (1, 1))
     assert np.all(y == -1e30)
-    dx = pool.max_pool2d_grad(np, np.ones(y.shape), am, (4, 4), (3, 3), (2, 2), (1, 1))
+    dx = call(pool.max_pool2d_grad, np.ones(y.shape), am, (4, 4), (3, 3), (2, 2), (1, 1))
     assert dx.sum() == y.size
 
 
+@pytest.mark.numpy_only(reason="a dtype rule: no arrays, nothing to run on a device")
 def test_argmax_dtype_is_smallest_unsigned():
     assert pool.argmax_dtype((3, 3)) == np.uint8
     assert pool.argmax_dtype((16, 16)) == np.uint8
@@ -326,12 +355,12 @@ def test_window_sum_channels_and_its_transpose(size, C):
     rng = np.random.default_rng(size * 10 + C)
     x = rng.standard_normal((2, C, 3, 4))
     v = rng.standard_normal(x.shape)
-    s = lrn.window_sum_channels(np, x, size)
+    s = call(lrn.window_sum_channels, x, size)
     np.testing.assert_allclose(s, ref_window_sum_channels(x, size), rtol=1e-12, atol=1e-12)
-    st_v = lrn.window_sum_channels(np, v, size, transpose=True)
+    st_v = call(lrn.window_sum_channels, v, size, transpose=True)
     assert inner(s, v) == pytest.approx(inner(x, st_v), rel=1e-12, abs=1e-12)
     if size % 2:
-        np.testing.assert_allclose(st_v, lrn.window_sum_channels(np, v, size), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(st_v, call(lrn.window_sum_channels, v, size), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
@@ -345,9 +374,9 @@ def test_window_sum_spatial_and_its_transpose(size):
         for a, b in itertools.product(range(i - lo, i + hi + 1), range(j - lo, j + hi + 1)):
             if 0 <= a < 5 and 0 <= b < 7:
                 ref[:, :, i, j] += x[:, :, a, b]
-    s = lrn.window_sum_spatial(np, x, size)
+    s = call(lrn.window_sum_spatial, x, size)
     np.testing.assert_allclose(s, ref, rtol=1e-12, atol=1e-12)
-    assert inner(s, v) == pytest.approx(inner(x, lrn.window_sum_spatial(np, v, size, transpose=True)),
+    assert inner(s, v) == pytest.approx(inner(x, call(lrn.window_sum_spatial, v, size, transpose=True)),
                                         rel=1e-12, abs=1e-12)
 
 
@@ -363,10 +392,10 @@ def test_lrn_forward_matches_formula_and_backward_matches_finite_differences(wit
     ref = ref_lrn_within if within else ref_lrn
     rng = np.random.default_rng(size)
     x = rng.standard_normal((2, 6, 4, 5)) * 2
-    y, scale = fwd(np, x, size, alpha, beta, k)
+    y, scale = call(fwd, x, size, alpha, beta, k)
     np.testing.assert_allclose(y, ref(x, size, alpha, beta, k), rtol=1e-12, atol=1e-12)
     dy = rng.standard_normal(x.shape)
-    dx = bwd(np, x, y, scale, dy, size, alpha, beta)
+    dx = call(bwd, x, y, scale, dy, size, alpha, beta)
     for _ in range(3):  # central differences along random directions
         v = rng.standard_normal(x.shape)
         eps = 1e-6
@@ -375,6 +404,7 @@ def test_lrn_forward_matches_formula_and_backward_matches_finite_differences(wit
         assert inner(dx, v) == pytest.approx(fd, rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.numpy_only(reason="NumPy's cache blocks and threads (kernels.parallel)")
 def test_lrn_large_batch_uses_blocks_and_threads(monkeypatch):
     """Cache blocks and threads must not change the result."""
     monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 100)
@@ -398,25 +428,26 @@ def test_float32_stays_float32():
     x = rng.standard_normal((2, 4, 9, 9)).astype(f)
     w = rng.standard_normal((6, 2, 3, 3)).astype(f)
     b = rng.standard_normal(6).astype(f)
-    y = conv.conv2d_forward(np, x, w, b, (2, 2), (1, 1), 2)
+    y = call(conv.conv2d_forward, x, w, b, (2, 2), (1, 1), 2)
     dy = np.ones_like(y)
     assert y.dtype == f
-    assert conv.conv2d_grad_input(np, dy, w, (9, 9), (2, 2), (1, 1), 2).dtype == f
-    assert conv.conv2d_grad_weight(np, x, dy, (3, 3), (2, 2), (1, 1), 2).dtype == f
+    assert call(conv.conv2d_grad_input, dy, w, (9, 9), (2, 2), (1, 1), 2).dtype == f
+    assert call(conv.conv2d_grad_weight, x, dy, (3, 3), (2, 2), (1, 1), 2).dtype == f
     np.testing.assert_allclose(y, ref_conv2d(x.astype(float), w.astype(float), b.astype(float),
                                              (2, 2), (1, 1), 2), rtol=1e-4, atol=1e-4)
-    py, am = pool.max_pool2d_forward(np, x, (3, 3), (2, 2), (1, 1))
+    py, am = call(pool.max_pool2d_forward, x, (3, 3), (2, 2), (1, 1))
     assert py.dtype == f
-    assert pool.max_pool2d_grad(np, py, am, (9, 9), (3, 3), (2, 2), (1, 1)).dtype == f
-    assert pool.max_pool2d_gather(np, x, am, (3, 3), (2, 2), (1, 1)).dtype == f
+    assert call(pool.max_pool2d_grad, py, am, (9, 9), (3, 3), (2, 2), (1, 1)).dtype == f
+    assert call(pool.max_pool2d_gather, x, am, (3, 3), (2, 2), (1, 1)).dtype == f
     for fwd, bwd in [(lrn.lrn_forward, lrn.lrn_backward), (lrn.lrn_within_forward, lrn.lrn_within_backward)]:
-        ly, scale = fwd(np, x, 5, 1e-4, 0.75, 2.0)
+        ly, scale = call(fwd, x, 5, 1e-4, 0.75, 2.0)
         assert ly.dtype == f and scale.dtype == f
-        assert bwd(np, x, ly, scale, x, 5, 1e-4, 0.75).dtype == f
-    assert lrn.window_sum_channels(np, x, 5).dtype == f
-    assert lrn.window_sum_spatial(np, x, 3).dtype == f
+        assert call(bwd, x, ly, scale, x, 5, 1e-4, 0.75).dtype == f
+    assert call(lrn.window_sum_channels, x, 5).dtype == f
+    assert call(lrn.window_sum_spatial, x, 3).dtype == f
 
 
+@pytest.mark.numpy_only(reason="NumPy's scratch buffers (kernels.parallel.workspace)")
 def test_results_are_fresh_arrays_not_scratch():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 8, 8))
@@ -435,6 +466,7 @@ def test_results_are_fresh_arrays_not_scratch():
     np.testing.assert_array_equal(am1, keep[1])
 
 
+@pytest.mark.numpy_only(reason="NumPy's threads (kernels.parallel)")
 def test_threaded_paths_match_single_thread(monkeypatch):
     monkeypatch.setattr(parallel, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(parallel, "BLOCK_ELEMENTS", 50)
@@ -461,8 +493,8 @@ def test_lrn_float32_keeps_precision_next_to_large_activations():
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((2, 96, 5, 5)), 0) * rng.lognormal(0, 2, (1, 96, 1, 1))
     x32 = x.astype(np.float32)
-    y32, s32 = lrn.lrn_forward(np, x32, 5, 1e-4, 0.75, 2.0)
-    y64, s64 = lrn.lrn_forward(np, x32.astype(np.float64), 5, 1e-4, 0.75, 2.0)
+    y32, s32 = call(lrn.lrn_forward, x32, 5, 1e-4, 0.75, 2.0)
+    y64, s64 = call(lrn.lrn_forward, x32.astype(np.float64), 5, 1e-4, 0.75, 2.0)
     np.testing.assert_allclose(s32, s64, rtol=2e-6)
     np.testing.assert_allclose(y32, y64, rtol=2e-6, atol=1e-30)
 
@@ -476,6 +508,7 @@ class _NotNumpy:
         return getattr(np, name)
 
 
+@pytest.mark.numpy_only(reason="runs the device code paths with NumPy under another name, against NumPy's")
 def test_non_numpy_code_paths_agree():
     xq = _NotNumpy()
     rng = np.random.default_rng(4)
@@ -513,11 +546,11 @@ def test_conv2d_matches_torch(xshape, O, ks, stride, padding, groups):
     yt = F.conv2d(xt, wt, torch.tensor(b), stride, padding, 1, groups)
     dy = rng.standard_normal(yt.shape)
     gx, gw = torch.autograd.grad(yt, [xt, wt], torch.tensor(dy))
-    np.testing.assert_allclose(conv.conv2d_forward(np, x, w, b, stride, padding, groups),
+    np.testing.assert_allclose(call(conv.conv2d_forward, x, w, b, stride, padding, groups),
                                yt.detach().numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(conv.conv2d_grad_input(np, dy, w, xshape[2:], stride, padding, groups),
+    np.testing.assert_allclose(call(conv.conv2d_grad_input, dy, w, xshape[2:], stride, padding, groups),
                                gx.numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(conv.conv2d_grad_weight(np, x, dy, ks, stride, padding, groups),
+    np.testing.assert_allclose(call(conv.conv2d_grad_weight, x, dy, ks, stride, padding, groups),
                                gw.numpy(), rtol=1e-10, atol=1e-10)
 
 
@@ -532,9 +565,9 @@ def test_max_pool_matches_torch(xshape, size, stride, padding):
     yt = torch.nn.functional.max_pool2d(xt, size, stride, padding)
     dy = rng.standard_normal(yt.shape)
     (gx,) = torch.autograd.grad(yt, [xt], torch.tensor(dy))
-    y, am = pool.max_pool2d_forward(np, x, size, stride, padding)
+    y, am = call(pool.max_pool2d_forward, x, size, stride, padding)
     np.testing.assert_array_equal(y, yt.detach().numpy())
-    np.testing.assert_allclose(pool.max_pool2d_grad(np, dy, am, xshape[2:], size, stride, padding),
+    np.testing.assert_allclose(call(pool.max_pool2d_grad, dy, am, xshape[2:], size, stride, padding),
                                gx.numpy(), rtol=1e-12, atol=1e-12)
 
 
@@ -547,7 +580,7 @@ def test_lrn_matches_torch_with_alpha_times_size(size, alpha, beta, k):
     yt = torch.nn.functional.local_response_norm(xt, size, alpha * size, beta, k)  # torch divides by size
     dy = rng.standard_normal(x.shape)
     (gx,) = torch.autograd.grad(yt, [xt], torch.tensor(dy))
-    y, scale = lrn.lrn_forward(np, x, size, alpha, beta, k)
+    y, scale = call(lrn.lrn_forward, x, size, alpha, beta, k)
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(lrn.lrn_backward(np, x, y, scale, dy, size, alpha, beta), gx.numpy(),
+    np.testing.assert_allclose(call(lrn.lrn_backward, x, y, scale, dy, size, alpha, beta), gx.numpy(),
                                rtol=1e-9, atol=1e-12)

@@ -67,10 +67,13 @@ def long_lived(xp):
 def bordered(xp, tag, shape, dtype, border, fill=0):
     """A buffer of ``shape`` whose region outside ``border`` (a tuple of slices: the
     interior) holds ``fill``, set once when the buffer is made; callers write the
-    interior only. Returns ``(buffer, interior view)``. One buffer per thread, tag and
-    shape (like :func:`graphdiff.kernels.parallel.workspace`: programs may run on
-    several threads at once)."""
-    key = (threading.get_ident(), xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill)
+    interior only. Returns ``(buffer, interior view)``. One buffer per thread, tag,
+    shape and interior (like :func:`graphdiff.kernels.parallel.workspace`: programs
+    may run on several threads at once; two interiors in one shape, e.g. a 5x5 input
+    padded by 1 and a 3x3 one by 2, must not share a buffer: each would leave values
+    in the other's border)."""
+    interior = tuple((k.start, k.stop, k.step) if isinstance(k, slice) else k for k in border)
+    key = (threading.get_ident(), xp, _device_id(xp), tag, tuple(shape), numpy.dtype(dtype).str, fill, interior)
     buf = _bordered.get(key)
     if buf is None:
         with long_lived(xp):

@@ -315,7 +315,7 @@ class ndarray:
     def __getitem__(self, key):
         key = _index(key)
         if _basic(key):
-            return _view(self, self._a[key])
+            return _view(self, _basic_view(self._a, key))
         if builtins.any(isinstance(k, numpy.ndarray) and k.dtype == numpy.bool_ for k in _as_tuple(key)):
             LEDGER.record("sync")  # the result's size depends on the mask's contents
         res = self._a[key]
@@ -337,7 +337,7 @@ class ndarray:
         target = self if _basic(key) else None
         ins = [value] if isinstance(value, ndarray) else []
         if target is not None:
-            view = _view(self, self._a[key])
+            view = _view(self, _basic_view(self._a, key))
             _launch("copy" if ins else "fill", ins, [view], lambda: view._a.__setitem__(Ellipsis, src))
         else:
             _launch("scatter", ins + _index_arrays(key), [self], lambda: self._a.__setitem__(key, src))
@@ -464,6 +464,13 @@ def _index(key):
 def _basic(key):
     return builtins.all(k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral, numpy.integer))
                for k in _as_tuple(key))
+
+
+def _basic_view(a, key):
+    """``a[key]`` for a basic key, always a view: an integer per axis gives a 0-d
+    array, as in CuPy (NumPy would give a scalar, a copy)."""
+    key = _as_tuple(key)
+    return a[key] if builtins.any(k is Ellipsis for k in key) else a[key + (Ellipsis,)]
 
 
 def _index_arrays(key):

@@ -1,12 +1,12 @@
 """``cupy.cuda`` as far as the engine and its benchmarks use it: streams, devices, runtime queries."""
-import contextlib
+import contextlib as _contextlib
 
 from .._core import _ALLOCATOR, MemoryPool  # noqa: F401 - cupy.cuda.MemoryPool
-from .._ledger import LEDGER
+from .._ledger import LEDGER as _LEDGER
 from . import runtime  # noqa: F401
 
 
-@contextlib.contextmanager
+@_contextlib.contextmanager
 def using_allocator(allocator=None):
     """Allocations in the block come from ``allocator(nbytes)`` (e.g. another
     ``MemoryPool().malloc``); None: the default pool."""
@@ -25,7 +25,7 @@ class Stream:
         self.ptr = 0
 
     def synchronize(self):
-        LEDGER.record("sync")
+        _LEDGER.record("sync")
 
     def __enter__(self):
         return self
@@ -62,7 +62,7 @@ class Device:
     compute_capability = "90"
 
     def synchronize(self):
-        LEDGER.record("sync")
+        _LEDGER.record("sync")
 
     def use(self):
         return self
@@ -99,7 +99,7 @@ class Event:
         self._t = self._time.perf_counter()
 
     def synchronize(self):
-        LEDGER.record("sync")
+        _LEDGER.record("sync")
 
 
 def get_elapsed_time(start_event, end_event):

@@ -1,5 +1,5 @@
 """``cupy.cuda.runtime`` queries, answered for one pretend device."""
-from .._ledger import LEDGER
+from .._ledger import LEDGER as _LEDGER
 
 
 class CUDARuntimeError(RuntimeError):
@@ -24,4 +24,4 @@ def driverGetVersion():  # noqa: N802
 
 
 def deviceSynchronize():  # noqa: N802
-    LEDGER.record("sync")
+    _LEDGER.record("sync")

@@ -10,7 +10,7 @@ op='sum', stream=None)``, ``barrier()``;
 use_mpi=False)``. With one device each collective is a copy (counted as a launch)
 or nothing.
 """
-import cupy
+import cupy as _cupy
 from cupy import _core
 
 
@@ -23,7 +23,7 @@ class NCCLBackend:
 
     def _check(self, *arrays):
         for a in arrays:
-            if not isinstance(a, cupy.ndarray):
+            if not isinstance(a, _cupy.ndarray):
                 raise TypeError(f"Unsupported type {type(a)}")
 
     def all_reduce(self, in_array, out_array, op="sum", stream=None):
@@ -31,7 +31,7 @@ class NCCLBackend:
             raise ValueError(f"Unknown op {op}")
         self._check(in_array, out_array)
         if out_array is not in_array:
-            cupy.copyto(out_array, in_array)
+            _cupy.copyto(out_array, in_array)
 
     def reduce(self, in_array, out_array, root=0, op="sum", stream=None):
         self.all_reduce(in_array, out_array, op, stream)
@@ -45,13 +45,13 @@ class NCCLBackend:
         self._check(in_array, out_array)
         if out_array.size != count or in_array.size != count:
             raise ValueError(f"all_gather: count {count} does not match the arrays at 1 device")
-        cupy.copyto(out_array.reshape(in_array.shape), in_array)
+        _cupy.copyto(out_array.reshape(in_array.shape), in_array)
 
     def reduce_scatter(self, in_array, out_array, count, op="sum", stream=None):
         self._check(in_array, out_array)
         if out_array.size != count or in_array.size != count:
             raise ValueError(f"reduce_scatter: count {count} does not match the arrays at 1 device")
-        cupy.copyto(out_array, in_array.reshape(out_array.shape))
+        _cupy.copyto(out_array, in_array.reshape(out_array.shape))
 
     def barrier(self):
         pass
