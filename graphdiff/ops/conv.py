@@ -1,8 +1,9 @@
 """2-D convolution and its two gradients, each a first-class op with its own VJP.
 
 Layout NCHW; weights ``(O, C // groups, kh, kw)``. The kernels (im2col + GEMM)
-live in :mod:`graphdiff.kernels.conv`; this module holds the shape rules and the
-VJP rules. The three ops close under differentiation, so grad of grad works:
+live in :mod:`graphdiff.kernels.conv`; a compiled program on NumPy may run a
+convolution on oneDNN instead (see :mod:`graphdiff.kernels.choice`). This module
+holds the shape rules and the VJP rules. The three ops close under differentiation, so grad of grad works:
 
     conv2d(x, w)               -> VJP: conv2d_grad_input(dy, w), conv2d_grad_weight(x, dy)
     conv2d_grad_weight(x, dy)  -> VJP: conv2d_grad_input(dy, g), conv2d(x, g)
