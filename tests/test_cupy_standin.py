@@ -146,7 +146,6 @@ def test_a_training_step_costs_no_sync_no_matmul_copy_no_upload_but_its_inputs(c
 
 
 def test_lrn_and_pooling_take_few_kernels(cupy_standin_module):
-    cupy = cupy_standin_module
     x = gd.placeholder((2, 8, 9, 9), name="x")
     y = gd.max_pool2d(gd.lrn(x, 5, 1e-2, 0.75, 2.0), 3, 2)
     (gx,) = gd.grad(gd.sum(y * y), [x])
