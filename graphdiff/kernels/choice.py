@@ -137,7 +137,7 @@ class ConvolutionKernel:
         if out is None and self.op.num_outputs > 1:
             out = (None,) * self.op.num_outputs
         shapes = tuple(a.shape for a in arrays if a is not None)
-        if arrays[0].dtype != numpy.float32 or any(a.dtype != numpy.float32 for a in arrays if a is not None):
+        if any(a.dtype != numpy.float32 for a in arrays if a is not None):  # oneDNN: float32 only
             self.library = "numpy"
             return self._numpy(numpy, *arrays, out=out)
         key = (_DIRECTION[self.op.name],) + tuple(_geometry(self.op, arrays)[:5])
