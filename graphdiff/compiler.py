@@ -335,12 +335,14 @@ class Program:
         # Value checks (labels in range) run on the host array before it is uploaded:
         # on a GPU, reading it back mid-step would stall the step.
         host = isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__")
-        value = as_input(p, value, get_backend("numpy") if host else self.backend)
+        on_host = get_backend("numpy")
+        value = as_input(p, value, on_host if host else self.backend)
         for op_name, check in checks:
             problem = check(value)
             if problem:
                 raise InputError(f"input {p.name!r}: {op_name}: {problem}")
-        return as_input(p, value, self.backend) if host else value
+        # Upload it; on NumPy the first as_input already made the program's array.
+        return as_input(p, value, self.backend) if host and self.backend is not on_host else value
 
     def __call__(self, *args, **kwargs):
         if self._step_lock is None:
