@@ -31,6 +31,7 @@ import numpy as np
 
 import graphdiff as gd
 from graphdiff.autodiff import provenance
+from graphdiff.backends import to_host_array
 
 from .dot import as_outputs, op_label, shape_label
 
@@ -158,14 +159,10 @@ def compute_values(nodes, feed, training=False, seed=0):
         if n.kind == "placeholder" and id(n) in resolved:
             values[id(n)] = np.asarray(resolved[id(n)][1]).astype(n.dtype, copy=False)  # as the program cast it
         elif n.kind == "variable":
-            values[id(n)] = _host(n.value)
+            values[id(n)] = np.asarray(to_host_array(n.value))  # a CuPy variable: copied to the host
         elif n.kind == "constant":
             values[id(n)] = np.asarray(n.op.value)
     return values
-
-
-def _host(a):
-    return a.get() if not isinstance(a, np.ndarray) and hasattr(a, "get") else np.asarray(a)
 
 
 # --------------------------------------------------------------------------- rules (docstrings)

@@ -22,6 +22,7 @@ import tempfile
 
 import numpy as np
 
+from ..backends import to_host_array
 from ..errors import InputError, ModelFormatError
 from ..graph import ConstantOp, PlaceholderOp, Tensor, VariableOp, fmt_shape, toposort
 from ..kernels import avg_pool as _avg
@@ -429,7 +430,7 @@ def build_model(outputs, inputs, opset=DEFAULT_OPSET, name="graphdiff"):
         if isinstance(t.op, PlaceholderOp):
             raise InputError(f"onnx export: the outputs need placeholder {t.name!r}, which is not among the inputs")
         if isinstance(t.op, VariableOp):
-            w.names[id(t)] = w.initializer(_host(t.value), t.name)
+            w.names[id(t)] = w.initializer(np.asarray(to_host_array(t.value)), t.name)
         elif isinstance(t.op, ConstantOp):
             w.names[id(t)] = w.const(t.op.value, t.dtype, t.name)
         else:
@@ -447,10 +448,6 @@ def build_model(outputs, inputs, opset=DEFAULT_OPSET, name="graphdiff"):
     model = onnx.helper.make_model(graph, producer_name="graphdiff", producer_version=__version__,
                                    opset_imports=[onnx.helper.make_opsetid("", int(opset))])
     return model
-
-
-def _host(value):
-    return value.get() if not isinstance(value, np.ndarray) and hasattr(value, "get") else np.asarray(value)
 
 
 def export(outputs, inputs, path, opset=DEFAULT_OPSET, name="graphdiff"):
