@@ -152,8 +152,8 @@ class ShardedDataset:
         self._dataset, self._parallel = dataset, parallel
         lo, hi = parallel.bounds(len(dataset.val_labels))[parallel.rank:parallel.rank + 2]
         self.val_images, self.val_labels = dataset.val_images[lo:hi], dataset.val_labels[lo:hi]
-        n = len(dataset.train_labels)  # this rank's share of an epoch, for progress bars
-        self.train_labels = range(n * (parallel.rank + 1) // parallel.size - n * parallel.rank // parallel.size)
+        first, end = parallel.bounds(len(dataset.train_labels))[parallel.rank:parallel.rank + 2]
+        self.train_labels = range(end - first)  # this rank's share of an epoch, for progress bars
 
     def __getattr__(self, item):
         return getattr(self._dataset, item)
