@@ -411,7 +411,7 @@ class Convolution:
         self.wg_shape = self.w_shape if g == 1 else (g, O // g, Cg, kh, kw)
         self.geometry = (_dims(stride), _dims((0, 0)), _dims(padding),
                          _dims(((OH - 1) * sh + kh - H - ph, (OW - 1) * sw + kw - W - pw)))
-        self._fwd = self._bwd_data = self._bwd_weights = None
+        self._fwd = self._fwd_plain = self._bwd_data = self._bwd_weights = None  # built on first use
         self._fwd_pd_hint = None
 
     def _any(self, shape):
@@ -464,7 +464,7 @@ class Convolution:
                 self._fwd = self._forward_step(self.relu)
             step = self._fwd
         else:
-            if self.__dict__.get("_fwd_plain") is None:
+            if self._fwd_plain is None:
                 self._fwd_plain = self._forward_step(False)
             step = self._fwd_plain
         y = numpy.empty(self.y_shape, numpy.float32) if out is None else out
