@@ -117,6 +117,12 @@ class Communicator:
     name = "self"
     rank, size = 0, 1
 
+    @property
+    def host(self):
+        """The communicator of the same ranks for small host (NumPy) arrays:
+        itself, except NCCL's, whose collectives take device arrays."""
+        return self
+
     # non-blocking sum, for the gradient buckets
     def allreduce_start(self, buffer):
         """Start summing ``buffer`` over the ranks, in place; returns a handle for :meth:`wait`."""
@@ -328,6 +334,10 @@ class NCCLCommunicator(Communicator):
 
     def bcast_object(self, obj, root=0):
         return self.mpi.bcast_object(obj, root)
+
+    @property
+    def host(self):
+        return self.mpi
 
     def abort(self, code=1):
         self.mpi.abort(code)

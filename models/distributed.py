@@ -20,7 +20,11 @@ epoch)`` (the parameters, momentum, learning rate and batch order continue).
 """
 import hashlib
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -136,6 +140,111 @@ class DataParallel:
 
     def abort(self, code):
         self.comm.abort(code)
+
+    def stop_on_ctrl_c(self, grace_seconds=None):
+        """An installed :class:`AgreedStop` among several ranks; None alone
+        (one process keeps Python's own KeyboardInterrupt)."""
+        if self.size == 1:
+            return None
+        kwargs = {} if grace_seconds is None else dict(grace_seconds=grace_seconds)
+        return AgreedStop(self.comm, **kwargs).install()
+
+
+class AgreedInterrupt(KeyboardInterrupt):
+    """Every rank stops here, after the same training step (see :class:`AgreedStop`)."""
+
+
+class AgreedStop:
+    """Ctrl-C among several ranks: every rank stops after the same step.
+
+    ``mpiexec`` passes Ctrl-C (SIGINT) on to every rank, and each receives it
+    at a different point of its step: a ``KeyboardInterrupt`` raised wherever
+    it lands leaves the ranks that are inside a collective waiting for one
+    that has left it, and a rank blocked in MPI does not even see it until the
+    collective returns. So the signal only records the request. After every
+    training step each rank puts its flag into a non-blocking sum over the
+    ranks (``MPI_Iallreduce`` of one integer) and reads the sum started after
+    the previous step: nobody waits for it (it has had a whole step to land),
+    and all ranks read the same sum after the same step, so they stop
+    together; a request made during step ``k`` stops the run after step
+    ``k + 1``. At the end of an epoch :meth:`check_now` asks once more,
+    blocking, so a Ctrl-C during validation stops the run there.
+
+    If the ranks have not stopped together ``grace_seconds`` after the
+    signal (a rank hung or far behind), a watchdog thread ends every rank
+    with ``MPI_Abort``; the checkpoint holds the last completed epoch either
+    way. A second SIGINT to the same rank raises ``KeyboardInterrupt`` at
+    once (``mpiexec`` itself kills every rank on a second Ctrl-C).
+    """
+
+    def __init__(self, comm, grace_seconds=20.0):
+        self.comm = comm.host  # host integers, also when gradients go over NCCL
+        self.rank, self.size = comm.rank, comm.size
+        self.grace_seconds = grace_seconds
+        self.requested = False
+        self._sum = np.zeros(1, np.int64)  # the buffer of the reduction in flight
+        self._in_flight = None
+        self._watchdog = None
+        self._previous_handler = None
+
+    def install(self):
+        self._previous_handler = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def uninstall(self, finish=True):
+        """Back to the handler before :meth:`install`, the watchdog stopped. ``finish``:
+        every rank is here, so wait for the sum in flight (an MPI program must not end
+        with a collective started); not after a rank was stopped on its own."""
+        if finish and self._in_flight is not None:
+            self.comm.wait(self._in_flight)
+            self._in_flight = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_signal(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt  # asked twice: stop here, whatever the others do
+        self.requested = True
+        self._watchdog = threading.Timer(self.grace_seconds, self._give_up)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _give_up(self):
+        print(f"error: rank {self.rank} of {self.size}: the ranks did not stop together within "
+              f"{self.grace_seconds:g} s of Ctrl-C; ending every rank", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let mpiexec forward the line before MPI_Abort ends the job
+        self.comm.abort(130)
+
+    def after_step(self):
+        """Call after every training step on every rank: raises :class:`AgreedInterrupt`
+        once the sum started after the previous step says that a rank was interrupted."""
+        stop = False
+        if self._in_flight is not None:
+            self.comm.wait(self._in_flight)
+            self._in_flight = None
+            stop = self._sum[0] > 0
+        if stop:
+            self._stopped()
+        self._sum[0] = self.requested
+        self._in_flight = self.comm.allreduce_start(self._sum)
+
+    def check_now(self):
+        """Blocking: raises :class:`AgreedInterrupt` on every rank if any rank has been interrupted by now."""
+        if self._in_flight is not None:
+            self.comm.wait(self._in_flight)
+            self._in_flight = None
+            if self._sum[0] > 0:
+                self._stopped()
+        if self.comm.allreduce(np.array([self.requested], np.int64))[0] > 0:
+            self._stopped()
+
+    def _stopped(self):
+        if self._watchdog is not None:
+            self._watchdog.cancel()  # stopping together: no need to end anybody
+        raise AgreedInterrupt
 
 
 class ShardedDataset:

@@ -49,6 +49,7 @@ Under ``mpiexec -n N`` the command trains data-parallel (:mod:`models.distribute
 batch, only rank 0 writing; a rank that fails ends every rank.
 """
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -67,7 +68,7 @@ from graphdiff.distributed import launched_rank
 from models.alexnet import alexnet, alexnet_small, train_step
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
-from models.distributed import DistributedError, detect
+from models.distributed import AgreedInterrupt, DistributedError, detect
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
@@ -112,11 +113,13 @@ def build_model(name, num_classes, image_size, channels=3, groups=2, activation=
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None):
+def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None, stop=None):
     """One pass over the shuffled training set. Returns ``(mean loss, error
     rate, images per second)``, averaged over the mini-batches as trained.
     ``progress`` is a tqdm bar (or None); ``parallel`` (data-parallel
-    training, :mod:`models.distributed`) sums the figures over the ranks."""
+    training, :mod:`models.distributed`) sums the figures over the ranks;
+    ``stop`` (an :class:`models.distributed.AgreedStop`) is asked after every
+    step whether the ranks stop there."""
     total_loss, wrong, seen = 0.0, 0, 0
     start = time.perf_counter()
     for images, labels in dataset.train_batches(batch_size, rng):
@@ -130,6 +133,8 @@ def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None):
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself shows img/s
+        if stop is not None:
+            stop.after_step()
     seconds = time.perf_counter() - start
     if parallel is not None:
         total_loss, wrong, seen = parallel.sum([total_loss, wrong, seen])
@@ -544,7 +549,8 @@ def main(argv=None, parallel=None):
     args = parse_args(argv)
     parallel = parallel or detect(args.backend)
     root = parallel.is_root
-    log = print if root else (lambda *a, **k: None)
+    # flushed: under mpiexec (and any pipe) a line would otherwise wait for 8 KiB of others
+    log = functools.partial(print, flush=True) if root else (lambda *a, **k: None)
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     curves_path = os.path.join(args.out, "curves.png")
@@ -617,6 +623,8 @@ def main(argv=None, parallel=None):
 
     start_epoch = len(history) + 1
     status, pending_save, started = "done", False, time.perf_counter()
+    stop = parallel.stop_on_ctrl_c()  # several ranks: Ctrl-C stops them all after the same step
+    agreed = True  # the ranks stopped together (no rank left inside a collective)
     try:
         for epoch in range(start_epoch, args.epochs + 1):
             if args.max_minutes is not None and history[start_epoch - 1:]:
@@ -631,7 +639,7 @@ def main(argv=None, parallel=None):
             with tqdm(total=len(dataset.train_labels), unit="img", desc=f"epoch {epoch}/{args.epochs}",
                       disable=args.quiet or not root, leave=False, dynamic_ncols=True) as bar:
                 train_loss, train_error, speed = train_epoch(step, data, args.batch_size, shuffle_rng, bar,
-                                                             **_across(parallel))
+                                                             stop=stop, **_across(parallel))
             val_loss, val_error = evaluate(predict, data, args.batch_size, **_across(parallel))
             record = dict(epoch=epoch, train_loss=train_loss, train_error=train_error, val_loss=val_loss,
                           val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error, lr=lr,
@@ -667,13 +675,18 @@ def main(argv=None, parallel=None):
                     plot_curves(history, curves_path, f"{model.name} on {dataset.name}")
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop training
                 warnings.warn(f"curves.png not written: {type(exc).__name__}: {exc}")
-    except KeyboardInterrupt:
+            if stop is not None:
+                stop.check_now()  # a Ctrl-C during validation or saving stops every rank here
+    except KeyboardInterrupt as exc:
+        agreed = stop is None or isinstance(exc, AgreedInterrupt)
         if pending_save:
             save(len(history), every_rank=False)  # the other ranks may be stopped anywhere
             write_metrics()
         status = "interrupted"
         log(f"\ninterrupted: {ckpt_path} holds epoch {len(history)}; continue with the same command plus --resume")
     finally:
+        if stop is not None:
+            stop.uninstall(finish=agreed)
         if board is not None:
             board.close()
     if root and not args.no_diagrams and status != "interrupted":
@@ -684,7 +697,7 @@ def main(argv=None, parallel=None):
             f"val accuracy {100 * last['val_accuracy']:.2f}%"
         log(f"{status}: {len(history)} epochs, {accuracy}, "
             f"{time.perf_counter() - started:.0f}s this run; outputs in {args.out}")
-    return dict(status=status, history=history, out=args.out)
+    return dict(status=status, history=history, out=args.out, stopped_together=agreed)
 
 
 def open_tensorboard(directory, model, resumed, log=print):
@@ -737,9 +750,9 @@ def cli(argv=None):
         print(message, file=sys.stderr, flush=True)  # first: the line that names the rank must get out
         traceback.print_exc()
         _abort_world(parallel, message)
-    if result["status"] == "interrupted" and parallel.size > 1:
-        # Ctrl-C reaches the ranks at different points: one blocked in a collective
-        # would wait forever for those that stopped. Rank 0 has saved what it could.
+    if result["status"] == "interrupted" and parallel.size > 1 and not result["stopped_together"]:
+        # a second Ctrl-C stopped this rank wherever it was: another one blocked in a
+        # collective would wait forever for it. Rank 0 has saved what it could.
         sys.stdout.flush()
         parallel.abort(130)
     return 130 if result["status"] == "interrupted" else 0

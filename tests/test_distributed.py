@@ -59,6 +59,75 @@ def metrics(out):
 
 
 # --------------------------------------------------------------------------- one process
+class FlagComm:
+    """Two ranks seen from rank 0: the other rank's Ctrl-C flag is ``other``; sums land at ``wait``."""
+
+    name, rank, size = "fake", 0, 2
+
+    def __init__(self):
+        self.other, self.started, self.aborted = 0, 0, None
+
+    host = property(lambda self: self)
+
+    def allreduce_start(self, buffer):
+        self.started += 1
+        return buffer, buffer[0] + self.other  # the sum as it stands when every rank has started it
+
+    def wait(self, handle):
+        buffer, total = handle
+        buffer[0] = total
+
+    def allreduce(self, array):
+        return array + self.other
+
+    def abort(self, code):
+        self.aborted = code
+
+
+def test_agreed_stop_stops_after_the_step_following_any_ranks_ctrl_c():
+    from models.distributed import AgreedInterrupt, AgreedStop
+
+    comm = FlagComm()
+    stop = AgreedStop(comm)
+    stop.after_step()
+    stop.after_step()  # nobody interrupted: each step starts the next sum and goes on
+    comm.other = 1  # the other rank's Ctrl-C, carried by the sum started after this step
+    stop.after_step()
+    with pytest.raises(AgreedInterrupt):
+        stop.after_step()
+    assert comm.started == 3 and stop._in_flight is None  # nothing left in flight
+    comm.other = 0
+    stop.after_step()
+    stop.requested = True  # this rank's own Ctrl-C during validation: the epoch's end stops it
+    with pytest.raises(AgreedInterrupt):
+        stop.check_now()
+    assert comm.aborted is None
+
+
+def test_agreed_stop_signal_handler_watchdog_and_second_ctrl_c():
+    import signal
+
+    from models.distributed import AgreedStop
+
+    before = signal.getsignal(signal.SIGINT)
+    comm = FlagComm()
+    stop = AgreedStop(comm, grace_seconds=0.2).install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the first one is only recorded
+        time.sleep(0.01)
+        assert stop.requested and comm.aborted is None
+        with pytest.raises(KeyboardInterrupt):  # the second one stops this rank at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        deadline = time.perf_counter() + 5
+        while comm.aborted is None and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        assert comm.aborted == 130  # the ranks never agreed: the watchdog ended them all
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_distributed_training_without_mpi4py_names_the_install_command(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
@@ -396,29 +465,65 @@ def test_ranks_that_build_different_models_fail_at_start_up(tmp_path, fault, mes
     assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
-def test_ctrl_c_under_mpiexec_stops_every_rank_and_the_run_resumes(tmp_path):
-    import signal
-
+def start_training(tmp_path, *extra):
+    """``mpiexec -n 2 python -m models.train`` on the tiny model for 500 epochs, its output piped."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([find_mpiexec(), "-n", "2", sys.executable, "-m", "models.train", *TINY, "--batch-size", "8",
-                             "--epochs", "500", "--out", str(tmp_path)], cwd=ROOT, env=env, text=True,
+    env.pop("PYTHONUNBUFFERED", None)  # the command must flush its own lines (CI may not set it)
+    return subprocess.Popen([find_mpiexec(), "-n", "2", sys.executable, "-m", "models.train", *TINY, "--batch-size",
+                             "8", "--epochs", "500", "--out", str(tmp_path), *extra], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def interrupt_after_epoch_2(proc, send):
+    """Wait for the line of epoch 2, call ``send(lines so far)``, and return (seconds to the end, output)."""
+    lines = []
     try:
         for line in proc.stdout:
+            lines.append(line)
             if line.startswith("epoch   2"):
                 break
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends; mpiexec passes it on to every rank
+        send(lines)
         start = time.perf_counter()
-        output = proc.stdout.read()
+        lines.append(proc.stdout.read())
         proc.wait(timeout=30)
+        return time.perf_counter() - start, "".join(lines)
     finally:
         proc.kill()
         proc.stdout.close()
-    assert time.perf_counter() - start < 30 and proc.returncode == 130, output
-    assert "continue with the same command plus --resume" in output
+
+
+def check_resumes(tmp_path):
     _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
     assert 2 <= meta["epoch"] < 500
     code, output, _ = mpirun("-m", "models.train", *TINY, "--batch-size", "8", "--epochs", str(meta["epoch"] + 1),
                              "--out", str(tmp_path), "--resume")
     assert code == 0 and f"after epoch {meta['epoch']}" in output, output
     assert len(metrics(tmp_path)) == meta["epoch"] + 1
+
+
+def test_ctrl_c_under_mpiexec_stops_every_rank_together_and_the_run_resumes(tmp_path):
+    import signal
+
+    proc = start_training(tmp_path)
+    # what Ctrl-C sends; mpiexec passes it on to every rank, each somewhere else in its step
+    seconds, output = interrupt_after_epoch_2(proc, lambda lines: proc.send_signal(signal.SIGINT))
+    assert seconds < 30 and proc.returncode == 130, output
+    assert "continue with the same command plus --resume" in output
+    assert "MPI_Abort" not in output and "did not stop together" not in output, output  # stopped after one step
+    check_resumes(tmp_path)
+
+
+def test_a_sigint_to_one_rank_alone_stops_every_rank(tmp_path):
+    import signal
+
+    proc = start_training(tmp_path)
+
+    def interrupt_rank_1(lines):
+        pids = re.search(r"ranks 0: pid (\d+) on \S+, 1: pid (\d+)", "".join(lines))
+        assert pids, "".join(lines)
+        os.kill(int(pids.group(2)), signal.SIGINT)
+
+    seconds, output = interrupt_after_epoch_2(proc, interrupt_rank_1)
+    assert seconds < 30 and proc.returncode == 130, output
+    assert "interrupted:" in output and "MPI_Abort" not in output, output  # rank 0 heard of it and said it
+    check_resumes(tmp_path)
