@@ -639,7 +639,7 @@ def main(argv=None, parallel=None):
             with tqdm(total=len(dataset.train_labels), unit="img", desc=f"epoch {epoch}/{args.epochs}",
                       disable=args.quiet or not root, leave=False, dynamic_ncols=True) as bar:
                 train_loss, train_error, speed = train_epoch(step, data, args.batch_size, shuffle_rng, bar,
-                                                             stop=stop, **_across(parallel))
+                                                             **_across(parallel, stop=stop))
             val_loss, val_error = evaluate(predict, data, args.batch_size, **_across(parallel))
             record = dict(epoch=epoch, train_loss=train_loss, train_error=train_error, val_loss=val_loss,
                           val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error, lr=lr,
@@ -714,9 +714,10 @@ def open_tensorboard(directory, model, resumed, log=print):
     return board
 
 
-def _across(parallel):
-    """Keyword arguments that make train_epoch/evaluate sum over the ranks (none alone)."""
-    return {"parallel": parallel} if parallel.size > 1 else {}
+def _across(parallel, **more):
+    """Keyword arguments that make train_epoch/evaluate sum over the ranks, with ``more``
+    (none alone)."""
+    return dict(parallel=parallel, **more) if parallel.size > 1 else {}
 
 
 def cli(argv=None):
