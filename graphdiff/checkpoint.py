@@ -5,10 +5,11 @@ per named array plus ``__meta__``: the UTF-8 JSON text of a metadata dict
 (epoch, learning rate, RNG state, ...) stored as a uint8 array, so loading
 never needs ``allow_pickle``.
 
-Writes are atomic: the archive is written to ``<path>.tmp-<pid>`` in the same
-directory, flushed and fsynced, moved over ``path`` with :func:`os.replace`,
-and the directory is fsynced.  A crash or kill at any moment therefore
-leaves either the previous checkpoint or the new one, never a mix.
+Writes are atomic (:func:`graphdiff.atomic.atomic_write`): the archive is
+written to ``<path>.tmp-<pid>`` in the same directory, flushed and fsynced,
+moved over ``path`` with :func:`os.replace`, and the directory is fsynced.  A
+crash or kill at any moment therefore leaves either the previous checkpoint
+or the new one, never a mix.
 
 This module depends only on NumPy; it knows nothing about the graph engine.
 """
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from .atomic import atomic_write, remove_stale_temporaries
 from .backends import to_host_array
 
 __all__ = [
@@ -97,21 +99,6 @@ def _write_entry(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
         np.lib.format.write_array(f, arr, allow_pickle=False)
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable; skipped where directories cannot be opened
-    (e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Any],
                     meta: Mapping[str, Any], compress: bool = False) -> None:
     """Atomically write ``arrays`` and ``meta`` to the ``.npz`` at ``path``.
@@ -122,67 +109,14 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Any],
     the temporary file is removed and an existing checkpoint at ``path`` is
     left untouched.
     """
-    path = os.fspath(path)
     checked = _check_arrays(arrays)
     meta_bytes = _encode_meta(meta)  # fail on bad meta before writing
-    directory = os.path.dirname(os.path.abspath(path))
-    remove_stale_temporaries(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    try:
-        with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=compression,
-                                 allowZip64=True) as zf:
-                for name, arr in checked.items():
-                    _write_entry(zf, name, arr)
-                _write_entry(zf, META_KEY, meta_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Includes KeyboardInterrupt: never leave a half-written temp file.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's live process (or cannot tell): keep its file
-    return True
-
-
-def remove_stale_temporaries(path: str | os.PathLike) -> list:
-    """Delete ``<path>.tmp-<pid>`` files left by writers that were killed
-    mid-save (each may be as large as the checkpoint), keeping those of live
-    processes and this one. Returns the paths removed."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = os.path.basename(path) + ".tmp-"
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        pid = name[len(prefix):]
-        if not name.startswith(prefix) or not pid.isdigit():
-            continue
-        if int(pid) == os.getpid() or _pid_alive(int(pid)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
-        except OSError:
-            pass
-    return removed
+    with atomic_write(path) as f:
+        with zipfile.ZipFile(f, "w", compression=compression, allowZip64=True) as zf:
+            for name, arr in checked.items():
+                _write_entry(zf, name, arr)
+            _write_entry(zf, META_KEY, meta_bytes)
 
 
 # --------------------------------------------------------------------------

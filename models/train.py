@@ -63,6 +63,7 @@ import warnings
 import numpy as np
 
 import graphdiff as gd
+from graphdiff.atomic import atomic_write
 from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
 from graphdiff.distributed import launched_rank
 from models.alexnet import alexnet, alexnet_small, train_step
@@ -236,13 +237,9 @@ def plot_curves(history, path, title=""):
                 ax.axvline(h1["epoch"] - 0.5, color="grey", lw=0.8, ls=":")
     fig.suptitle(title)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9, wspace=0.25)  # tight_layout costs ~1 s
-    tmp = path + ".tmp.png"
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)  # a full disk must not leave a half-written picture behind
-        raise
+        with atomic_write(path) as f:  # a full disk must not leave a half-written picture behind
+            fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
 
@@ -405,15 +402,9 @@ def _ordered(record):
 
 def _write_metrics(path, history):
     """Rewrite ``metrics.jsonl`` atomically (strict JSON: no NaN)."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            for h in history:
-                f.write(json.dumps(_ordered(h), allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        for h in history:
+            f.write(json.dumps(_ordered(h), allow_nan=False) + "\n")
 
 
 def _restore(step, shuffle_rng, arrays, meta, config, path):

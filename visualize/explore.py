@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 import graphdiff as gd
+from graphdiff.atomic import atomic_write
 from graphdiff.autodiff import provenance
 from graphdiff.backends import to_host_array
 
@@ -572,15 +573,8 @@ class Explorer:
         a failed write, e.g. a full disk, leaves neither a half page nor the
         temporary file)."""
         path = os.fspath(path)
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(self.html)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write(self.html)
         self.path = path
         return path
 

@@ -18,10 +18,10 @@ and the node. The file is written atomically (temporary file, then rename).
 """
 import errno
 import os
-import tempfile
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..backends import to_host_array
 from ..errors import InputError, ModelFormatError
 from ..graph import ConstantOp, PlaceholderOp, Tensor, VariableOp, fmt_shape, toposort
@@ -471,15 +471,6 @@ def export(outputs, inputs, path, opset=DEFAULT_OPSET, name="graphdiff"):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"onnx export: no folder {folder!r} to write {path!r} in", path)
-    fd, tmp = tempfile.mkstemp(prefix=".onnx-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return model
