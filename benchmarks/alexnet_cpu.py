@@ -29,6 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from machine import PAUSE_S, blas_info  # noqa: E402
+
 FORWARD_MACS = 724_406_816  # per 227x227 image (conv + fc), see visualize.summary
 CONV1_MACS = 55 * 55 * 96 * 3 * 11 * 11  # conv1's input gradient: neither side computes it (images need none)
 # forward + the two backward products (input and weight gradients) of every layer, less conv1's input gradient
@@ -42,17 +44,6 @@ def kernel_report(program):
                      if n.name in kernels and n.op.name != "part")
 
 
-def blas_info():
-    from threadpoolctl import threadpool_info
-
-    return [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} threads={i.get('num_threads')}"
-            for i in threadpool_info()]
-
-
-# Idle OpenMP and BLAS worker threads spin for a while after a call (OpenBLAS:
-# 2^28 cycles, ~0.1 s); a pause before each timed run keeps one side's spinning
-# threads from slowing the other (and the peak's measurement).
-PAUSE_S = 0.15
 
 
 def sgemm_peak(n=2048, reps=8):

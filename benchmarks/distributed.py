@@ -13,7 +13,6 @@ of the same design to 8 and 64 GPUs (ring all-reduce at NCCL bandwidths).
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from machine import blas_info, cpu_model  # noqa: E402 - this folder is on sys.path when run
 
 SETUPS = {  # buckets: alexnet-small's 1.5 MB of gradients in several, so that some can overlap
     "alexnet-small": dict(image_size=32, num_classes=10, steps=12, bucket_bytes=256 << 10),
@@ -125,13 +126,7 @@ def ring_allreduce_seconds(nbytes, gpus, bus_gbs, latency_us):
 
 
 def machine():
-    from threadpoolctl import threadpool_info
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    blas = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} threads={i.get('num_threads')}"
-            for i in threadpool_info()]
-    return cpu, blas
+    return cpu_model(), blas_info()
 
 
 def main():

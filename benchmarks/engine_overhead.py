@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import graphdiff as gd  # noqa: E402
+from machine import blas_info, cpu_model, pinned_openblas  # noqa: E402 - this folder is on sys.path when run
 
 CHAIN = 1000
 ADD, MUL = 0.001, 1.0001
@@ -44,18 +45,11 @@ def machine_info():
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
           f"{os.cpu_count()} CPUs (usable: {usable})")
     print(f"numpy {np.__version__}, graphdiff {gd.__version__}")
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            if pool.get("user_api") == "blas":
-                print(f"BLAS: {pool.get('internal_api')} {pool.get('version')}, kernel "
-                      f"{pool.get('architecture')}, {pool.get('num_threads')} threads")
-    except ImportError:
-        print("BLAS: threadpoolctl not installed")
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        if var in os.environ:
-            print(f"  {var}={os.environ[var]}")
+    print(f"cpu: {cpu_model()}")
+    for line in blas_info():
+        print(f"BLAS: {line}")
+    for setting in pinned_openblas():
+        print(f"  {setting}")
 
 
 def best_of(fn, repeats, number):

@@ -13,7 +13,6 @@ take one backward step. Medians over ``--repeat`` page loads.
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,21 +24,10 @@ import numpy as np  # noqa: E402
 
 import visualize as vz  # noqa: E402
 from models.alexnet import alexnet, train_step  # noqa: E402
-from render_alexnet import blas_info  # noqa: E402 - the benchmarks' folder is on sys.path when run
+from machine import blas_info, cpu_model  # noqa: E402 - the benchmarks' folder is on sys.path when run
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_page(browser, path):
@@ -93,7 +81,7 @@ def main():
             pages[label] = path
             print(f"explore ({label}): {seconds:.2f} s in Python, {os.path.getsize(path) / 1e6:.2f} MB, "
                   f"{len(page.data['graph'])} nodes, {len(page.data['program']['schedule'])} scheduled")
-        print(f"BLAS: {blas_info()}")
+        print(f"BLAS: {'; '.join(blas_info())}")
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as pw:

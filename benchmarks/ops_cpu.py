@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from graphdiff.kernels import choice, conv, lrn, onednn, parallel, pool  # noqa: E402
 from graphdiff.ops.lrn import LRNNormalize, LRNScale  # noqa: E402
+from machine import PAUSE_S, blas_info  # noqa: E402 - the benchmarks' folder is on sys.path when run
 
 # name, C_in, C_out, H (=W), kernel, stride, padding, groups
 CONVS = [
@@ -49,21 +50,6 @@ POOLS = [("pool1", 96, 55), ("pool2", 256, 27), ("pool5", 256, 13)]
 LRNS = [("lrn1", 96, 55), ("lrn2", 256, 27)]
 
 
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return ["threadpoolctl not installed"]
-    return [
-        f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} "
-        f"threads={i.get('num_threads')} ({os.path.basename(i.get('filepath', ''))})"
-        for i in threadpool_info()
-    ]
-
-
-# Idle BLAS and OpenMP worker threads spin for a while after a call (OpenBLAS:
-# 2^28 cycles, ~0.1 s) and would slow whatever runs next on the other side.
-PAUSE_S = 0.15
 
 
 def timed(fn):

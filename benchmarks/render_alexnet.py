@@ -21,16 +21,9 @@ import numpy as np  # noqa: E402
 
 import graphdiff as gd  # noqa: E402
 import visualize as vz  # noqa: E402
+from machine import blas_info  # noqa: E402 - the benchmarks' folder is on sys.path when run
 
 
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-
-        return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')} "
-                         f"threads={i.get('num_threads')}" for i in threadpool_info()) or "none loaded"
-    except ImportError:
-        return "threadpoolctl not installed"
 
 
 def deep_mlp(layers, width=8):
@@ -60,7 +53,7 @@ def main():
 
     from models.alexnet import alexnet
 
-    print(f"python {platform.python_version()}, {platform.machine()}, BLAS: {blas_info()}")
+    print(f"python {platform.python_version()}, {platform.machine()}, BLAS: {'; '.join(blas_info())}")
     print(f"renderer: {vz.find_renderer('svg')}")
     t = time.perf_counter()
     model = alexnet()
