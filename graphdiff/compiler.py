@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from .backends import get_backend
-from .errors import GraphdiffError, InputError, OutOfMemoryError, ShapeError
+from .errors import CompileArgumentError, GraphdiffError, InputError, OutOfMemoryError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
 from .kernels import choice as kernel_choice, parallel
@@ -77,7 +77,7 @@ def _update_pairs(updates):
             and isinstance(updates[1], Tensor):
         return [updates]  # one (variable, new_value) pair
     if isinstance(updates, (Tensor, str, bytes, set, frozenset)) or not hasattr(updates, "__iter__"):
-        raise InputError(f"compile: updates must be {expected}, got {type(updates).__name__}")
+        raise CompileArgumentError(f"compile: updates must be {expected}, got {type(updates).__name__}")
     pairs = []
     for k, pair in enumerate(list(updates)):  # also a generator or zip(variables, values)
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
@@ -88,7 +88,7 @@ def _update_pairs(updates):
                 got = f"a {len(pair)}-tuple"
             else:
                 got = f"a pair of ({', '.join(type(t).__name__ for t in pair)}), not of Tensors"
-            raise InputError(f"compile: updates[{k}] is {got}; updates must be {expected}")
+            raise CompileArgumentError(f"compile: updates[{k}] is {got}; updates must be {expected}")
         pairs.append(tuple(pair))
     return pairs
 
@@ -143,14 +143,14 @@ class Program:
     def _check_signature(self):
         for p in self.inputs:
             if not isinstance(p, Tensor) or not isinstance(p.op, PlaceholderOp):
-                raise InputError(f"compile: inputs must be placeholders, got {p!r}")
+                raise CompileArgumentError(f"compile: inputs must be placeholders, got {p!r}")
         if len({id(p) for p in self.inputs}) != len(self.inputs):
             raise InputError("compile: an input placeholder is listed twice")
         targets = set()
         for pair in self.updates:
             var, value = pair
             if not isinstance(var, Variable):
-                raise InputError(f"compile: update targets must be variables, got {var!r}")
+                raise CompileArgumentError(f"compile: update targets must be variables, got {var!r}")
             if id(var) in targets:
                 raise InputError(f"compile: variable {var.name!r} is updated twice")
             targets.add(id(var))
@@ -474,14 +474,14 @@ class Program:
 
 def _output_list(outputs):
     """``compile``'s outputs as a list of tensors; anything else (None, an array,
-    a number) is a TypeError naming its position."""
+    a number) is a :class:`CompileArgumentError` naming its position."""
     if isinstance(outputs, (str, bytes)) or hasattr(outputs, "shape") or not hasattr(outputs, "__iter__"):
-        raise TypeError(f"compile: outputs must be a Tensor or a list of Tensors, got {_what(outputs)}")
+        raise CompileArgumentError(f"compile: outputs must be a Tensor or a list of Tensors, got {_what(outputs)}")
     outputs = list(outputs)
     for k, out in enumerate(outputs):
         if not isinstance(out, Tensor):
             hint = "; make an array a graph value with gd.constant" if hasattr(out, "shape") else ""
-            raise TypeError(f"compile: output {k} is {_what(out)}, not a Tensor{hint}")
+            raise CompileArgumentError(f"compile: output {k} is {_what(out)}, not a Tensor{hint}")
     return outputs
 
 

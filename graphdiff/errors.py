@@ -16,6 +16,14 @@ class InputError(GraphdiffError, ValueError):
     mis-typed input, or a value assigned to a variable does not fit it."""
 
 
+class CompileArgumentError(InputError, TypeError):
+    """``gd.compile`` was given something that is not what it takes (an output
+    that is not a Tensor, an input that is not a placeholder, an update that is
+    not a (variable, value) pair). An :class:`InputError`, like every mistake
+    in what a program is compiled for or called with, and a ``TypeError``, as
+    Python's own functions report an argument of the wrong kind."""
+
+
 class OutOfMemoryError(GraphdiffError, MemoryError):
     """A compiled program ran out of memory: names the node whose output (or
     scratch) did not fit and the bytes it asked for."""

@@ -170,8 +170,11 @@ def test_update_with_mismatched_shape():
     p = ph((4,), name="p")
     with pytest.raises(gd.ShapeError, match=re.escape("compile: update of v (3,) with p (4,): shapes differ")):
         gd.compile([], [p], updates=[(v, p)])
-    with pytest.raises(gd.InputError, match="update targets must be variables"):
+    with pytest.raises(gd.InputError, match="update targets must be variables") as info:
         gd.compile([], [p], updates=[(p, p)])
+    assert isinstance(info.value, TypeError)  # the wrong kind of argument, as a malformed output is
+    with pytest.raises(TypeError, match=re.escape("compile: updates[0] is a 3-tuple")):
+        gd.compile([], updates=[(v, v * 2.0, v)])
     with pytest.raises(gd.InputError, match="'v' is updated twice"):
         gd.compile([], updates=[(v, v * 2.0), (v, v + 1.0)])
 

@@ -83,8 +83,10 @@ def test_lists_scalars_ragged_lists_and_symbolic_tensors():
     (lambda: gd.compile(np.ones(2)), "compile: outputs must be a Tensor or a list of Tensors, got a ndarray"),
 ])
 def test_bad_arguments_are_typed_errors_naming_them(build, message):
-    with pytest.raises(TypeError, match=re.escape(message)):
+    with pytest.raises(TypeError, match=re.escape(message)) as info:
         build()
+    if message.startswith("compile:"):  # what compile is given, like what a program is given, is an InputError
+        assert isinstance(info.value, gd.InputError)
 
 
 def test_integral_values_of_numpy_integer_types_are_fine():
