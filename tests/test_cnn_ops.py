@@ -454,6 +454,22 @@ def test_max_pool2d_matches_the_reference(cfg):
     np.testing.assert_array_equal(gathered, ref_max_pool2d_gather(v, idx_ref, **ref))
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_max_pool2d_gradient_of_a_non_finite_dy_stays_at_its_argmax(bad):
+    """A dy of inf or NaN reaches only its window's argmax (inf * 0 must not spread it over the window)."""
+    rng = np.random.default_rng(5)
+    x = distinct(rng, (2, 3, 9, 9))
+    geo = dict(size=(3, 3), stride=(2, 2), padding=(1, 1))
+    y_ref, idx_ref = ref_max_pool2d(x, **geo)
+    dy = rng.standard_normal(y_ref.shape)
+    dy[1, 2, 3, 1] = bad
+    (gx,) = run(lambda x, dy: [gd.grad(gd.max_pool2d(x, **geo), [x], grad_output=dy)[0]], x, dy)
+    expected = ref_max_pool2d_grad(dy, idx_ref, x.shape[2:], **geo)
+    np.testing.assert_array_equal(np.isfinite(gx), np.isfinite(expected))
+    assert np.count_nonzero(~np.isfinite(gx)) == 1
+    np.testing.assert_allclose(gx[np.isfinite(gx)], expected[np.isfinite(expected)], rtol=1e-12, atol=1e-12)
+
+
 @examples(30)
 @given(pool_configs())
 def test_max_pool2d_vjp_and_double_vjp(cfg):
