@@ -29,8 +29,9 @@ rule, :mod:`graphdiff.optim`) and writes into ``--out``:
     end; skipped with ``--no-diagrams``, and with a warning if it fails).
 ``checkpoint.npz``
     written after every epoch (and before the first): parameters, momentum
-    buffers, epoch, learning rate, the dropout and shuffle generators' states
-    and the learning-rate schedule's state. ``--resume`` continues from it
+    buffers, epoch, learning rate, the dropout and shuffle generators' states,
+    the learning-rate schedule's state and which library (NumPy or oneDNN)
+    each convolution was measured to run on. ``--resume`` continues from it
     exactly: the per-epoch losses of an interrupted and resumed run equal
     those of an uninterrupted one. Ctrl-C leaves the checkpoint of the last
     completed epoch and exits with a message (status 130).
@@ -66,6 +67,7 @@ import graphdiff as gd
 from graphdiff.atomic import atomic_write
 from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
 from graphdiff.distributed import launched_rank
+from graphdiff.kernels import choice as kernel_choice
 from models.alexnet import alexnet, alexnet_small, train_step
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
@@ -458,6 +460,10 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
         dropout_state = restore_generator(meta.get("dropout_rng")).bit_generator.state
     except Exception as exc:  # noqa: BLE001 - any malformed state: KeyError, TypeError, ValueError
         raise fail(f"bad random generator state ({type(exc).__name__}: {exc})") from None
+    try:  # the convolution libraries the run measured (older checkpoints: none, measure again)
+        kernel_choice.adopt(meta.get("kernel_choices", []))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     step.load_state_arrays(arrays)
     step.lr = lr
@@ -495,7 +501,8 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
             history, best_val, stale, meta = _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log)
             state = dict(history=history, best_val=best_val, stale=stale, lr=step.lr, run_lr=config["lr"],
                          shuffle=shuffle_rng.bit_generator.state, epoch=len(history),
-                         rngs=meta.get("dropout_rngs", [meta["dropout_rng"]]))
+                         rngs=meta.get("dropout_rngs", [meta["dropout_rng"]]),
+                         kernel_choices=kernel_choice.decisions())
         except (CheckpointError, OSError) as exc:
             if parallel.size == 1:
                 raise
@@ -506,6 +513,7 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
     if not parallel.is_root:
         step.lr, config["lr"] = state["lr"], state["run_lr"]
         shuffle_rng.bit_generator.state = state["shuffle"]
+        kernel_choice.adopt(state["kernel_choices"])  # rank 0's: every rank runs the same libraries
     if len(state["rngs"]) == parallel.size:
         if not parallel.is_root:  # rank 0's was restored with the rest
             step.set_rng_state(restore_generator(state["rngs"][parallel.rank]).bit_generator.state)
@@ -573,7 +581,7 @@ def main(argv=None, parallel=None):
     def save(epoch, every_rank=True):
         """Rank 0 writes; ``every_rank`` gathers each rank's dropout generator first (a collective)."""
         rngs = parallel.gather(step.get_rng_state()) if every_rank else [step.get_rng_state()]
-        meta = dict(epoch=epoch, lr=step.lr, dropout_rng=rngs[0],
+        meta = dict(epoch=epoch, lr=step.lr, dropout_rng=rngs[0], kernel_choices=kernel_choice.decisions(),
                     shuffle_rng=generator_state(shuffle_rng), best_val_error=best_val, stale_epochs=stale,
                     history=history, config=config)
         if parallel.size > 1:

@@ -311,3 +311,61 @@ def ref_grad_weight(x, dy, w_shape, groups):
                 window = xp[:, c0:c0 + Cg, a:a + OH, b:b + OW]
                 dw[o, :, a, b] = np.einsum("nchw,nhw->c", window, dy[:, o].astype(np.float64))
     return dw
+
+
+def test_a_resumed_run_keeps_the_measured_libraries_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """In ``auto`` mode a checkpoint keeps each convolution's measured library; a run
+    resumed in another process (here: choices forgotten, and a clock that would now
+    choose the other library everywhere) runs the same libraries, so its losses equal
+    an uninterrupted run's to the bit (the libraries round differently)."""
+    from models import train
+    from test_train import TINY, metrics
+
+    monkeypatch.setenv("GRAPHDIFF_KERNELS", "auto")
+    favour = {"onednn"}
+
+    def seconds(library, run):  # a clock on which the favoured library always wins
+        run()
+        return 1.0 if library in favour else 2.0
+
+    monkeypatch.setattr(choice, "_seconds", seconds)
+    args = TINY + ["--no-diagrams", "--no-tensorboard"]
+    try:
+        choice.clear_decisions()
+        train.main(args + ["--out", str(tmp_path / "straight"), "--epochs", "3"])
+        choice.clear_decisions()
+        train.main(args + ["--out", str(tmp_path / "broken"), "--epochs", "1"])
+        measured = choice.decisions()
+        assert measured and {r["library"] for r in measured} == {"onednn"}
+        choice.clear_decisions()
+        favour = {"numpy"}  # the resuming process would measure the opposite
+        train.main(args + ["--out", str(tmp_path / "broken"), "--epochs", "3", "--resume"])
+        assert choice.decisions() == measured  # nothing measured again, nothing changed
+        losses = [r["train_loss"] for r in metrics(tmp_path / "broken")]
+        assert losses == [r["train_loss"] for r in metrics(tmp_path / "straight")]
+        # the same resume, measuring again instead of taking the checkpoint's choices: other numbers
+        choice.clear_decisions()
+        favour = {"onednn"}
+        train.main(args + ["--out", str(tmp_path / "again"), "--epochs", "1"])
+        choice.clear_decisions()
+        favour = {"numpy"}
+        monkeypatch.setattr(choice, "adopt", lambda records: None)
+        train.main(args + ["--out", str(tmp_path / "again"), "--epochs", "3", "--resume"])
+        again = [r["train_loss"] for r in metrics(tmp_path / "again")]
+        assert again[0] == losses[0] and again[1:] != losses[1:]
+    finally:
+        choice.clear_decisions()
+
+
+def test_kernel_choices_from_a_file_are_checked_whole():
+    good = dict(direction="forward", x=[1, 3, 8, 8], w=[4, 3, 3, 3], stride=[1, 1], padding=[0, 0], groups=1,
+                library="onednn")
+    for bad, message in [("x", "must be a list"), ([dict(good, library="cuda")], "unknown direction"),
+                         ([good, dict(good, w=None)], "kernel choice 1 is malformed")]:
+        choice.clear_decisions()
+        with pytest.raises(ValueError, match=message):
+            choice.adopt(bad)
+        assert choice.decisions() == []  # nothing taken from a list with a bad record
+    choice.adopt([good])
+    assert choice.decisions() == [good]
+    choice.clear_decisions()

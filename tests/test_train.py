@@ -300,6 +300,7 @@ def _rewrite_checkpoint(path, change_meta=None, change_arrays=None):
     (lambda m: m.update(epoch="1"), r"metadata 'epoch' is '1'"),
     (lambda m: m.update(dropout_rng={"bit_generator": "PCG64", "state": "x"}), r"bad random generator state"),
     (lambda m: m.update(shuffle_rng=None), r"bad random generator state"),
+    (lambda m: m.update(kernel_choices=[{"direction": "forward"}]), r"kernel choice 0 is malformed \(KeyError"),
     (lambda m: m.update(history={"a": 1}), r"metadata 'history' must be a list of 1 epochs, got dict"),
     (lambda m: m.update(history=[[1, 2]]), r"'history' entry 1 is not the record of epoch 1"),
     (lambda m: m.update(config=[]), r"config must be an object"),

@@ -7,7 +7,8 @@ A compiled program on NumPy gives each convolution instruction (``conv2d``,
 The first time it runs with given input shapes it times both libraries on the
 real operands (each once to warm up: oneDNN builds its primitive, NumPy its
 scratch buffers; then twice each, alternating) and keeps the faster for those
-shapes. The decision is remembered for the whole process, keyed by direction
+shapes. The decision is remembered for the whole process (and kept in training
+checkpoints: :func:`decisions`, :func:`adopt`), keyed by direction
 (forward, with or without its ReLU; backward-data; backward-weights; both
 gradients as one op) and geometry (shapes, stride, padding, groups), so every
 later program with the same convolution runs the same kernels: two programs
@@ -204,3 +205,39 @@ def clear_decisions():
     """Forget every measured choice (the next run of each program measures again)."""
     with _decisions_lock:
         _decisions.clear()
+
+
+_RECORD_FIELDS = ("direction", "x", "w", "stride", "padding", "groups")
+
+
+def decisions():
+    """This process's choices as JSON-able records (``direction``, ``x`` and
+    ``w`` shapes, ``stride``, ``padding``, ``groups``, ``library``): what a
+    checkpoint keeps, so that a run resumed in another process runs each
+    convolution on the library the run measured (the two libraries round
+    differently, so re-measuring could change the numbers)."""
+    with _decisions_lock:
+        items = sorted(_decisions.items())
+    return [dict(zip(_RECORD_FIELDS, (key[0],) + tuple(list(v) for v in key[1:5]) + (key[5],)), library=library)
+            for key, library in items]
+
+
+def adopt(records):
+    """Take ``records`` (from :func:`decisions`, e.g. a checkpoint's) as this
+    process's choices, in place of any measured for the same convolutions.
+    Raises ``ValueError`` naming the first malformed record (nothing is taken)."""
+    if not isinstance(records, list):
+        raise ValueError(f"kernel choices must be a list, got {type(records).__name__}")
+    taken = {}
+    for k, r in enumerate(records):
+        try:
+            direction, library = r["direction"], r["library"]
+            x, w, stride, padding = (tuple(int(d) for d in r[f]) for f in ("x", "w", "stride", "padding"))
+            groups = int(r["groups"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"kernel choice {k} is malformed ({type(exc).__name__}: {exc})") from None
+        if direction not in _DIRECTION.values() or library not in ("numpy", "onednn"):
+            raise ValueError(f"kernel choice {k}: unknown direction {direction!r} or library {library!r}")
+        taken[(direction, x, w, stride, padding, groups)] = library
+    with _decisions_lock:
+        _decisions.update(taken)
