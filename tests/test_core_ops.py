@@ -343,6 +343,38 @@ def test_concatenate(axis):
     assert_gradients(lambda *ts: gd.concatenate(ts, axis=axis) ** 2, xs)
 
 
+def _naive_pad(x, pads, value):
+    """The formula itself: y[i + before] = x[i], value elsewhere (one element at a time)."""
+    y = np.full([d + lo + hi for d, (lo, hi) in zip(x.shape, pads)], value, dtype=x.dtype)
+    for i in np.ndindex(*x.shape):
+        y[tuple(k + lo for k, (lo, _) in zip(i, pads))] = x[i]
+    return y
+
+
+@pytest.mark.parametrize("pads,value", [([(0, 0), (1, 2), (3, 0)], 0.0), ([(2, 1), (0, 0), (1, 1)], -1.5),
+                                        ((1, 1), 2.0)])
+def test_pad(pads, value):
+    x = rng(3).standard_normal((2, 3, 4))
+    pairs = pads if isinstance(pads, list) else [pads] * 3
+    out = run(lambda t: gd.pad(t, pads, value=value), x)
+    np.testing.assert_array_equal(out, _naive_pad(x, pairs, value))
+    np.testing.assert_array_equal(out, np.pad(x, pairs, constant_values=value))
+    assert_gradients(lambda t: gd.pad(t, pads, value=value) ** 2, [x])
+    t = gd.placeholder((None, 3, 4), name="t")  # a run-time batch: padded or not, it stays run-time
+    assert gd.pad(t, pads).shape == (None,) + tuple(d + lo + hi for d, (lo, hi) in zip((3, 4), pairs[1:]))
+    assert gd.grad(gd.sum(gd.pad(t, pads)), [t])[0].shape == t.shape
+
+
+def test_pad_refuses_what_it_cannot_do():
+    x = gd.placeholder((2, 3), name="x")
+    with pytest.raises(TypeError, match=r"pads must be \(before, after\) pairs of non-negative ints"):
+        gd.pad(x, [(1, -1), (0, 0)])
+    with pytest.raises(TypeError, match="value must be a number, got str"):
+        gd.pad(x, (1, 1), value="0")
+    with pytest.raises(gd.ShapeError, match=r"pad: x \(2, 3\): 3 \(before, after\) pairs for 2 dimensions"):
+        gd.pad(x, [(1, 1)] * 3)
+
+
 @pytest.mark.parametrize("sections,axis", [(3, 0), ([1, 3], 1), (2, -1), ([2], 0)])
 def test_split(sections, axis):
     x = rng(0).standard_normal((6, 4))

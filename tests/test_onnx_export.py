@@ -133,6 +133,7 @@ SWEEP = {
     "reductions_keepdims": (lambda x: x - gd.mean(x, axis=1, keepdims=True) + gd.max(x, axis=-1, keepdims=True),
                             {"ReduceMean", "ReduceMax"}),
     "stop_gradient": (lambda x: gd.stop_gradient(x) * 2.0, {"Mul"}),
+    "pad": (lambda x: gd.pad(x, [(0, 0), (1, 0), (2, 1), (0, 3)], value=-0.5), {"Pad"}),
 }
 
 DENSE = {

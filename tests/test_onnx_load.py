@@ -160,6 +160,36 @@ def test_adaptive_pooling_that_pytorch_writes_as_a_gather_loads_as_one_op(tmp_pa
     np.testing.assert_allclose(values[1], tx.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+class PaddedNet(nn.Module):
+    """Explicit ``F.pad`` (exported as ONNX ``Pad``): asymmetric, with a fill value, and cropping."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        x = nn.functional.pad(x, (1, 2, 0, 1), value=0.5)  # last axis (1, 2), then rows (0, 1)
+        return nn.functional.pad(torch.relu(self.conv(x)), (0, -1, -1, 0))  # a negative amount crops
+
+
+def test_pytorch_pad_loads_with_its_gradient(tmp_path):
+    net = PaddedNet().eval()
+    path = tmp_path / "padded.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 2, 6, 5),), str(path), dynamo=True, verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert "Pad" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    model = gd.onnx.load(path)
+    (y,) = model.outputs
+    assert "pad" in {t.op.name for t in gd.toposort([y])}
+    x = np.random.default_rng(1).standard_normal((3, 2, 6, 5)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = net(tx)
+    (ty * ty).sum().backward()
+    values = gd.compile([y, gd.grad(gd.sum(y * y), [model.inputs[0]])[0]], inputs=model.inputs)(x)
+    np.testing.assert_allclose(values[0], ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[1], tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def torch_sgd(torch_model, x, labels, lr=0.0):
     """PyTorch's loss, autograd gradients and (``lr`` > 0) parameters after one SGD
     step, in float64, on a copy of ``torch_model``."""
@@ -371,11 +401,15 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     (helper.make_node("Reshape", ["x", "x_shape"], ["y"], name="flat"),
      r"node 'shape' \(Shape\): input 'x' has dimensions known only at run time \(None, 2, 8, 8\): shape arithmetic "
      r"must fold when the file is loaded"),
-], ids=["unknown-op", "ceil-mode", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad", "run-time-shape"])
+    (helper.make_node("Pad", ["x", "pads"], ["y"], name="pad", mode="reflect"),
+     r"node 'pad' \(Pad\): attribute 'mode' = 'reflect' is not supported \(only 'constant'\)"),
+], ids=["unknown-op", "ceil-mode", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad", "run-time-shape",
+        "pad-reflect"])
 def test_unsupported_ops_and_attributes_name_file_node_and_attribute(tmp_path, node, message):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     inits = [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w"),
-             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
     nodes = [node]
     if node.op_type == "Reshape":
         nodes = [helper.make_node("Shape", ["x"], ["x_shape"], name="shape")] + nodes

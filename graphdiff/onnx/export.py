@@ -345,6 +345,13 @@ def _broadcast_to(w, node):
     return w.node("Expand", [w[node.inputs[0]], w.ints(node.op.shape, "shape")], node.name)
 
 
+@rule("pad")
+def _pad(w, node):
+    pads = [lo for lo, _ in node.op.pads] + [hi for _, hi in node.op.pads]  # ONNX: begins then ends
+    value = w.const(np.asarray(node.op.value, dtype=node.dtype), node.dtype, f"{node.name}/value")
+    return w.node("Pad", [w[node.inputs[0]], w.ints(pads, "pads"), value], node.name, mode="constant")
+
+
 @rule("concatenate")
 def _concatenate(w, node):
     return w.node("Concat", [w.cast_to(t, node.dtype, node.name) for t in node.inputs], node.name,

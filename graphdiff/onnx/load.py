@@ -334,6 +334,32 @@ def _unsqueeze(r, node, a):
     return [_ops.expand_dims(r.tensor(node, 0), _axes(r, node, a, 1), name=node.output[0])]
 
 
+@rule("Pad", mode="constant")
+def _pad(r, node, a):
+    """Constant padding: ``pads`` (static) lists the begins of the axes (all, or
+    ``axes``, opset 18), then their ends; a negative amount crops."""
+    x = r.tensor(node, 0)
+    if a["mode"] != "constant":
+        raise r.error(node, f"attribute 'mode' = {a['mode']!r} is not supported (only 'constant')")
+    amounts = [int(v) for v in np.asarray(r.static(node, 1, "pads")).reshape(-1)]
+    value = r.input(node, 2) if len(node.input) > 2 and node.input[2] else None
+    if value is not None and _scalar(r.static(node, 2, "constant_value")) is None:
+        raise r.error(node, "constant_value must be one number")
+    axes = list(range(x.ndim))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(v) % x.ndim for v in np.asarray(r.static(node, 3, "axes")).reshape(-1)]
+    if len(amounts) != 2 * len(axes):
+        raise r.error(node, f"pads has {len(amounts)} values for {len(axes)} axes (a begin and an end each)")
+    pairs = [(0, 0)] * x.ndim
+    for k, axis in enumerate(axes):
+        pairs[axis] = (amounts[k], amounts[k + len(axes)])
+    if any(lo < 0 or hi < 0 for lo, hi in pairs):  # crop first: a slice
+        x = x[tuple(slice(-min(lo, 0), min(hi, 0) or None) for lo, hi in pairs)]
+        pairs = [(max(lo, 0), max(hi, 0)) for lo, hi in pairs]
+    fill = 0.0 if value is None else _scalar(value)
+    return [_ops.pad(x, pairs, value=fill, name=node.output[0])]
+
+
 @rule("Concat", axis=None)
 def _concat(r, node, a):
     xs = [r.tensor(node, i) for i in range(len(node.input))]

@@ -10,6 +10,6 @@ from .lrn import lrn, lrn_within, normalize_cross_map, window_sum_channels, wind
 from .nn import dropout, log_softmax, one_hot, softmax, softmax_cross_entropy, stop_gradient
 from .pool import max_pool2d, max_pool2d_argmax, max_pool2d_gather, max_pool2d_grad
 from .reduce import broadcast_like, broadcast_to, max, mean, sum, sum_to
-from .shape import concatenate, expand_dims, getitem, reshape, split, squeeze, transpose
+from .shape import concatenate, expand_dims, getitem, pad, reshape, split, squeeze, transpose
 
 abs = abs_  # noqa: A001 - NumPy's name

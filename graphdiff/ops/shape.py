@@ -212,6 +212,61 @@ def split(x, indices_or_sections, axis=0):
     return [x[lead + (slice(a, b),)] for a, b in zip(edges[:-1], edges[1:])]
 
 
+# --------------------------------------------------------------------------- padding
+class Pad(Op):
+    """Constant padding: ``y[before_k + i_k] = x[i]`` on every axis ``k``, ``value`` elsewhere.
+
+    ``y`` has ``before_k + d_k + after_k`` entries along axis ``k``. The VJP
+    is the window of the gradient that lies over ``x``: ``dx = g[before_k :
+    before_k + d_k]`` on every axis (a slice, ``getitem``); the VJP of that
+    slice writes its cotangent into zeros, which is this padding again with
+    ``value = 0``, so grad of grad comes from the slicing ops' own rules.
+    """
+
+    name = "pad"
+
+    def __init__(self, pads, value):
+        super().__init__(pads=pads, value=value)
+
+    def describe(self):
+        return f"pad {list(map(list, self.pads))}" + (f" with {self.value:g}" if self.value else "")
+
+    def infer(self, x):
+        if len(self.pads) != x.ndim:
+            raise self.error(f"{len(self.pads)} (before, after) pairs for {x.ndim} dimensions", x)
+        return tuple(None if d is None else d + lo + hi for d, (lo, hi) in zip(x.shape, self.pads)), x.dtype
+
+    def forward(self, xp, x):
+        shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, self.pads))
+        y = xp.full(shape, self.value, dtype=x.dtype)
+        y[self._window()] = x
+        return y
+
+    def _window(self):
+        """Where ``x`` sits in ``y``: ``before : -after`` per axis (also for run-time dims)."""
+        return tuple(slice(lo, -hi if hi else None) for lo, hi in self.pads)
+
+    def vjp(self, node, g, wrt):
+        return [getitem(g, self._window())]
+
+
+def pad(x, pads, value=0.0, name=None):
+    """``numpy.pad(x, pads, constant_values=value)``: ``pads`` holds one
+    ``(before, after)`` pair of non-negative ints per axis (or one pair for
+    every axis); see :class:`Pad`."""
+    x = as_tensor(x)
+    pairs = np.asarray(pads, dtype=object)
+    if pairs.shape == (2,):
+        pairs = np.array([tuple(pads)] * x.ndim, dtype=object).reshape(x.ndim, 2)
+    if pairs.ndim != 2 or pairs.shape[1:] != (2,) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in pairs.ravel()):
+        raise TypeError(f"pad: pads must be (before, after) pairs of non-negative ints, one per axis, got {pads!r}")
+    value = float(value) if isinstance(value, (float, np.floating)) else value
+    if not isinstance(value, (int, float, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"pad: value must be a number, got {type(value).__name__} {value!r}")
+    return apply(Pad(tuple((int(lo), int(hi)) for lo, hi in pairs), value), [x], name=name)
+
+
 # --------------------------------------------------------------------------- slicing
 def _freeze_key(key, ndim):
     """Index -> hashable tuple: ints, ("s", start, stop, step) and None (new axis)."""
