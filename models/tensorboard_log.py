@@ -15,6 +15,20 @@ tag                         metrics.jsonl key
 ``images_per_second``       ``images_per_second``
 ==========================  ======================================
 
+and, per parameter ``<name>`` (``conv1/w``, ...), what SGD does to it
+(TensorBoard's Histograms and Distributions tabs, and the Scalars tab):
+
+==========================  ==================================================
+tag                         value
+==========================  ==================================================
+``weights/<name>``          histogram of the parameter at the end of the epoch
+``updates/<name>``          histogram of its last step ``v`` (the paper's
+                            momentum buffer: ``w <- w + v``)
+``update_ratio/<name>``     ``||v|| / ||w||``: about 1e-3 is a healthy rate;
+                            far below, the layer barely learns (a vanishing
+                            gradient, dead ReLUs); far above, it is unstable
+==========================  ==================================================
+
 and, once, the forward graph as a ``GraphDef`` (TensorBoard's Graphs tab):
 one node per graphdiff node, named ``<scope>/<name>`` so that TensorBoard
 folds each layer into one box, with the op, the inputs, the output shape
@@ -29,6 +43,10 @@ from tensorboard.compat.proto import (attr_value_pb2, event_pb2, graph_pb2, node
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 import graphdiff as gd
+from graphdiff.backends import to_host_array
+
+#: buckets of each histogram (TensorBoard re-bins for display)
+HISTOGRAM_BINS = 30
 
 #: TensorBoard tag -> metrics.jsonl key
 SCALARS = {
@@ -61,6 +79,13 @@ class TensorBoardLog:
                                                summary=summary_pb2.Summary(value=values)))
         self._writer.flush()
 
+    def add_parameters(self, epoch, weights, updates):
+        """:func:`parameter_summary` of ``weights`` and ``updates`` (name -> array,
+        updates possibly fewer) at step ``epoch``."""
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(epoch),
+                                               summary=parameter_summary(weights, updates)))
+        self._writer.flush()
+
     def add_graph(self, outputs):
         """The graph ``outputs`` depend on, as a GraphDef event."""
         graph = graph_def(outputs)
@@ -69,6 +94,41 @@ class TensorBoardLog:
 
     def close(self):
         self._writer.close()
+
+
+def histogram(values, bins=HISTOGRAM_BINS):
+    """A TensorBoard ``HistogramProto`` of ``values`` (any shape): ``bins`` equal
+    buckets between the minimum and the maximum, each given by its right edge,
+    as TensorBoard's own writers do; the sum and the sum of squares in float64,
+    a chunk at a time (fc6's 37.7 M weights are not copied whole)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size == 0:
+        return summary_pb2.HistogramProto()
+    total = squares = 0.0
+    for start in range(0, values.size, 1 << 20):
+        chunk = values[start:start + (1 << 20)].astype(np.float64)
+        total, squares = total + float(chunk.sum()), squares + float(chunk @ chunk)
+    counts, edges = np.histogram(values, bins=bins)
+    return summary_pb2.HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
+                                      sum=total, sum_squares=squares, bucket_limit=edges[1:].tolist(),
+                                      bucket=counts.astype(np.float64).tolist())
+
+
+def parameter_summary(weights, updates):
+    """The ``weights/``, ``updates/`` and ``update_ratio/`` values of every
+    parameter (see the module docstring), one parameter on the host at a time."""
+    values = []
+    for name, w in weights.items():
+        hw = histogram(to_host_array(w))
+        values.append(summary_pb2.Summary.Value(tag=f"weights/{name}", histo=hw))
+        if name not in updates:
+            continue
+        hv = histogram(to_host_array(updates[name]))
+        values.append(summary_pb2.Summary.Value(tag=f"updates/{name}", histo=hv))
+        if hw.sum_squares > 0:
+            ratio = float(np.sqrt(hv.sum_squares / hw.sum_squares))  # ||v|| / ||w||
+            values.append(summary_pb2.Summary.Value(tag=f"update_ratio/{name}", simple_value=ratio))
+    return summary_pb2.Summary(value=values)
 
 
 def graph_def(outputs):

@@ -669,6 +669,8 @@ def main(argv=None, parallel=None):
                 log(f"validation error has not improved for {args.lr_drop_patience} epochs: lr -> {step.lr:g}")
             if board is not None:
                 board.add_epoch(record)
+                board.add_parameters(epoch, {k: p.value for k, p in model.params.items()},
+                                     {k: v.value for k, v in step.velocities.items()})
             try:
                 if root:
                     plot_curves(history, curves_path, f"{model.name} on {dataset.name}")

@@ -449,10 +449,25 @@ def test_tensorboard_events_match_the_metrics_and_hold_the_graph(tmp_path):
     board = tmp_path / "board"
     run(tmp_path / "run", "--epochs", "2", "--tensorboard", str(board))
     run(tmp_path / "run", "--epochs", "3", "--tensorboard", str(board), "--resume")
-    events = EventAccumulator(str(board))
+    events = EventAccumulator(str(board), size_guidance={"histograms": 0, "scalars": 0})
     events.Reload()
     rows = metrics(tmp_path / "run")
-    assert set(events.Tags()["scalars"]) == set(train_tb_tags())
+    params, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz")  # the state after epoch 3
+    names = [k for k in params if not k.startswith("momentum/")]
+    per_parameter = {f"update_ratio/{k}" for k in names}
+    assert set(events.Tags()["scalars"]) == set(train_tb_tags()) | per_parameter
+    assert set(events.Tags()["histograms"]) == {f"{kind}/{k}" for kind in ("weights", "updates") for k in names}
+    for k in names:
+        w, v = params[k].astype(np.float64), params[f"momentum/{k}"].astype(np.float64)
+        for tag, values in ((f"weights/{k}", w), (f"updates/{k}", v)):
+            got = events.Histograms(tag)
+            assert [e.step for e in got] == [1, 2, 3], tag
+            h = got[-1].histogram_value
+            assert (h.min, h.max, h.num) == (values.min(), values.max(), values.size), tag
+            np.testing.assert_allclose([h.sum, h.sum_squares], [values.sum(), (values ** 2).sum()], rtol=1e-9)
+            assert sum(h.bucket) == values.size and len(h.bucket) == len(h.bucket_limit), tag
+        ratio = events.Scalars(f"update_ratio/{k}")[-1].value
+        np.testing.assert_allclose(ratio, np.linalg.norm(v) / np.linalg.norm(w), rtol=1e-6, err_msg=k)
     for tag, key in train_tb_tags().items():
         got = events.Scalars(tag)
         assert [e.step for e in got] == [1, 2, 3], tag
