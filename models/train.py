@@ -745,6 +745,13 @@ def cli(argv=None):
             # ends the job; the others speak only if it does not (an error of their own)
             time.sleep(2.0)
         _abort_world(parallel, f"error: rank {parallel.rank} of {parallel.size}: {text}")
+    except KeyboardInterrupt:  # outside the epochs (loading data, compiling, the explorer page)
+        text = "interrupted outside an epoch; the files already written stay as they were"
+        if parallel is None or parallel.size == 1:
+            if parallel is not None or launched_rank() == 0:
+                print(text, file=sys.stderr)
+            return 130
+        _abort_world(parallel, f"{text} (rank {parallel.rank} of {parallel.size})", code=130)
     except Exception as exc:
         if parallel is None or parallel.size == 1:
             raise
@@ -760,13 +767,13 @@ def cli(argv=None):
     return 130 if result["status"] == "interrupted" else 0
 
 
-def _abort_world(parallel, message):
+def _abort_world(parallel, message, code=2):
     """A rank failed: say which, then end every rank now (the others would wait for it forever)."""
     print(message, file=sys.stderr, flush=True)
     # mpiexec forwards a rank's output asynchronously and drops what it has not
     # forwarded when MPI_Abort kills the job: give it a moment to pass the line on
     time.sleep(0.5)
-    parallel.abort(2)
+    parallel.abort(code)
 
 
 if __name__ == "__main__":

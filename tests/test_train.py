@@ -86,6 +86,17 @@ def test_ctrl_c_keeps_last_completed_epoch_and_resume_matches(tmp_path, monkeypa
     assert [r["train_loss"] for r in metrics(broken)] == [r["train_loss"] for r in metrics(straight)]
 
 
+def test_ctrl_c_before_the_first_epoch_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the data loads
+
+    monkeypatch.setattr(train, "load_dataset", interrupted)
+    code = train.cli(TINY + ["--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 130 and "Traceback" not in out + err
+    assert err.strip().splitlines() == ["interrupted outside an epoch; the files already written stay as they were"]
+
+
 def test_lr_is_divided_by_ten_when_validation_error_stalls(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
     run(tmp_path, "--epochs", "5", "--lr-drop-patience", "2")
