@@ -19,8 +19,12 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)$")
 
 
-def python_blocks(text):
-    """``[(line number of the opening fence, source)]`` of the ```python blocks."""
+PYTHON = ("python", "py", "python3")
+
+
+def python_blocks(text, languages=PYTHON):
+    """``[(line number of the opening fence, source)]`` of the ```python blocks
+    (of the blocks whose info string names one of ``languages``)."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         m = FENCE.match(lines[i])
@@ -34,7 +38,7 @@ def python_blocks(text):
             body.append(lines[i][len(m["indent"]):] if lines[i].startswith(m["indent"]) else lines[i])
             i += 1
         i += 1  # the closing fence
-        if info and info[0].lower() in ("python", "py", "python3"):
+        if info and info[0].lower() in languages:
             blocks.append((start + 1, "\n".join(body) + "\n"))
     return blocks
 
