@@ -287,7 +287,7 @@ def test_pdf_needs_system_graphviz(tmp_path, monkeypatch, capsys):
     loss, _ = small_cnn()
     with pytest.raises(vz.RendererNotFound, match="needs system Graphviz"):
         vz.render(loss, tmp_path / "g.pdf")
-    assert cli.main(["cnn4", "--out", str(tmp_path / "c.pdf")]) == 1  # the CLI says so before building
+    assert cli.main(["cnn4", "--out", str(tmp_path / "c.pdf")]) == 2  # the CLI says so before building
     assert "apt-get install graphviz" in capsys.readouterr().err
 
 
@@ -512,6 +512,15 @@ def test_cli_draws_a_model(tmp_path, capsys):
     root = ET.parse(out).getroot()
     titles = [g.find(SVG + "title").text for g in root.iter(SVG + "g") if g.get("class") == "node"]
     assert len(titles) >= 10 and any("backward" in "".join(g.itertext()) for g in root.iter(SVG + "g"))
+
+
+def test_cli_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    before = tmp_path / "kept.svg"
+    before.write_text("<svg/>")
+    assert cli.main(["cnn4", "--out", str(tmp_path / "no" / "such" / "folder.svg")]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"error: cannot write {tmp_path}/no/such/folder.svg: No such file or directory"]
+    assert "Traceback" not in out + err and os.listdir(tmp_path) == ["kept.svg"]
 
 
 def test_cli_rejects_unknown_model(tmp_path, capsys):

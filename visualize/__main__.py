@@ -138,7 +138,7 @@ def main(argv=None):
             vz.find_renderer(fmt)  # fail before building a big model
         except vz.RendererNotFound as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2
     kwargs = {}
     if args.classes is not None:
         kwargs["num_classes"] = args.classes
@@ -165,7 +165,10 @@ def main(argv=None):
         vz.render(diagram, args.out, format=args.format)
     except vz.RendererNotFound as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
+    except OSError as e:  # e.g. --out in a folder that does not exist
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes, {diagram.meta.get('nodes', '?')} nodes)")
     return 0
 

@@ -38,6 +38,7 @@ import graphviz
 import numpy as np
 
 import graphdiff as gd
+from graphdiff.atomic import atomic_write
 
 from ._render import PURE_FORMATS, Diagram, RendererNotFound, find_renderer, new_diagram, pipe_source
 
@@ -510,11 +511,11 @@ def render(outputs_or_digraph, path, format=None, **to_dot_kwargs):
     path = os.fspath(path)
     fmt = (format or os.path.splitext(path)[1].lstrip(".") or "svg").lower()
     if fmt in ("dot", "gv"):
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_write(path, "w", encoding="utf-8") as f:
             f.write(diagram.source)
         return path
     data = pipe_source(diagram.source, fmt, getattr(diagram, "engine", "dot"))
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:  # a failed write leaves the previous picture whole
         f.write(data)
     return path
 
