@@ -34,7 +34,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     remove_stale_temporaries(path)
     tmp = temporary_path(path)
     try:
-        with open(tmp, mode, encoding=encoding) as f:
+        f = open(tmp, mode, encoding=encoding)
+    except OSError as exc:  # no folder, no permission, ...: name the file asked for, not the temporary
+        raise type(exc)(exc.errno, exc.strerror, path) from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+import graphdiff as gd
+from graphdiff.atomic import atomic_write
 from models.alexnet import train_step
 from models.cnn import cnn4
 from models.data import DataError, center_crop, load_dataset
@@ -146,7 +148,8 @@ def plot(runs, threshold, path, title, sweep=None):
     ax.legend()
     ax.set_title(title, fontsize=9)
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.11, top=0.86)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -160,22 +163,32 @@ def _rates(text):
     return rates
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m models.relu_vs_tanh", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="digits", help="digits, cifar10:DIR (or synthetic, folder:DIR)")
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=None, help="target training error (25%% on CIFAR-10)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--lr", type=_rates, default=None,
                    help="learning rate(s), comma-separated: each network uses its fastest (default 0.01,0.03,0.1)")
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--points-per-epoch", type=int, default=4,
+    p.add_argument("--width", type=_positive, default=32)
+    p.add_argument("--image-size", type=_positive, default=None)
+    p.add_argument("--channels", type=_positive, default=None)
+    p.add_argument("--points-per-epoch", type=_positive, default=4,
                    help="training error measurements per epoch (over the training set or --error-sample)")
-    p.add_argument("--error-sample", type=int, default=10_000,
+    p.add_argument("--error-sample", type=_positive, default=10_000,
                    help="measure the training error on a fixed sample of this many training images "
                         "(all of them when there are fewer)")
     p.add_argument("--init-std", type=float, default=None,
@@ -192,15 +205,13 @@ def parse_args(argv=None):
         args.lr = [0.01, 0.03, 0.1]
     if not 0 < args.threshold < 1:
         p.error("--threshold must be between 0 and 1")
-    if args.points_per_epoch < 1 or args.error_sample < 1:
-        p.error("--points-per-epoch and --error-sample must be at least 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)  # after the data: a wrong spec leaves nothing behind
     print(f"cnn4 on {dataset.name}: {len(dataset.train_labels)} training images {dataset.input_shape}, "
           f"threshold {100 * args.threshold:g}% training error, {args.epochs} epochs, lr {args.lr}")
     sweep = {"relu": [], "tanh": []}
@@ -222,7 +233,7 @@ def main(argv=None):
                   error_sample=min(args.error_sample, len(dataset.train_labels)),
                   learning_rates=args.lr, runs=runs, ratio_tanh_over_relu=ratio,
                   sweep=sweep if len(args.lr) > 1 else None)
-    with open(os.path.join(args.out, "relu_vs_tanh.json"), "w") as f:
+    with atomic_write(os.path.join(args.out, "relu_vs_tanh.json"), "w") as f:
         json.dump(result, f, indent=1)
 
     def said(run):
@@ -252,9 +263,22 @@ def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """``python -m models.relu_vs_tanh``: a mistake (data, an output folder that
+    cannot be made, a diverging rate) is one ``error:`` line and status 2."""
     try:
-        main()
-    except (DataError, FloatingPointError) as exc:
+        main(argv)
+    except (DataError, FloatingPointError, gd.BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

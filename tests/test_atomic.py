@@ -51,3 +51,11 @@ def test_only_whole_file_modes():
     with pytest.raises(ValueError, match="mode must be"):
         with atomic_write("x", "a"):
             pass
+
+
+def test_a_file_that_cannot_be_opened_is_named_not_its_temporary(tmp_path):
+    path = tmp_path / "no" / "folder" / "page.html"
+    with pytest.raises(FileNotFoundError) as info:
+        with atomic_write(path, "w"):
+            pass
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)

@@ -513,6 +513,18 @@ def test_tensorboard_default_is_on_when_installed_and_an_error_when_asked_for_wi
     assert line == "error: --tensorboard needs the tensorboard package: pip install -e '.[interop]'"
 
 
+def test_relu_vs_tanh_mistakes_are_one_line(tmp_path, capsys):
+    assert relu_vs_tanh.cli(["--data", "synthetic", "--out", "/proc/no-such-folder", "--epochs", "1"]) == 2
+    _, err = capsys.readouterr()
+    assert err.strip().splitlines() == ["error: No such file or directory: /proc/no-such-folder"]
+    with pytest.raises(SystemExit) as info:  # argparse: usage, then one error line
+        relu_vs_tanh.cli(["--data", "synthetic", "--out", str(tmp_path), "--epochs", "0"])
+    assert info.value.code == 2 and "--epochs: must be at least 1, got 0" in capsys.readouterr().err
+    assert relu_vs_tanh.cli(["--data", "nonsense", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown data set spec 'nonsense'")
+    assert os.listdir(tmp_path) == []  # not even the output folder
+
+
 def test_relu_vs_tanh_measures_the_training_error_over_the_training_set():
     """Each point of the curve is the error of the weights at that moment over
     the whole training set (not the running error of the batches trained, nor

@@ -117,8 +117,11 @@ def explore_main(argv):
     try:
         page = vz.explore(model, feed=feed, program=program, path=args.out,
                           title=f"{args.model}" + (f" on {args.data}" if args.data else ""))
-    except (gd.InputError, OSError) as e:
+    except gd.InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --out in a folder that does not exist
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes, {len(page.data['graph'])} nodes"
           f"{', values of ' + str(len(feed_batch[1])) + ' validation images' if feed else ''})")
