@@ -355,6 +355,29 @@ def _make_dataset(train_x, train_y, val_x, val_y, class_names, name,
 # --------------------------------------------------------------------------
 
 
+def physical_memory() -> int:
+    """Bytes of memory this machine has (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(what: str, *groups) -> None:
+    """Refuse, before anything is allocated, a data set whose float32 images
+    (every one is held in memory), ``groups`` of ``(count, channels, height,
+    width)``, need more than the machine's memory: a :class:`DataError` with
+    the figures, not NumPy's ``MemoryError`` or hours of swapping halfway
+    through loading."""
+    need = sum(n * c * h * w * 4 for n, c, h, w in groups)
+    have = physical_memory()
+    if have and need > have:
+        n, c, h, w = groups[0]
+        raise DataError(f"{what}: {sum(g[0] for g in groups):,} images of {c}x{h}x{w} float32 need "
+                        f"{need / 2**30:,.1f} GiB of memory, and this machine has {have / 2**30:,.1f} GiB: "
+                        f"use a smaller image size")
+
+
 def _load_digits(image_size, channels, seed, val_fraction) -> Dataset:
     try:
         from sklearn.datasets import load_digits  # bundled with scikit-learn
@@ -363,6 +386,7 @@ def _load_digits(image_size, channels, seed, val_fraction) -> Dataset:
                         f"installed ({exc}): pip install '.[data]'") from None
 
     digits = load_digits()
+    check_fits("digits", (len(digits.images), channels, image_size, image_size))
     x = (digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
     x = _resize_bilinear(x, image_size)
     y = digits.target.astype(np.int64)
@@ -382,14 +406,18 @@ def _load_synthetic(image_size, channels, seed, val_fraction, size,
     if size < 2 * num_classes:
         raise ValueError(f"synthetic_size {size} too small for "
                          f"{num_classes} classes")
+    check_fits("synthetic", (size, channels, image_size, image_size))
     rng = np.random.default_rng([seed, 0x5E7])
     # One smooth pattern per class: coarse 4x4 noise upsampled, so classes
     # differ in low-frequency structure a small CNN can pick up quickly.
     coarse = rng.uniform(0.0, 1.0, size=(num_classes, channels, 4, 4))
     patterns = _resize_bilinear(coarse.astype(np.float32), image_size)
     y = np.arange(size) % num_classes
-    noise = rng.normal(0.0, 0.25, size=(size, channels, image_size, image_size))
-    x = patterns[y] + noise.astype(np.float32)
+    x = np.empty((size, channels, image_size, image_size), np.float32)
+    step = max(1, (1 << 24) // x[0].size)  # float64 noise a few images at a time (the same draws as all at once)
+    for lo in range(0, size, step):
+        hi = min(size, lo + step)
+        x[lo:hi] = patterns[y[lo:hi]] + rng.normal(0.0, 0.25, size=(hi - lo,) + x.shape[1:]).astype(np.float32)
     train_idx, val_idx = _stratified_split(y, val_fraction, rng)
     return _make_dataset(x[train_idx], y[train_idx], x[val_idx], y[val_idx],
                          [f"class{k}" for k in range(num_classes)],
@@ -498,8 +526,8 @@ def _load_cifar10(directory: str, image_size, channels) -> Dataset:
     if missing:
         raise DataError("cifar10: missing file(s): " + ", ".join(missing))
     class_names = _cifar_class_names(directory)
-    for f in files:  # every size first: a wrong file fails before any reading
-        _cifar_batch_size(f)
+    records = sum(_cifar_batch_size(f) // CIFAR10_RECORD_BYTES for f in files)  # a wrong file fails before reading
+    check_fits("cifar10", (records, channels, image_size, image_size))
     # Read and validate every file before converting anything, so a bad
     # file fails fast and nothing is ever returned half-loaded.
     train = [read_cifar10_batch(f) for f in files[:-1]]
@@ -638,6 +666,8 @@ def _load_folder(root: str, image_size, channels, seed, val_fraction,
         train_y, val_y = y[train_idx], y[val_idx]
     # Training images keep the full resize_to square so random crops can be
     # taken per batch (AlexNet style); validation images are centre crops.
+    check_fits("folder", (len(train_paths), channels, resize_to, resize_to),
+               (len(val_paths), channels, image_size, image_size))
     train_x = _read_images(train_paths, resize_to, resize_to, channels)
     val_x = _read_images(val_paths, resize_to, image_size, channels)
     return _make_dataset(train_x, train_y, val_x, val_y, class_names,

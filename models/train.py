@@ -310,6 +310,8 @@ def validate_args(args):
     for name in ("epochs", "batch_size", "image_size", "channels", "groups", "width", "hidden"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if not args.lr > 0 or not math.isfinite(args.lr):
         raise UsageError("--lr must be positive")
     if args.max_minutes is not None and not args.max_minutes > 0:
@@ -730,9 +732,11 @@ def cli(argv=None):
         parallel = detect(parse_args(argv).backend)
         result = main(argv, parallel)
     except (UsageError, DataError, CheckpointError, OutputError, FloatingPointError, gd.BackendError,
-            DistributedError, OSError) as exc:
+            DistributedError, OSError, MemoryError) as exc:
         if isinstance(exc, OSError):  # e.g. --out where it cannot be created
             text = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        elif isinstance(exc, MemoryError):  # gd.OutOfMemoryError names the node and the bytes
+            text = f"out of memory: {exc}; a smaller --batch-size or --image-size needs less"
         else:
             text = str(exc)
         if parallel is None or parallel.size == 1:

@@ -115,6 +115,19 @@ def test_synthetic_is_small_seeded_and_learnable():
     assert not np.array_equal(other.train_images, d.train_images)
 
 
+def test_a_data_set_larger_than_memory_is_refused_before_loading(monkeypatch):
+    import models.data as data
+
+    with pytest.raises(DataError, match=r"synthetic: 200 images of 3x100000x100000 float32 need 22,351.7 GiB of "
+                                        r"memory, and this machine has .* GiB: use a smaller image size"):
+        load_dataset("synthetic", 100_000)
+    monkeypatch.setattr(data, "physical_memory", lambda: 2**20)  # a 1 MiB machine
+    with pytest.raises(DataError, match=r"digits: 1,797 images of 3x24x24 float32 need 0.0 GiB of memory, and this machine has 0.0 GiB"):
+        load_dataset("digits", 24)
+    monkeypatch.setattr(data, "physical_memory", lambda: 0)  # the system does not say: no check
+    assert load_dataset("synthetic", 8).train_images.shape[2:] == (8, 8)
+
+
 def test_synthetic_class_count():
     d = load_dataset("synthetic:7", image_size=8, channels=1,
                      synthetic_size=70)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+import graphdiff as gd
 import models.train as train
 import needs
 from graphdiff.checkpoint import CheckpointError, load_checkpoint
@@ -95,6 +96,19 @@ def test_ctrl_c_before_the_first_epoch_is_one_line_and_status_130(tmp_path, monk
     out, err = capsys.readouterr()
     assert code == 130 and "Traceback" not in out + err
     assert err.strip().splitlines() == ["interrupted outside an epoch; the files already written stay as they were"]
+
+
+def test_a_negative_seed_and_running_out_of_memory_are_one_line(tmp_path, monkeypatch, capsys):
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "a"), "--seed", "-5"])
+    assert line == "error: --seed must be a non-negative integer, got -5"
+
+    def too_big(*args, **kwargs):
+        raise gd.OutOfMemoryError("conv2d at node 'conv1/conv' needs 447 GiB")
+
+    monkeypatch.setattr(train, "load_dataset", too_big)
+    line = one_error_line(capsys, TINY + ["--out", str(tmp_path / "b")])
+    assert line == ("error: out of memory: conv2d at node 'conv1/conv' needs 447 GiB; a smaller --batch-size or "
+                    "--image-size needs less")
 
 
 def test_lr_is_divided_by_ten_when_validation_error_stalls(tmp_path, monkeypatch):
