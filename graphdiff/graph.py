@@ -330,7 +330,8 @@ class Variable(Tensor):
     def __init__(self, value, name=None, copy=True):
         value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
         if value.dtype.kind not in "fiub":
-            raise InputError(f"variable {name!r}: unsupported dtype {value.dtype}")
+            raise InputError(f"{'variable' if name is None else f'variable {name!r}'}: unsupported dtype "
+                             f"{value.dtype} (numbers and booleans only)")
         super().__init__(VariableOp(), (), value.shape, value.dtype, name=name or "variable")
         self._value = value.copy() if copy else value
 
@@ -371,6 +372,14 @@ def as_int(value, what, expected="an int"):
         raise TypeError(f"{what} must be {expected}, got {type(value).__name__} {value!r}") from None
 
 
+def as_number(value, what):
+    """A real-number argument (LRN's alpha, beta and k, a fill value) as a Python
+    float; a string, a bool, None or an array is a TypeError naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def as_dtype(dtype, what):
     """A NumPy dtype of numbers or booleans (what the kernels compute with);
     anything else (``object``, strings, an unknown name) is a TypeError naming ``what``."""
@@ -386,7 +395,7 @@ def as_dtype(dtype, what):
 def placeholder(shape, dtype="float32", name=None):
     """An input fed when the compiled program runs. ``None`` marks a dimension
     known only then (e.g. the batch); the others are non-negative ints."""
-    label = f"placeholder {name!r}"
+    label = "placeholder" if name is None else f"placeholder {name!r}"
     if isinstance(shape, (int, np.integer)) or not hasattr(shape, "__iter__") or isinstance(shape, str):
         raise TypeError(f"{label}: shape must be a tuple of ints and None, got {shape!r}")
     shape = tuple(None if d is None else as_int(d, f"{label}: dimension {k}", "an int or None")

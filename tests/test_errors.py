@@ -278,3 +278,8 @@ def test_errors_are_value_errors_and_runtime_errors():
     assert issubclass(gd.ShapeError, ValueError) and issubclass(gd.InputError, ValueError)
     assert issubclass(gd.BackendError, RuntimeError)
     assert all(issubclass(e, gd.GraphdiffError) for e in (gd.ShapeError, gd.InputError, gd.BackendError))
+
+
+def test_one_hot_needs_at_least_one_class():
+    with pytest.raises(gd.ShapeError, match="one_hot: depth must be >= 1, got 0"):
+        gd.one_hot(ph((3,), dtype="int64"), 0)

@@ -8,7 +8,7 @@ gradient summed back to their own shape (``sum_to``).
 """
 import numpy as np
 
-from ..graph import Op, Tensor, apply, as_tensor, broadcast_shapes
+from ..graph import Op, Tensor, apply, as_dtype, as_tensor, broadcast_shapes
 from ..kernels.parallel import workspace
 from .reduce import sum_to
 
@@ -330,6 +330,7 @@ class Cast(Op):
 def cast(x, dtype, name=None):
     """Convert to ``dtype``; the gradient is cast back (none for integer inputs)."""
     x = as_tensor(x)
-    if x.dtype == np.dtype(dtype):
+    dtype = as_dtype(dtype, "cast")
+    if x.dtype == dtype:
         return x
     return apply(Cast(dtype), [x], name=name)

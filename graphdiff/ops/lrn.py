@@ -14,7 +14,7 @@ grad works. The simplified form ``normalize_cross_map`` (``y = x / sum_k x_k``)
 has the slides' refactored gradient, also in graph ops. Kernels:
 :mod:`graphdiff.kernels.lrn`.
 """
-from ..graph import Op, apply, as_int, as_tensor
+from ..graph import Op, apply, as_int, as_number, as_tensor
 from ..kernels import device as _device
 from ..kernels import lrn as _k
 from ..kernels.parallel import parallel_blocks, workspace
@@ -237,8 +237,9 @@ class LRNWithinNormalize(_LRNNormalize):
 
 def _lrn(scale_op, normalize_op, x, size, alpha, beta, k, name):
     x = as_tensor(x)
-    size = as_int(size, f"{normalize_op.name.replace('_normalize', '')}: size")  # lrn or lrn_within
-    alpha, beta, k = float(alpha), float(beta), float(k)
+    what = normalize_op.name.replace("_normalize", "")  # lrn or lrn_within
+    size = as_int(size, f"{what}: size")
+    alpha, beta, k = (as_number(v, f"{what}: {n}") for n, v in (("alpha", alpha), ("beta", beta), ("k", k)))
     scale = apply(scale_op(size, alpha, k), [x])
     return apply(normalize_op(size, alpha, beta, k), [x, scale], name=name)
 

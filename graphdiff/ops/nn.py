@@ -4,7 +4,7 @@ import functools
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph import Op, apply, as_tensor, fmt_shape, normalize_axis
+from ..graph import Op, apply, as_dtype, as_int, as_tensor, fmt_shape, normalize_axis
 from ..kernels import device as _device
 from .elementwise import Binary, exp
 from .reduce import Count, sum
@@ -83,7 +83,10 @@ class OneHot(Op):
 
 
 def one_hot(labels, depth, dtype="float32", name=None):
-    return apply(OneHot(int(depth), dtype), [as_tensor(labels)], name=name)
+    depth = as_int(depth, "one_hot: depth")
+    if depth < 1:
+        raise ShapeError(f"one_hot: depth must be >= 1, got {depth}")
+    return apply(OneHot(depth, as_dtype(dtype, "one_hot")), [as_tensor(labels)], name=name)
 
 
 def labels_out_of_range(labels, classes):

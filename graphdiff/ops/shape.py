@@ -2,7 +2,7 @@
 concatenate, split and slicing."""
 import numpy as np
 
-from ..graph import Op, apply, as_tensor, fmt_shape, normalize_axis, static_size
+from ..graph import Op, apply, as_number, as_tensor, fmt_shape, normalize_axis, static_size
 
 
 class Reshape(Op):
@@ -261,9 +261,7 @@ def pad(x, pads, value=0.0, name=None):
     if pairs.ndim != 2 or pairs.shape[1:] != (2,) or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in pairs.ravel()):
         raise TypeError(f"pad: pads must be (before, after) pairs of non-negative ints, one per axis, got {pads!r}")
-    value = float(value) if isinstance(value, (float, np.floating)) else value
-    if not isinstance(value, (int, float, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"pad: value must be a number, got {type(value).__name__} {value!r}")
+    value = as_number(value, "pad: value")
     return apply(Pad(tuple((int(lo), int(hi)) for lo, hi in pairs), value), [x], name=name)
 
 
