@@ -72,9 +72,27 @@ def _encode_meta(meta: Mapping[str, Any]) -> np.ndarray:
         raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
     # allow_nan=False: NaN/inf are not JSON; an lr of NaN is a bug to report
     # now rather than a file other tools cannot parse.
-    text = json.dumps(dict(meta), default=_json_default, allow_nan=False,
-                      sort_keys=True)
+    try:
+        text = json.dumps(dict(meta), default=_json_default, allow_nan=False,
+                          sort_keys=True)
+    except ValueError:
+        where = _non_finite(dict(meta))
+        raise ValueError(f"checkpoint metadata {where} is not a finite number (JSON has no NaN "
+                         "or infinity)") from None
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def _non_finite(value, path="") -> Optional[str]:
+    """Where in ``value`` (dicts and lists) a NaN or an infinity sits: ``'lr'``, ``'history'[3]['val_loss']``."""
+    if isinstance(value, float) or (isinstance(value, np.generic) and np.issubdtype(type(value), np.floating)):
+        return None if np.isfinite(value) else f"{path or 'value'} = {float(value)}"
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) \
+        else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}[{k!r}]" if path or not isinstance(k, str) else repr(k))
+        if found:
+            return found
+    return None
 
 
 def _check_arrays(arrays: Mapping[str, Any]) -> dict:

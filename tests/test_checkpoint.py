@@ -3,6 +3,7 @@
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -390,3 +391,12 @@ def test_sigkill_during_save_loop_always_leaves_a_whole_checkpoint(tmp_path):
         assert i >= done, (attempt, done, i)  # never rolled back
         np.testing.assert_array_equal(arrays["w"], np.full(2_000_000, float(i)))
         np.testing.assert_array_equal(arrays["b"], np.full(10, i))
+
+
+def test_non_finite_metadata_names_where_it_is(tmp_path):
+    path = tmp_path / "c.npz"
+    for meta, where in [({"lr": float("nan")}, "'lr' = nan"),
+                        ({"history": [{"a": 1.0}, {"val_loss": float("inf")}]}, "'history'[1]['val_loss'] = inf")]:
+        with pytest.raises(ValueError, match=re.escape(f"checkpoint metadata {where} is not a finite number")):
+            save_checkpoint(path, {"a": np.ones(2)}, meta)
+    assert not path.exists() and os.listdir(tmp_path) == []

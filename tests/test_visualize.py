@@ -530,3 +530,11 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "unknown model 'resnet'" in message and "alexnet-small" in message
     assert not os.path.exists(tmp_path / "x.svg")
+
+
+def test_what_is_not_a_graph_is_a_clear_error():
+    with pytest.raises(TypeError, match="expected a Tensor, a list of Tensors, a compiled Program or a model with "
+                                        r"\.loss, got int 3"):
+        vz.to_dot(3)
+    with pytest.raises(ValueError, match="explore: no outputs to show"):
+        vz.explore([])

@@ -86,6 +86,9 @@ def as_outputs(outputs):
         return list(outputs.nodes)
     if hasattr(outputs, "loss") and isinstance(outputs.loss, gd.Tensor):
         return [outputs.loss]
+    if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__iter__"):
+        raise TypeError(f"expected a Tensor, a list of Tensors, a compiled Program or a model with .loss, "
+                        f"got {type(outputs).__name__} {outputs!r}"[:200])
     outputs = list(outputs)
     for o in outputs:
         if not isinstance(o, gd.Tensor):

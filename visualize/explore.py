@@ -613,6 +613,8 @@ def explore(outputs, feed=None, params=None, program=None, path=None, *, title=N
         params = outputs.params
     if outputs is None and program is not None:
         outputs = program.outputs
+    if outputs is None or (isinstance(outputs, (list, tuple)) and not outputs):
+        raise ValueError("explore: no outputs to show (give a tensor, a list of tensors, a model or program=)")
     page = Explorer(build_data(outputs, feed=feed, params=params, program=program, title=title,
                                training=training))
     if path is not None:
