@@ -39,6 +39,7 @@ import numpy as np
 import graphdiff as gd
 from graphdiff.atomic import atomic_write
 from models.alexnet import train_step
+from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, center_crop, load_dataset
 
@@ -174,7 +175,7 @@ def _positive(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m models.relu_vs_tanh", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m models.relu_vs_tanh", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="digits", help="digits, cifar10:DIR (or synthetic, folder:DIR)")
     p.add_argument("--out", required=True)
     p.add_argument("--threshold", type=float, default=None, help="target training error (25%% on CIFAR-10)")

@@ -69,6 +69,7 @@ from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoi
 from graphdiff.distributed import launched_rank
 from graphdiff.kernels import choice as kernel_choice
 from models.alexnet import alexnet, alexnet_small, train_step
+from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
 from models.distributed import AgreedInterrupt, DistributedError, detect
@@ -254,8 +255,8 @@ def _remove(path):
 
 
 # --------------------------------------------------------------------------- the command
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line through cli(), not usage + message
+class _ArgumentParser(ArgumentParser):
+    def error(self, message):  # one line through cli(), which knows which rank may say it
         raise UsageError(message)
 
 

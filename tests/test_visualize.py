@@ -529,6 +529,7 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
     assert err.value.code == 2
     message = capsys.readouterr().err
     assert "unknown model 'resnet'" in message and "alexnet-small" in message
+    assert len(message.strip().splitlines()) == 1 and message.startswith("error: ")  # no usage block
     assert not os.path.exists(tmp_path / "x.svg")
 
 

@@ -13,10 +13,11 @@ one validation batch; the compiled training step's passes and memory plan).
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
+
+from models.cli import ArgumentParser
 
 #: command-line name -> (module, builder function)
 MODELS = {
@@ -46,7 +47,7 @@ def default_image_size(name):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m visualize", description="Draw a model's computation graph "
+    p = ArgumentParser(prog="python -m visualize", description="Draw a model's computation graph "
                                 "bottom-up (inputs at the bottom, the loss at the top).")
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--out", required=True, help="output file (.svg, .png; .pdf needs system Graphviz; .dot)")
@@ -63,7 +64,7 @@ def parser():
 
 
 def explore_parser():
-    p = argparse.ArgumentParser(prog="python -m visualize explore", description="Write the interactive "
+    p = ArgumentParser(prog="python -m visualize explore", description="Write the interactive "
                                 "explorer of a model's forward and backward graphs (one HTML file).")
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--out", required=True, help="the HTML file to write")
