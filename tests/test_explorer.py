@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
+import needs
 import visualize as vz
 from graphdiff.autodiff import provenance
 from visualize.explore import build_data, memory_plan, rule_text, value_stats
@@ -320,6 +321,39 @@ def test_command_line_explore(tmp_path):
                           "--out", str(tmp_path / "x.html")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+def test_an_onnx_classifier_is_explored_and_drawn_like_a_built_in_model(tmp_path, capsys):
+    """``python -m visualize explore net.onnx``: the file's logits get a cross-entropy
+    loss, so both passes show; its image size and channels decide the data's."""
+    needs.module("onnx", "pip install -e '.[interop]'")
+    from models.alexnet import alexnet_small
+    from visualize.__main__ import main
+
+    model = alexnet_small(num_classes=10, image_size=32, width=8, hidden=32)
+    path = tmp_path / "small.onnx"
+    gd.onnx.export(model.logits, [model.images], path)
+    out = tmp_path / "small.html"
+    assert main(["explore", str(path), "--data", "synthetic:10", "--batch-size", "2", "--out", str(out)]) == 0
+    assert "values of 2 validation images" in capsys.readouterr().out
+    data = json.loads(re.search(r'<script id="gd-data" type="application/json">(.*?)</script>', out.read_text(),
+                                re.S).group(1).replace("<\\/", "</"))
+    nodes = data["nodes"]
+    assert {"conv2d_grad_weight", "max_pool2d_grad", "lrn_grad"} <= {n["op"] for n in nodes}  # both passes
+    assert {"conv1", "norm1", "pool1", "fc8"} <= {n["scope"] for n in nodes}  # one box per layer
+    assert data["has_values"] and "conv1/w" in {p["name"] for p in data["params"]}  # its gradient path
+    assert main([str(path), "--out", str(tmp_path / "small.svg"), "--backward", "--collapse"]) == 0
+    assert (tmp_path / "small.svg").exists()
+    with pytest.raises(SystemExit):  # the file has 10 classes
+        main(["explore", str(path), "--data", "synthetic:12", "--out", str(tmp_path / "x.html")])
+    assert "the network has 10 classes, fewer than 12" in capsys.readouterr().err
+    x = gd.placeholder((None, 3, 8, 8), name="x")
+    gd.onnx.export(gd.relu(x), [x], tmp_path / "maps.onnx")  # no logits: not a classifier
+    with pytest.raises(SystemExit):
+        main(["explore", str(tmp_path / "maps.onnx"), "--out", str(tmp_path / "x.html")])
+    assert "is not (batch, classes) logits" in capsys.readouterr().err
+    assert main(["explore", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "cannot read the file" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
 
 
 def test_training_writes_the_explorer_of_a_validation_batch(tmp_path):

@@ -302,6 +302,21 @@ def test_round_trip_of_alexnet_small_keeps_names_and_trains(tmp_path):
     assert g.shape == model.params["conv1/w"].shape and g.op.name == "conv2d_grad_weight"
 
 
+def test_layers_come_back_as_scopes(exported, tmp_path):
+    """Diagrams and the explorer group a layer into one box: a graphdiff file's
+    ``<scope>/`` names and PyTorch's module paths become scopes again."""
+    model = alexnet_small()
+    gd.onnx.export(model.logits, [model.images], tmp_path / "small.onnx")
+    loaded = gd.onnx.load(tmp_path / "small.onnx")
+    original = {t.name: t.scope for t in gd.toposort([model.logits]) if t.kind not in ("placeholder", "variable")}
+    ops = [t for t in gd.toposort(loaded.outputs) if t.kind not in ("placeholder", "variable", "constant")]
+    assert {t.scope for t in ops} >= {"conv1", "norm1", "pool1", "conv5", "fc6", "fc8"}
+    assert all(t.scope == original[t.name] for t in ops if t.name in original)
+    torch_loaded = gd.onnx.load(exported["alexnet2012"][1])
+    convs = [t for t in gd.toposort(torch_loaded.outputs) if t.op.name == "conv2d"]
+    assert [t.scope for t in convs] == ["features.0", "features.4", "features.8", "features.10", "features.12"]
+
+
 def test_round_trip_of_a_pytorch_file_is_stable(exported, tmp_path):
     loaded = gd.onnx.load(exported["torchvision"][1])  # float32
     first = gd.onnx.export(loaded.outputs, loaded.inputs, tmp_path / "a.onnx")

@@ -6,8 +6,11 @@
     python -m visualize alexnet --out alexnet_layers.svg --annotated --summary
 
     python -m visualize explore alexnet-small --data digits --out explorer.html
+    python -m visualize explore net.onnx --data synthetic:10 --out net.html
 
-Models (imported only when named): alexnet, alexnet-small, cnn4. ``explore``
+Models (imported only when named): alexnet, alexnet-small, cnn4, or an ONNX
+file (``*.onnx``: an image classifier, read by ``graphdiff.onnx.load``; its
+logits get a cross-entropy loss, so both passes show). ``explore``
 writes the interactive explorer (both passes; with ``--data``, the values of
 one validation batch; the compiled training step's passes and memory plan).
 """
@@ -28,7 +31,11 @@ MODELS = {
 
 
 def build_model(name, **kwargs):
-    """Import and build a model by its command-line name (ValueError if unknown)."""
+    """Import and build a model by its command-line name, or read an ONNX file
+    (:func:`onnx_classifier`; ``kwargs`` must then agree with it). ValueError
+    if unknown."""
+    if name.lower().endswith(".onnx"):
+        return onnx_classifier(name, **kwargs)
     key = name.lower().replace("_", "-")
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -36,9 +43,40 @@ def build_model(name, **kwargs):
     return getattr(importlib.import_module(module), func)(**kwargs)
 
 
+def onnx_classifier(path, image_size=None, num_classes=None, seed=None):
+    """An ONNX image classifier as a :class:`models.alexnet.Model`: its first
+    input the images ``(N, C, H, W)``, its first output the logits ``(N,
+    classes)``, plus an int64 ``labels`` placeholder and the mean softmax
+    cross-entropy as the loss (so that the backward pass exists); its float
+    initializers are the parameters. ValueError where the file is not one (a
+    ``gd.ModelFormatError`` names the file, the node and the attribute)."""
+    import graphdiff as gd
+    from models.alexnet import Model
+
+    loaded = gd.onnx.load(path)
+    images, logits = loaded.inputs[0], loaded.outputs[0]
+    if images.ndim != 4 or images.dtype.kind != "f":
+        raise ValueError(f"{path}: input {images.name!r} {images.shape} {images.dtype} is not a batch of images "
+                         f"(N, C, H, W)")
+    if logits.ndim != 2 or logits.shape[1] is None:
+        raise ValueError(f"{path}: output {logits.name!r} {logits.shape} is not (batch, classes) logits")
+    side = images.shape[2]
+    if image_size is not None and side is not None and image_size != side:
+        raise ValueError(f"{path}: the network takes {side}x{side} images, not {image_size}x{image_size}")
+    if num_classes is not None and num_classes > logits.shape[1]:
+        raise ValueError(f"{path}: the network has {logits.shape[1]} classes, fewer than {num_classes}")
+    labels = gd.placeholder((images.shape[0],), "int64", name="labels")
+    loss = gd.softmax_cross_entropy(logits, labels)
+    return Model(os.path.basename(path), images, labels, logits, loss, loaded.params, layers={},
+                 config=dict(onnx=path))
+
+
 def default_image_size(name):
-    """The ``image_size`` a model's builder defaults to."""
+    """The ``image_size`` a model's builder defaults to (an ONNX file's own)."""
     import inspect
+
+    if name.lower().endswith(".onnx"):
+        return onnx_classifier(name).images.shape[2]
 
     module, func = MODELS[name.lower().replace("_", "-")] if name.lower().replace("_", "-") in MODELS else (None, None)
     if module is None:
@@ -49,7 +87,7 @@ def default_image_size(name):
 def parser():
     p = ArgumentParser(prog="python -m visualize", description="Draw a model's computation graph "
                                 "bottom-up (inputs at the bottom, the loss at the top).")
-    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}, or an ONNX image classifier (FILE.onnx)")
     p.add_argument("--out", required=True, help="output file (.svg, .png; .pdf needs system Graphviz; .dot)")
     p.add_argument("--format", choices=["svg", "png", "pdf", "dot"], help="default: from --out's suffix")
     p.add_argument("--backward", action="store_true", help="add the gradients of the loss w.r.t. every parameter")
@@ -66,7 +104,7 @@ def parser():
 def explore_parser():
     p = ArgumentParser(prog="python -m visualize explore", description="Write the interactive "
                                 "explorer of a model's forward and backward graphs (one HTML file).")
-    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}, or an ONNX image classifier (FILE.onnx)")
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--data", help="show the values of one validation batch of this data set "
                    "(digits, synthetic[:K], cifar10:DIR, folder:DIR)")
@@ -88,14 +126,18 @@ def explore_main(argv):
     kwargs = {"seed": args.seed}
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
-    feed_batch = None
+    feed_batch, channels = None, 3
     try:
+        onnx_model = onnx_classifier(args.model, **kwargs) if args.model.lower().endswith(".onnx") else None
+        if onnx_model is not None:  # the file fixes the image size and channels
+            channels, side = onnx_model.images.shape[1:3]
+            kwargs["image_size"] = side or args.image_size
         if args.data:
             from models.data import DataError, load_dataset
 
-            size = args.image_size or default_image_size(args.model)
+            size = kwargs.get("image_size") or default_image_size(args.model)
             try:
-                dataset = load_dataset(args.data, size, channels=3, seed=args.seed)
+                dataset = load_dataset(args.data, size, channels=channels, seed=args.seed)
             except DataError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -104,7 +146,10 @@ def explore_main(argv):
             feed_batch = next(iter(dataset.val_batches(args.batch_size)))
         elif args.classes is not None:
             kwargs["num_classes"] = args.classes
-        model = build_model(args.model, **kwargs)
+        model = build_model(args.model, **kwargs) if onnx_model is None else onnx_classifier(args.model, **kwargs)
+    except gd.ModelFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         explore_parser().error(str(e))
     program = None
@@ -148,12 +193,15 @@ def main(argv=None):
         kwargs["num_classes"] = args.classes
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
+    import graphdiff as gd
+
     try:
         model = build_model(args.model, **kwargs)
+    except gd.ModelFormatError as e:  # a ValueError too: said as it is, not as a usage mistake
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         parser().error(str(e))
-
-    import graphdiff as gd
 
     outputs = [model.loss]
     if args.backward:

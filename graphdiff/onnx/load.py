@@ -20,7 +20,9 @@ value graphdiff does not support (``ceil_mode=1``, dilations, asymmetric
 pads, ...) raises :class:`~graphdiff.ModelFormatError` naming the file, the
 node and the attribute.
 """
+import contextlib
 import os
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -28,7 +30,7 @@ import numpy as np
 from .. import ops as _ops
 from ..compiler import compile as _compile
 from ..errors import GraphdiffError, ModelFormatError
-from ..graph import Tensor, constant, placeholder, variable
+from ..graph import Tensor, constant, placeholder, scope, variable
 from ._common import MIN_OPSET, from_onnx_dtype, onnx_module
 
 
@@ -798,7 +800,8 @@ def load(path):
         if id(n) in absorbed:
             continue
         try:
-            values = _convert(r, n, replaced.get(id(n)))
+            with _layer_of(n):  # diagrams and the explorer group a layer's nodes into one box
+                values = _convert(r, n, replaced.get(id(n)))
         except ModelFormatError:
             raise
         except GraphdiffError as e:  # a shape rule of a graphdiff op: name the node as well
@@ -813,6 +816,21 @@ def load(path):
         v = r.values[vi.name]
         outputs.append(v if isinstance(v, Tensor) else constant(v, name=vi.name))
     return OnnxModel(path, inputs, outputs, params, opset, f"{model.producer_name} {model.producer_version}".strip())
+
+
+def _layer_of(n):
+    """A ``graphdiff.scope`` for ONNX node ``n``: the innermost module PyTorch's
+    exporter records (metadata ``pkg.torch.onnx.name_scopes``, e.g. ``['',
+    'features', 'features.0', 'conv2d']``: ``features.0``), or the ``<scope>/``
+    that graphdiff's export writes before a node's name; else none. Read as
+    text (a list of quoted names), nothing in it is evaluated."""
+    for p in n.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes" and len(p.value) < 4096:
+            names = re.findall(r"'([^'\\]*)'", p.value)
+            modules = [m for m in names[1:-1] if m]
+            return scope(modules[-1]) if modules else contextlib.nullcontext()
+    name = (n.name or (n.output[0] if n.output else "")).strip("/")  # older exporters: /features/features.0/Conv
+    return scope(name.rsplit("/", 1)[0]) if "/" in name else contextlib.nullcontext()
 
 
 def _convert(r, n, build):
