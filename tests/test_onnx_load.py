@@ -190,6 +190,38 @@ def test_pytorch_pad_loads_with_its_gradient(tmp_path):
     np.testing.assert_allclose(values[1], tx.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
+class SlicedNet(nn.Module):
+    """Slicing and splitting as PyTorch writes them (``Slice``, ``Split``): channel
+    groups cut by hand, a reversed and strided crop."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        a, b = torch.split(self.conv(x), [2, 4], dim=1)
+        h = torch.cat([b[:, 1:3], torch.relu(a)], dim=1)        # (N, 4, 7, 6)
+        return h[:, :, 1::2, :].flip(1)[..., 1:-1] * 2.0 + h[:, :, -3:, 1:5]
+
+
+def test_pytorch_slices_and_splits_load_with_their_gradients(tmp_path):
+    net = SlicedNet().eval()
+    path = tmp_path / "sliced.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 4, 7, 6),), str(path), dynamo=True, verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    types = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Slice" in types and "Split" in types, types
+    model = gd.onnx.load(path)
+    (y,) = model.outputs
+    x = np.random.default_rng(3).standard_normal((3, 4, 7, 6)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = net(tx)
+    (ty * ty).sum().backward()
+    values = gd.compile([y, gd.grad(gd.sum(y * y), [model.inputs[0]])[0]], inputs=model.inputs)(x)
+    np.testing.assert_allclose(values[0], ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(values[1], tx.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
 def torch_sgd(torch_model, x, labels, lr=0.0):
     """PyTorch's loss, autograd gradients and (``lr`` > 0) parameters after one SGD
     step, in float64, on a copy of ``torch_model``."""
@@ -418,13 +450,16 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
      r"must fold when the file is loaded"),
     (helper.make_node("Pad", ["x", "pads"], ["y"], name="pad", mode="reflect"),
      r"node 'pad' \(Pad\): attribute 'mode' = 'reflect' is not supported \(only 'constant'\)"),
+    (helper.make_node("Slice", ["x", "zero", "two", "one", "zero"], ["y"], name="cut"),
+     r"node 'cut' \(Slice\): a step of 0"),
 ], ids=["unknown-op", "ceil-mode", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad", "run-time-shape",
-        "pad-reflect"])
+        "pad-reflect", "slice-step-0"])
 def test_unsupported_ops_and_attributes_name_file_node_and_attribute(tmp_path, node, message):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     inits = [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w"),
              numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             *(numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("zero", 0), ("one", 1), ("two", 2)))]
     nodes = [node]
     if node.op_type == "Reshape":
         nodes = [helper.make_node("Shape", ["x"], ["x_shape"], name="shape")] + nodes

@@ -340,6 +340,47 @@ def _squeeze(w, node):
     return w.node("Squeeze", [w[node.inputs[0]], w.ints(node.op.axes)], node.name)
 
 
+@rule("getitem")
+def _getitem(w, node):
+    """Basic slicing as ``Slice`` over the sliced axes, ``Squeeze`` for integer
+    indices, ``Unsqueeze`` for ``None`` (new axes, in the output's numbering)."""
+    big = np.iinfo(np.int64).max
+    starts, ends, axes, steps, squeezed, new_axes = [], [], [], [], [], []
+    axis = out_axis = 0
+    for k in node.op.index:
+        if k is None:
+            new_axes.append(out_axis)
+            out_axis += 1
+            continue
+        if isinstance(k, tuple):  # ("s", start, stop, step)
+            _, start, stop, step = k
+            step = 1 if step is None else step
+            if (start, stop, step) != (None, None, 1):
+                starts.append(start if start is not None else (0 if step > 0 else -1))
+                ends.append(stop if stop is not None else (big if step > 0 else -big - 1))
+                axes.append(axis)
+                steps.append(step)
+            out_axis += 1
+        else:  # an integer: the one-wide slice, then squeezed
+            starts.append(k)
+            ends.append(k + 1 if k != -1 else big)
+            axes.append(axis)
+            steps.append(1)
+            squeezed.append(axis)
+        axis += 1
+    out = w[node.inputs[0]]
+    if axes:
+        out = w.node("Slice", [out, w.ints(starts, "starts"), w.ints(ends, "ends"), w.ints(axes, "axes"),
+                               w.ints(steps, "steps")], f"{node.name}/slice" if squeezed or new_axes else node.name)
+    if squeezed:
+        out = w.node("Squeeze", [out, w.ints(squeezed)], f"{node.name}/squeeze" if new_axes else node.name)
+    if new_axes:
+        out = w.node("Unsqueeze", [out, w.ints(new_axes)], node.name)
+    if out == w[node.inputs[0]]:  # x[:]: the same values
+        out = w.node("Identity", [out], node.name)
+    return out
+
+
 @rule("broadcast_to")
 def _broadcast_to(w, node):
     return w.node("Expand", [w[node.inputs[0]], w.ints(node.op.shape, "shape")], node.name)
@@ -465,7 +506,7 @@ def export(outputs, inputs, path, opset=DEFAULT_OPSET, name="graphdiff"):
     on the first axis). Variables become initializers named as the variables.
     Dropout is written as the identity (inference). ``opset``: 13 up to the
     ``onnx`` package's newest. Returns the ``onnx.ModelProto``. An op with no
-    ONNX form (gradient ops, ``getitem``, ...) raises
+    ONNX form (gradient ops, ``one_hot``, ...) raises
     :class:`~graphdiff.ModelFormatError` naming the op and the node; nothing is
     written then, and an existing file at ``path`` is only ever replaced whole.
     """

@@ -362,6 +362,49 @@ def _pad(r, node, a):
     return [_ops.pad(x, pairs, value=fill, name=node.output[0])]
 
 
+@rule("Slice")
+def _slice(r, node, a):
+    """``Slice(data, starts, ends, axes, steps)`` with static bounds: Python's
+    slicing (both add a dimension to a negative bound, then clamp)."""
+    x = r.tensor(node, 0)
+    bounds = [None if len(node.input) <= i or not node.input[i] else
+              [int(v) for v in np.asarray(r.static(node, i, what)).reshape(-1)]
+              for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
+    starts, ends, axes, steps = bounds
+    axes = list(range(len(starts))) if axes is None else [k % x.ndim for k in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps) or len(set(axes)) != len(axes):
+        raise r.error(node, f"starts {starts}, ends {ends}, axes {axes}, steps {steps} do not match")
+    if 0 in steps:
+        raise r.error(node, "a step of 0")
+    key = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        key[axis] = slice(start, end, step)
+    return [_ops.getitem(x, tuple(key))]
+
+
+@rule("Split", axis=0, num_outputs=None)
+def _split(r, node, a):
+    """``Split`` along ``axis`` into the static sizes of input ``split``, else into
+    as many equal parts as the node has outputs (``num_outputs``, opset 18)."""
+    x = r.tensor(node, 0)
+    axis = int(a["axis"]) % x.ndim
+    n = x.shape[axis]
+    if len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in np.asarray(r.static(node, 1, "split")).reshape(-1)]
+    else:
+        parts = int(a["num_outputs"] or len(node.output))
+        if n is None:
+            raise r.error(node, f"axis {axis} is known only at run time: equal parts need its size")
+        step = -(-n // parts)  # ONNX: the last part may be smaller
+        sizes = [min(step, n - k * step) for k in range(parts)]
+    if n is not None and sum(sizes) != n:
+        raise r.error(node, f"parts {sizes} do not add up to axis {axis}'s {n}")
+    edges = np.cumsum([0] + sizes).tolist()
+    lead = (slice(None),) * axis
+    return [_ops.getitem(x, lead + (slice(lo, hi),)) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
 @rule("Concat", axis=None)
 def _concat(r, node, a):
     xs = [r.tensor(node, i) for i in range(len(node.input))]
