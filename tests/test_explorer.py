@@ -466,3 +466,16 @@ def test_a_failed_write_leaves_neither_a_half_page_nor_a_temporary_file(cnn, tmp
         vz.explore(cnn["loss"], path=path)
     monkeypatch.setattr(builtins, "open", real_open)
     assert os.listdir(tmp_path) == ["page.html"] and path.read_text() == "the previous page"
+
+
+def test_a_parameter_built_outside_scopes_is_shown_in_the_layer_that_reads_it():
+    x = gd.placeholder((2, 3), name="x")
+    w = gd.variable(np.ones((3, 4), np.float32), name="fc.weight")  # as an imported PyTorch model names it
+    shared = gd.variable(np.ones((4,), np.float32), name="shared")
+    with gd.scope("fc"):
+        h = gd.matmul(x, w) + shared
+    with gd.scope("out"):
+        y = gd.sum(h * shared)
+    nodes = {n["name"]: n for n in build_data([y])["nodes"]}
+    assert nodes["fc.weight"]["scope"] == "fc" and w.scope == ""  # shown in its layer, the tensor unchanged
+    assert nodes["shared"]["scope"] == ""  # read by two layers: stays outside both

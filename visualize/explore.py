@@ -385,6 +385,22 @@ def _node_record(t):
     return rec
 
 
+def _place_loose_parameters(nodes, records):
+    """A parameter built outside any scope (an imported model's ``features.0.weight``)
+    is shown inside the layer of the forward ops that read it, when they all
+    belong to one: the layer's box then holds its weights, as for graphdiff's
+    own models (the tensor's name and scope are left as they are)."""
+    readers = {}
+    for t in nodes:
+        if not t.backward:
+            for x in t.inputs:
+                readers.setdefault(x.id, set()).add(t.scope or "")
+    for t in nodes:
+        scopes = readers.get(t.id, set())
+        if t.kind == "variable" and not t.scope and len(scopes) == 1 and "" not in scopes:
+            records[t.id]["scope"] = next(iter(scopes))
+
+
 def _label(t):
     if t.kind in ("placeholder", "variable"):
         return t.name.rsplit("/", 1)[-1] if t.scope else t.name
@@ -429,6 +445,7 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
     records = {}
     for t in nodes:
         records[t.id] = _node_record(t)
+    _place_loose_parameters(nodes, records)
     values = compute_values(nodes, _normalize_feed(feed), training=training) if feed is not None else {}
 
     grad_at = {}   # id(forward node) -> the accumulated gradient node reaching it
