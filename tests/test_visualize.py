@@ -539,3 +539,17 @@ def test_what_is_not_a_graph_is_a_clear_error():
         vz.to_dot(3)
     with pytest.raises(ValueError, match="explore: no outputs to show"):
         vz.explore([])
+
+
+def test_a_parameter_built_outside_scopes_is_drawn_in_the_layer_that_reads_it():
+    x = gd.placeholder((2, 3), name="x")
+    w = gd.variable(np.ones((3, 4), np.float32), name="fc.weight")  # an imported PyTorch model's name
+    with gd.scope("fc"):
+        h = gd.matmul(x, w)
+    with gd.scope("out"):
+        y = gd.sum(h)
+    collapsed = vz.to_dot([y], collapse=True).source
+    assert "12 params" in collapsed and "fc.weight" not in collapsed  # inside fc's box
+    clustered = vz.to_dot([y]).source
+    fc_cluster = clustered[clustered.index("subgraph cluster_fc {"):]
+    assert "fc.weight" in fc_cluster[:fc_cluster.index("}")]  # drawn inside the fc cluster

@@ -313,8 +313,29 @@ def _kernel_notes(program):
     return {id(n): by_name[n.name] for n in program.nodes if by_name.get(n.name) and n.op.name != "part"}
 
 
+def shown_scopes(nodes):
+    """``{id(t): scope}``: the layer each node is drawn in. Its own scope; for a
+    parameter built outside any scope (an imported model's ``features.0.weight``)
+    the one layer whose forward ops read it, when they all belong to one, so
+    that the layer's box holds its weights as for graphdiff's own models (the
+    tensor's name and scope are left as they are)."""
+    readers = defaultdict(set)
+    for t in nodes:
+        if not t.backward:
+            for x in t.inputs:
+                readers[id(x)].add(t.scope or "")
+    shown = {}
+    for t in nodes:
+        scope, around = t.scope or "", readers.get(id(t), set())
+        if t.kind == "variable" and not scope and len(around) == 1 and "" not in around:
+            scope = next(iter(around))
+        shown[id(t)] = scope
+    return shown
+
+
 def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None, kernels=None):
     drawn = [t for t in nodes if constants or t.kind != "constant"]
+    shown = shown_scopes(nodes)
     ids = {id(t): f"n{t.id}" for t in drawn}
     users = defaultdict(list)
     for t in drawn:
@@ -324,12 +345,13 @@ def _full(d, nodes, shapes, clusters, constants, marks, key, stats=None, kernels
     # Cluster key (scope, backward): a layer's backward nodes get a cluster of
     # their own beside the forward one, so both passes stack as two columns.
     def cluster_of(t):
-        if not clusters or not t.scope:
+        scope = shown[id(t)]
+        if not clusters or not scope:
             return ("", False)
         if t.kind == "constant" and users[id(t)]:
             first = users[id(t)][0]
-            return (t.scope, bool(first.backward)) if first.scope == t.scope else (t.scope, False)
-        return (t.scope, bool(t.backward) and is_op(t))
+            return (scope, bool(first.backward)) if first.scope == scope else (scope, False)
+        return (scope, bool(t.backward) and is_op(t))
 
     by_cluster = defaultdict(list)
     for t in drawn:
@@ -385,9 +407,9 @@ def _collapsed(d, nodes, depth, shapes, marks, updating, key, stats=None, kernel
     for t in nodes:
         for i in t.inputs:
             users[id(i)].append(t)
-    group = {}
+    group, shown = {}, shown_scopes(nodes)
     for t in nodes:
-        scope_key = _scope_key(t.scope, depth)
+        scope_key = _scope_key(shown[id(t)], depth)
         if t.kind in ("placeholder",) or (not scope_key and t.kind != "constant"):
             group[id(t)] = ("node", t.id)
         elif t.kind != "constant":

@@ -34,7 +34,7 @@ from graphdiff.atomic import atomic_write
 from graphdiff.autodiff import provenance
 from graphdiff.backends import to_host_array
 
-from .dot import as_outputs, op_label, shape_label
+from .dot import as_outputs, op_label, shape_label, shown_scopes
 
 ASSETS = os.path.join(os.path.dirname(__file__), "explorer_assets")
 #: a graph with more visible units than this opens with every scope collapsed
@@ -385,22 +385,6 @@ def _node_record(t):
     return rec
 
 
-def _place_loose_parameters(nodes, records):
-    """A parameter built outside any scope (an imported model's ``features.0.weight``)
-    is shown inside the layer of the forward ops that read it, when they all
-    belong to one: the layer's box then holds its weights, as for graphdiff's
-    own models (the tensor's name and scope are left as they are)."""
-    readers = {}
-    for t in nodes:
-        if not t.backward:
-            for x in t.inputs:
-                readers.setdefault(x.id, set()).add(t.scope or "")
-    for t in nodes:
-        scopes = readers.get(t.id, set())
-        if t.kind == "variable" and not t.scope and len(scopes) == 1 and "" not in scopes:
-            records[t.id]["scope"] = next(iter(scopes))
-
-
 def _label(t):
     if t.kind in ("placeholder", "variable"):
         return t.name.rsplit("/", 1)[-1] if t.scope else t.name
@@ -445,7 +429,9 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
     records = {}
     for t in nodes:
         records[t.id] = _node_record(t)
-    _place_loose_parameters(nodes, records)
+    shown = shown_scopes(nodes)  # a loose parameter is shown in the layer that reads it
+    for t in nodes:
+        records[t.id]["scope"] = shown[id(t)]
     values = compute_values(nodes, _normalize_feed(feed), training=training) if feed is not None else {}
 
     grad_at = {}   # id(forward node) -> the accumulated gradient node reaching it
