@@ -344,6 +344,9 @@ def test_an_onnx_classifier_is_explored_and_drawn_like_a_built_in_model(tmp_path
     assert data["has_values"] and "conv1/w" in {p["name"] for p in data["params"]}  # its gradient path
     assert main([str(path), "--out", str(tmp_path / "small.svg"), "--backward", "--collapse"]) == 0
     assert (tmp_path / "small.svg").exists()
+    loaded = gd.onnx.load(path)  # in Python, the loaded model itself: its forward graph
+    assert len(vz.explore(loaded).data["nodes"]) == len(gd.toposort(loaded.outputs))
+    assert vz.to_dot(loaded, collapse=True).meta["nodes"] > 0
     with pytest.raises(SystemExit):  # the file has 10 classes
         main(["explore", str(path), "--data", "synthetic:12", "--out", str(tmp_path / "x.html")])
     assert "the network has 10 classes, fewer than 12" in capsys.readouterr().err

@@ -78,14 +78,17 @@ def size_of(shape):
 
 
 def as_outputs(outputs):
-    """A Tensor, a list of Tensors, a model with ``.loss`` or a compiled program
-    (its schedule, as the compiler rewrote it) -> list of Tensors."""
+    """A Tensor, a list of Tensors, a model with ``.loss``, a loaded ONNX model
+    (its outputs) or a compiled program (its schedule, as the compiler rewrote
+    it) -> list of Tensors."""
     if isinstance(outputs, gd.Tensor):
         return [outputs]
     if isinstance(outputs, gd.Program):
         return list(outputs.nodes)
     if hasattr(outputs, "loss") and isinstance(outputs.loss, gd.Tensor):
         return [outputs.loss]
+    if isinstance(getattr(outputs, "outputs", None), list):  # a loaded ONNX model (gd.onnx.load)
+        return as_outputs(outputs.outputs)
     if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__iter__"):
         raise TypeError(f"expected a Tensor, a list of Tensors, a compiled Program or a model with .loss, "
                         f"got {type(outputs).__name__} {outputs!r}"[:200])
