@@ -4,8 +4,10 @@
         --batch-size 16 --lr 0.01 --lr-drop-patience 2 --epochs 15 --seed 0 \\
         --out runs/alexnet-small-digits
 
-trains one of the models with SGD (momentum, weight decay: the AlexNet paper's
-rule, :mod:`graphdiff.optim`) and writes into ``--out``:
+trains one of the models (or, ``--model FILE.onnx``, an ONNX image classifier
+from its weights: :mod:`models.imported`) with SGD (momentum, weight decay:
+the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
+(and, with ``--export-onnx FILE``, the trained network as ONNX at the end):
 
 ``metrics.jsonl``
     one JSON object per epoch: ``epoch``, ``train_loss``, ``train_error``,
@@ -73,6 +75,7 @@ from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
 from models.distributed import AgreedInterrupt, DistributedError, detect
+from models.imported import onnx_classifier
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
@@ -101,10 +104,19 @@ STRUCTURE_KEYS = ("model", "data", "image_size", "channels", "groups", "activati
                   "dropout", "num_classes")
 
 
+def is_onnx(model):
+    """``--model`` names an ONNX file rather than one of :data:`MODELS`."""
+    return model.lower().endswith(".onnx")
+
+
 # --------------------------------------------------------------------------- pieces reused elsewhere
 def build_model(name, num_classes, image_size, channels=3, groups=2, activation="relu", dropout=0.5,
                 seed=0, width=32, hidden=256):
-    """One of :data:`MODELS` by its command-line name."""
+    """One of :data:`MODELS` by its command-line name, or an ONNX image
+    classifier read from ``name`` (``*.onnx``: its weights, image size and
+    channels are the file's; the other arguments do not apply)."""
+    if is_onnx(name):
+        return onnx_classifier(name, image_size, num_classes, channels=channels)
     if name == "alexnet":
         if channels != 3:
             raise ValueError("alexnet takes 3-channel images")
@@ -210,6 +222,16 @@ def write_explorer(model, dataset, out_dir, batch_size, log=print):
     return path
 
 
+def export_onnx(model, path, log=print):
+    """The trained network, images -> logits (dropout as the identity), as an
+    ONNX file that ONNX Runtime, PyTorch or ``gd.onnx.load`` read back."""
+    try:
+        gd.onnx.export(model.logits, [model.images], path)
+    except (gd.ModelFormatError, OSError) as exc:
+        raise OutputError(f"--export-onnx {path}: {exc}") from None
+    log(f"ONNX: {path}")
+
+
 def plot_curves(history, path, title=""):
     """Loss and error curves per epoch, as a PNG (matplotlib, Agg)."""
     import matplotlib
@@ -264,7 +286,9 @@ def parse_args(argv=None):
     """The parsed command line, checked by :func:`validate_args`."""
     p = _ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="alexnet-small")
+    p.add_argument("--model", default="alexnet-small",
+                   help=f"{', '.join(MODELS)}, or an ONNX image classifier FILE.onnx (e.g. from torch.onnx.export) "
+                        "to train from its weights")
     p.add_argument("--data", default="digits", help="digits, synthetic[:K], cifar10:DIR or folder:DIR")
     p.add_argument("--epochs", type=int, default=10, help="train until this many epochs in total")
     p.add_argument("--batch-size", type=int, default=64)
@@ -276,6 +300,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--seed", type=int, default=0, help="seeds the init, the split, the shuffling and dropout")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--export-onnx", metavar="FILE", default=None,
+                   help="at the end, write the trained network (images -> logits) as ONNX to FILE")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     again.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
@@ -303,6 +329,16 @@ def parse_args(argv=None):
 def validate_args(args):
     """Check the arguments and what they need before any work or any write;
     fills in the defaults that depend on others. Raises :class:`UsageError`."""
+    if not (args.model in MODELS or is_onnx(args.model)):
+        raise UsageError(f"--model {args.model!r}: choose from {', '.join(MODELS)} or give FILE.onnx")
+    if is_onnx(args.model):
+        try:  # the file decides the image size and channels
+            probe = onnx_classifier(args.model, args.image_size, channels=args.channels)
+        except ValueError as exc:  # gd.ModelFormatError included: names the file
+            raise UsageError(f"--model: {exc}") from None
+        args.image_size = args.image_size or probe.images.shape[2]
+        if args.image_size is None:
+            raise UsageError(f"--model {args.model}: its image size is known only at run time: give --image-size")
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.model]
     args.lr_given = args.lr is not None
@@ -334,7 +370,7 @@ def validate_args(args):
             gd.get_backend("cupy")
         except gd.BackendError as exc:
             raise UsageError(f"--backend cupy: {exc}") from None
-    smallest = min_image_size(args)
+    smallest = 1 if is_onnx(args.model) else min_image_size(args)
     if args.image_size < smallest:
         raise UsageError(f"--image-size {args.image_size} is too small for {args.model}: its convolutions and "
                          f"poolings need images of at least {smallest}x{smallest}")
@@ -343,6 +379,12 @@ def validate_args(args):
         raise UsageError(f"--out {args.out} already holds a run ({', '.join(held)}): pass --resume to continue it "
                          "or --overwrite to start again")
     args.tensorboard_dir = tensorboard_dir(args)
+    if args.export_onnx is not None:
+        if not _installed("onnx"):
+            raise UsageError(f"--export-onnx needs the onnx package: {INTEROP_INSTALL}")
+        folder = os.path.dirname(os.path.abspath(args.export_onnx))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--export-onnx {args.export_onnx}: no folder {folder} to write it in")
 
 
 def _installed(module):
@@ -560,8 +602,11 @@ def main(argv=None, parallel=None):
     dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
     validated = len(dataset.val_labels) > 0
     config = _config(args, dataset.num_classes)
-    model = build_model(args.model, dataset.num_classes, args.image_size, args.channels, args.groups,
-                        args.activation, args.dropout, args.seed, args.width, args.hidden)
+    try:
+        model = build_model(args.model, dataset.num_classes, args.image_size, args.channels, args.groups,
+                            args.activation, args.dropout, args.seed, args.width, args.hidden)
+    except ValueError as exc:  # an ONNX file with fewer classes than the data, say
+        raise UsageError(f"--model: {exc}") from None
     step = train_step(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       backend=args.backend, seed=parallel.dropout_seed(args.seed),
                       reduce_gradients=parallel.gradient_reducer())
@@ -695,6 +740,8 @@ def main(argv=None, parallel=None):
             board.close()
     if root and not args.no_diagrams and status != "interrupted":
         write_explorer(model, dataset, args.out, args.batch_size, log)
+    if root and args.export_onnx is not None and status != "interrupted":
+        export_onnx(model, args.export_onnx, log)
     if history:
         last = history[-1]
         accuracy = "no validation" if last["val_accuracy"] is None else \

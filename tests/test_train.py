@@ -111,6 +111,36 @@ def test_a_negative_seed_and_running_out_of_memory_are_one_line(tmp_path, monkey
                     "--image-size needs less")
 
 
+def test_an_onnx_classifier_trains_resumes_and_exports(tmp_path, capsys):
+    """``--model FILE.onnx`` trains the file's network from its weights (its image
+    size and channels are the file's); ``--export-onnx`` writes the trained one."""
+    needs.module("onnx", "pip install -e '.[interop]'")
+    from models.alexnet import alexnet_small
+
+    source = alexnet_small(num_classes=4, image_size=16, width=4, hidden=16, seed=5)
+    gd.onnx.export(source.logits, [source.images], tmp_path / "net.onnx")
+    onnx_args = ["--model", str(tmp_path / "net.onnx"), "--data", "synthetic", "--batch-size", "16", "--lr", "0.02",
+                 "--quiet", "--no-diagrams", "--no-tensorboard", "--out", str(tmp_path / "run")]
+    result = train.main(onnx_args + ["--epochs", "1"])
+    assert result["status"] == "done"
+    result = train.main(onnx_args + ["--epochs", "2", "--resume", "--export-onnx", str(tmp_path / "trained.onnx")])
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]
+    arrays, meta = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    trained = gd.onnx.load(tmp_path / "trained.onnx")
+    assert list(trained.params) == list(source.params)  # "conv1/w", ...: the file's names throughout
+    for k, p in trained.params.items():
+        np.testing.assert_array_equal(p.value, arrays[k])  # the weights after epoch 2
+        assert not np.array_equal(p.value, source.params[k].value) or k.endswith("/b")
+    assert meta["config"]["model"] == str(tmp_path / "net.onnx")
+    for extra, message in [(["--data", "synthetic:6"], "the network has 4 classes, fewer than 6"),
+                           (["--image-size", "24"], "the network takes 16x16 images, not 24x24"),
+                           (["--channels", "1"], "the network takes 3-channel images, not 1")]:
+        line = one_error_line(capsys, onnx_args[:-1] + [str(tmp_path / "bad")] + extra)
+        assert line.startswith("error: --model: ") and message in line, line
+    line = one_error_line(capsys, ["--model", "resnet", "--out", str(tmp_path / "bad")])
+    assert line == "error: --model 'resnet': choose from alexnet, alexnet-small, cnn4 or give FILE.onnx"
+
+
 def test_lr_is_divided_by_ten_when_validation_error_stalls(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
     run(tmp_path, "--epochs", "5", "--lr-drop-patience", "2")

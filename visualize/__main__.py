@@ -21,6 +21,7 @@ import os
 import sys
 
 from models.cli import ArgumentParser
+from models.imported import onnx_classifier
 
 #: command-line name -> (module, builder function)
 MODELS = {
@@ -41,34 +42,6 @@ def build_model(name, **kwargs):
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     module, func = MODELS[key]
     return getattr(importlib.import_module(module), func)(**kwargs)
-
-
-def onnx_classifier(path, image_size=None, num_classes=None, seed=None):
-    """An ONNX image classifier as a :class:`models.alexnet.Model`: its first
-    input the images ``(N, C, H, W)``, its first output the logits ``(N,
-    classes)``, plus an int64 ``labels`` placeholder and the mean softmax
-    cross-entropy as the loss (so that the backward pass exists); its float
-    initializers are the parameters. ValueError where the file is not one (a
-    ``gd.ModelFormatError`` names the file, the node and the attribute)."""
-    import graphdiff as gd
-    from models.alexnet import Model
-
-    loaded = gd.onnx.load(path)
-    images, logits = loaded.inputs[0], loaded.outputs[0]
-    if images.ndim != 4 or images.dtype.kind != "f":
-        raise ValueError(f"{path}: input {images.name!r} {images.shape} {images.dtype} is not a batch of images "
-                         f"(N, C, H, W)")
-    if logits.ndim != 2 or logits.shape[1] is None:
-        raise ValueError(f"{path}: output {logits.name!r} {logits.shape} is not (batch, classes) logits")
-    side = images.shape[2]
-    if image_size is not None and side is not None and image_size != side:
-        raise ValueError(f"{path}: the network takes {side}x{side} images, not {image_size}x{image_size}")
-    if num_classes is not None and num_classes > logits.shape[1]:
-        raise ValueError(f"{path}: the network has {logits.shape[1]} classes, fewer than {num_classes}")
-    labels = gd.placeholder((images.shape[0],), "int64", name="labels")
-    loss = gd.softmax_cross_entropy(logits, labels)
-    return Model(os.path.basename(path), images, labels, logits, loss, loaded.params, layers={},
-                 config=dict(onnx=path))
 
 
 def default_image_size(name):
