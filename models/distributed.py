@@ -195,9 +195,8 @@ class AgreedStop:
         """Back to the handler before :meth:`install`, the watchdog stopped. ``finish``:
         every rank is here, so wait for the sum in flight (an MPI program must not end
         with a collective started); not after a rank was stopped on its own."""
-        if finish and self._in_flight is not None:
-            self.comm.wait(self._in_flight)
-            self._in_flight = None
+        if finish:
+            self._landed()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._previous_handler is not None:
@@ -221,25 +220,23 @@ class AgreedStop:
     def after_step(self):
         """Call after every training step on every rank: raises :class:`AgreedInterrupt`
         once the sum started after the previous step says that a rank was interrupted."""
-        stop = False
-        if self._in_flight is not None:
-            self.comm.wait(self._in_flight)
-            self._in_flight = None
-            stop = self._sum[0] > 0
-        if stop:
+        if self._landed():
             self._stopped()
         self._sum[0] = self.requested
         self._in_flight = self.comm.allreduce_start(self._sum)
 
     def check_now(self):
         """Blocking: raises :class:`AgreedInterrupt` on every rank if any rank has been interrupted by now."""
-        if self._in_flight is not None:
-            self.comm.wait(self._in_flight)
-            self._in_flight = None
-            if self._sum[0] > 0:
-                self._stopped()
-        if self.comm.allreduce(np.array([self.requested], np.int64))[0] > 0:
+        if self._landed() or self.comm.allreduce(np.array([self.requested], np.int64))[0] > 0:
             self._stopped()
+
+    def _landed(self):
+        """Wait for the sum in flight, if any: True where it counts an interrupted rank."""
+        if self._in_flight is None:
+            return False
+        self.comm.wait(self._in_flight)
+        self._in_flight = None
+        return self._sum[0] > 0
 
     def _stopped(self):
         if self._watchdog is not None:
