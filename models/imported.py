@@ -25,6 +25,20 @@ def onnx_classifier(path, image_size=None, num_classes=None, seed=None, channels
                          f"(N, C, H, W)")
     if logits.ndim != 2 or logits.shape[1] is None:
         raise ValueError(f"{path}: output {logits.name!r} {logits.shape} is not (batch, classes) logits")
+    labels = gd.placeholder((images.shape[0],), "int64", name="labels")
+    loss = gd.softmax_cross_entropy(logits, labels)
+    model = Model(os.path.basename(path), images, labels, logits, loss, loaded.params, layers={},
+                  config=dict(onnx=path))
+    check_fit(model, image_size, num_classes, channels)
+    return model
+
+
+def check_fit(model, image_size=None, num_classes=None, channels=None):
+    """ValueError naming the file unless an :func:`onnx_classifier` takes images
+    of ``image_size`` with ``channels`` and has at least ``num_classes`` classes
+    (None: not asked), so a model read once can be checked against the data
+    that is known only later."""
+    path, images, logits = model.config["onnx"], model.images, model.logits
     side = images.shape[2]
     if image_size is not None and side is not None and image_size != side:
         raise ValueError(f"{path}: the network takes {side}x{side} images, not {image_size}x{image_size}")
@@ -32,7 +46,4 @@ def onnx_classifier(path, image_size=None, num_classes=None, seed=None, channels
         raise ValueError(f"{path}: the network takes {images.shape[1]}-channel images, not {channels}")
     if num_classes is not None and num_classes > logits.shape[1]:
         raise ValueError(f"{path}: the network has {logits.shape[1]} classes, fewer than {num_classes}")
-    labels = gd.placeholder((images.shape[0],), "int64", name="labels")
-    loss = gd.softmax_cross_entropy(logits, labels)
-    return Model(os.path.basename(path), images, labels, logits, loss, loaded.params, layers={},
-                 config=dict(onnx=path))
+

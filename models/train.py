@@ -75,7 +75,7 @@ from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
 from models.distributed import AgreedInterrupt, DistributedError, detect
-from models.imported import onnx_classifier
+from models.imported import check_fit, onnx_classifier
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
@@ -112,11 +112,7 @@ def is_onnx(model):
 # --------------------------------------------------------------------------- pieces reused elsewhere
 def build_model(name, num_classes, image_size, channels=3, groups=2, activation="relu", dropout=0.5,
                 seed=0, width=32, hidden=256):
-    """One of :data:`MODELS` by its command-line name, or an ONNX image
-    classifier read from ``name`` (``*.onnx``: its weights, image size and
-    channels are the file's; the other arguments do not apply)."""
-    if is_onnx(name):
-        return onnx_classifier(name, image_size, num_classes, channels=channels)
+    """One of :data:`MODELS` by its command-line name."""
     if name == "alexnet":
         if channels != 3:
             raise ValueError("alexnet takes 3-channel images")
@@ -332,11 +328,11 @@ def validate_args(args):
     if not (args.model in MODELS or is_onnx(args.model)):
         raise UsageError(f"--model {args.model!r}: choose from {', '.join(MODELS)} or give FILE.onnx")
     if is_onnx(args.model):
-        try:  # the file decides the image size and channels
-            probe = onnx_classifier(args.model, args.image_size, channels=args.channels)
+        try:  # read once, here; the file decides the image size and channels
+            args.onnx_model = onnx_classifier(args.model, args.image_size, channels=args.channels)
         except ValueError as exc:  # gd.ModelFormatError included: names the file
             raise UsageError(f"--model: {exc}") from None
-        args.image_size = args.image_size or probe.images.shape[2]
+        args.image_size = args.image_size or args.onnx_model.images.shape[2]
         if args.image_size is None:
             raise UsageError(f"--model {args.model}: its image size is known only at run time: give --image-size")
     if args.image_size is None:
@@ -602,11 +598,15 @@ def main(argv=None, parallel=None):
     dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
     validated = len(dataset.val_labels) > 0
     config = _config(args, dataset.num_classes)
-    try:
+    if is_onnx(args.model):  # from its weights, read by validate_args
+        model = args.onnx_model
+        try:
+            check_fit(model, num_classes=dataset.num_classes)
+        except ValueError as exc:  # the file has fewer classes than the data
+            raise UsageError(f"--model: {exc}") from None
+    else:
         model = build_model(args.model, dataset.num_classes, args.image_size, args.channels, args.groups,
                             args.activation, args.dropout, args.seed, args.width, args.hidden)
-    except ValueError as exc:  # an ONNX file with fewer classes than the data, say
-        raise UsageError(f"--model: {exc}") from None
     step = train_step(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       backend=args.backend, seed=parallel.dropout_seed(args.seed),
                       reduce_gradients=parallel.gradient_reducer())

@@ -21,7 +21,7 @@ import os
 import sys
 
 from models.cli import ArgumentParser
-from models.imported import onnx_classifier
+from models.imported import check_fit, onnx_classifier
 
 #: command-line name -> (module, builder function)
 MODELS = {
@@ -45,11 +45,8 @@ def build_model(name, **kwargs):
 
 
 def default_image_size(name):
-    """The ``image_size`` a model's builder defaults to (an ONNX file's own)."""
+    """The ``image_size`` a model's builder defaults to."""
     import inspect
-
-    if name.lower().endswith(".onnx"):
-        return onnx_classifier(name).images.shape[2]
 
     module, func = MODELS[name.lower().replace("_", "-")] if name.lower().replace("_", "-") in MODELS else (None, None)
     if module is None:
@@ -105,6 +102,8 @@ def explore_main(argv):
         if onnx_model is not None:  # the file fixes the image size and channels
             channels, side = onnx_model.images.shape[1:3]
             kwargs["image_size"] = side or args.image_size
+            if args.data and kwargs["image_size"] is None:
+                raise ValueError(f"{args.model}: its image size is known only at run time: give --image-size")
         if args.data:
             from models.data import DataError, load_dataset
 
@@ -119,7 +118,11 @@ def explore_main(argv):
             feed_batch = next(iter(dataset.val_batches(args.batch_size)))
         elif args.classes is not None:
             kwargs["num_classes"] = args.classes
-        model = build_model(args.model, **kwargs) if onnx_model is None else onnx_classifier(args.model, **kwargs)
+        if onnx_model is None:
+            model = build_model(args.model, **kwargs)
+        else:  # read once, above; now only the data's classes are left to check
+            model = onnx_model
+            check_fit(model, num_classes=kwargs.get("num_classes"))
     except gd.ModelFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
