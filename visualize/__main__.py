@@ -31,6 +31,12 @@ MODELS = {
 }
 
 
+def _error(message):
+    """A mistake: one ``error:`` line on stderr; returns the exit status, 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def build_model(name, **kwargs):
     """Import and build a model by its command-line name, or read an ONNX file
     (:func:`onnx_classifier`; ``kwargs`` must then agree with it). ValueError
@@ -111,8 +117,7 @@ def explore_main(argv):
             try:
                 dataset = load_dataset(args.data, size, channels=channels, seed=args.seed)
             except DataError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+                return _error(e)
             kwargs["image_size"] = size
             kwargs["num_classes"] = args.classes or dataset.num_classes
             feed_batch = next(iter(dataset.val_batches(args.batch_size)))
@@ -124,8 +129,7 @@ def explore_main(argv):
             model = onnx_model
             check_fit(model, num_classes=kwargs.get("num_classes"))
     except gd.ModelFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except ValueError as e:
         explore_parser().error(str(e))
     program = None
@@ -140,11 +144,9 @@ def explore_main(argv):
         page = vz.explore(model, feed=feed, program=program, path=args.out,
                           title=f"{args.model}" + (f" on {args.data}" if args.data else ""))
     except gd.InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except OSError as e:  # e.g. --out in a folder that does not exist
-        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return _error(f"cannot write {args.out}: {e.strerror or e}")
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes, {len(page.data['graph'])} nodes"
           f"{', values of ' + str(len(feed_batch[1])) + ' validation images' if feed else ''})")
     return 0
@@ -162,8 +164,7 @@ def main(argv=None):
         try:
             vz.find_renderer(fmt)  # fail before building a big model
         except vz.RendererNotFound as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return _error(e)
     kwargs = {}
     if args.classes is not None:
         kwargs["num_classes"] = args.classes
@@ -174,8 +175,7 @@ def main(argv=None):
     try:
         model = build_model(args.model, **kwargs)
     except gd.ModelFormatError as e:  # a ValueError too: said as it is, not as a usage mistake
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except ValueError as e:
         parser().error(str(e))
 
@@ -192,11 +192,9 @@ def main(argv=None):
     try:
         vz.render(diagram, args.out, format=args.format)
     except vz.RendererNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except OSError as e:  # e.g. --out in a folder that does not exist
-        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return _error(f"cannot write {args.out}: {e.strerror or e}")
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes, {diagram.meta.get('nodes', '?')} nodes)")
     return 0
 

@@ -31,3 +31,13 @@ def from_onnx_dtype(elem_type):
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def registrar(table, names, extra):
+    """A decorator that files the function it decorates in ``table`` under each
+    of ``names`` as ``(function, extra)``: the export and import rule tables."""
+    def register(fn):
+        for name in names:
+            table[name] = (fn, extra)
+        return fn
+    return register

@@ -26,7 +26,7 @@ from ..backends import to_host_array
 from ..errors import InputError, ModelFormatError
 from ..graph import ConstantOp, PlaceholderOp, Tensor, VariableOp, fmt_shape, toposort
 from ..kernels import avg_pool as _avg
-from ._common import DEFAULT_OPSET, MIN_OPSET, onnx_module, to_onnx_dtype
+from ._common import DEFAULT_OPSET, MIN_OPSET, onnx_module, registrar, to_onnx_dtype
 
 _RULES = {}  # graphdiff op name -> (write(w, node) -> ONNX output name, reads(node) -> tensors it reads)
 
@@ -34,11 +34,7 @@ _RULES = {}  # graphdiff op name -> (write(w, node) -> ONNX output name, reads(n
 def rule(*op_names, reads=None):
     """Register the ONNX writer of the graphdiff ops ``op_names``; ``reads(node)``
     lists the tensors it uses when that is not ``node.inputs``."""
-    def register(fn):
-        for n in op_names:
-            _RULES[n] = (fn, reads)
-        return fn
-    return register
+    return registrar(_RULES, op_names, reads)
 
 
 # --------------------------------------------------------------------------- the writer

@@ -31,7 +31,7 @@ from .. import ops as _ops
 from ..compiler import compile as _compile
 from ..errors import GraphdiffError, ModelFormatError
 from ..graph import Tensor, constant, placeholder, scope, variable
-from ._common import MIN_OPSET, from_onnx_dtype, onnx_module
+from ._common import MIN_OPSET, from_onnx_dtype, onnx_module, registrar
 
 
 class OnnxModel:
@@ -55,11 +55,7 @@ _RULES = {}  # ONNX op type -> (convert(r, node, attrs) -> list of values, {attr
 def rule(*op_types, **attributes):
     """Register the converter of ``op_types``; ``attributes`` are the ones it
     understands, with their defaults (any other attribute is an error)."""
-    def register(fn):
-        for t in op_types:
-            _RULES[t] = (fn, attributes)
-        return fn
-    return register
+    return registrar(_RULES, op_types, attributes)
 
 
 # --------------------------------------------------------------------------- the reader
