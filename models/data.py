@@ -372,7 +372,7 @@ def check_fits(what: str, *groups) -> None:
     need = sum(n * c * h * w * 4 for n, c, h, w in groups)
     have = physical_memory()
     if have and need > have:
-        n, c, h, w = groups[0]
+        _, c, h, w = groups[0]  # the first group names the image size
         raise DataError(f"{what}: {sum(g[0] for g in groups):,} images of {c}x{h}x{w} float32 need "
                         f"{need / 2**30:,.1f} GiB of memory, and this machine has {have / 2**30:,.1f} GiB: "
                         f"use a smaller image size")

@@ -29,11 +29,11 @@ def onnx_classifier(path, image_size=None, num_classes=None, seed=None, channels
     loss = gd.softmax_cross_entropy(logits, labels)
     model = Model(os.path.basename(path), images, labels, logits, loss, loaded.params, layers={},
                   config=dict(onnx=path))
-    check_fit(model, image_size, num_classes, channels)
+    check_classifier(model, image_size, num_classes, channels)
     return model
 
 
-def check_fit(model, image_size=None, num_classes=None, channels=None):
+def check_classifier(model, image_size=None, num_classes=None, channels=None):
     """ValueError naming the file unless an :func:`onnx_classifier` takes images
     of ``image_size`` with ``channels`` and has at least ``num_classes`` classes
     (None: not asked), so a model read once can be checked against the data

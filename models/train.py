@@ -75,7 +75,7 @@ from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
 from models.distributed import AgreedInterrupt, DistributedError, detect
-from models.imported import check_fit, onnx_classifier
+from models.imported import check_classifier, onnx_classifier
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
@@ -601,7 +601,7 @@ def main(argv=None, parallel=None):
     if is_onnx(args.model):  # from its weights, read by validate_args
         model = args.onnx_model
         try:
-            check_fit(model, num_classes=dataset.num_classes)
+            check_classifier(model, num_classes=dataset.num_classes)
         except ValueError as exc:  # the file has fewer classes than the data
             raise UsageError(f"--model: {exc}") from None
     else:

@@ -21,7 +21,7 @@ import os
 import sys
 
 from models.cli import ArgumentParser
-from models.imported import check_fit, onnx_classifier
+from models.imported import check_classifier, onnx_classifier
 
 #: command-line name -> (module, builder function)
 MODELS = {
@@ -127,7 +127,7 @@ def explore_main(argv):
             model = build_model(args.model, **kwargs)
         else:  # read once, above; now only the data's classes are left to check
             model = onnx_model
-            check_fit(model, num_classes=kwargs.get("num_classes"))
+            check_classifier(model, num_classes=kwargs.get("num_classes"))
     except gd.ModelFormatError as e:
         return _error(e)
     except ValueError as e:
