@@ -108,8 +108,9 @@ def histogram(values, bins=HISTOGRAM_BINS):
     for start in range(0, values.size, 1 << 20):
         chunk = values[start:start + (1 << 20)].astype(np.float64)
         total, squares = total + float(chunk.sum()), squares + float(chunk @ chunk)
-    counts, edges = np.histogram(values, bins=bins)
-    return summary_pb2.HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
+    lo, hi = float(values.min()), float(values.max())
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))  # (NumPy would find them again)
+    return summary_pb2.HistogramProto(min=lo, max=hi, num=float(values.size),
                                       sum=total, sum_squares=squares, bucket_limit=edges[1:].tolist(),
                                       bucket=counts.astype(np.float64).tolist())
 
