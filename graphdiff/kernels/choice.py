@@ -207,9 +207,6 @@ def clear_decisions():
         _decisions.clear()
 
 
-_RECORD_FIELDS = ("direction", "x", "w", "stride", "padding", "groups")
-
-
 def decisions():
     """This process's choices as JSON-able records (``direction``, ``x`` and
     ``w`` shapes, ``stride``, ``padding``, ``groups``, ``library``): what a
@@ -218,8 +215,9 @@ def decisions():
     differently, so re-measuring could change the numbers)."""
     with _decisions_lock:
         items = sorted(_decisions.items())
-    return [dict(zip(_RECORD_FIELDS, (key[0],) + tuple(list(v) for v in key[1:5]) + (key[5],)), library=library)
-            for key, library in items]
+    return [dict(direction=direction, x=list(x), w=list(w), stride=list(stride), padding=list(padding),
+                 groups=groups, library=library)
+            for (direction, x, w, stride, padding, groups), library in items]
 
 
 def adopt(records):
