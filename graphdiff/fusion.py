@@ -286,11 +286,12 @@ def _fuse_convolutions(order, uses, rooted, share_columns=True):
         if (isinstance(node.op, Unary) and node.op.fn == "relu" and type(conv.op) is Conv2d
                 and uses.get(id(conv)) == 1 and id(conv) not in rooted and conv.dtype == node.dtype):
             relu_of[id(conv)] = node
-    grads = {}  # (input, kernel size, stride, padding, groups) -> weight gradients
+    grads = {}  # (input, kernel size, stride, padding, groups, dilation) -> weight gradients
     for node in order:
         if type(node.op) is Conv2dGradWeight:
             op = node.op
-            grads.setdefault((id(node.inputs[0]), op.kernel_size, op.stride, op.padding, op.groups), []).append(node)
+            grads.setdefault((id(node.inputs[0]), op.kernel_size, op.stride, op.padding, op.groups, op.dilation),
+                             []).append(node)
     columns = {}
     for node in order:
         if type(node.op) is not Conv2d:
@@ -299,11 +300,11 @@ def _fuse_convolutions(order, uses, rooted, share_columns=True):
         relu = relu_of.get(id(node))
         head = node if relu is None else relu
         (kh, kw), (sh, sw) = w.shape[2:], op.stride
-        key = (id(x), (kh, kw), op.stride, op.padding, op.groups)
+        key = (id(x), (kh, kw), op.stride, op.padding, op.groups, op.dilation)
         if (share_columns and key in grads and None not in node.shape[2:] and None not in (kh, kw)
                 and kh * kw <= SHARE_COLUMNS_MAX_EXPANSION * sh * sw):
             if key not in columns:
-                im2col = Im2col((kh, kw), op.stride, op.padding, op.groups)
+                im2col = Im2col((kh, kw), op.stride, op.padding, op.groups, op.dilation)
                 shape, dtype = im2col.infer(x)
                 columns[key] = cols = Tensor(im2col, (x,), shape, dtype, name=f"im2col_{node.name}",
                                              scope=node.scope, backward=node.backward)
@@ -330,25 +331,25 @@ def _fuse_backward_pairs(order, heads):
     instead of one of ``dy`` and one of ``x`` (AlexNet conv3-5: 7-17 ms each at
     batch 32). One op, so the columns live in scratch memory between the two
     products, not in a buffer kept across the backward pass."""
-    weight_grads = {}  # (dy, kernel size, stride, padding, groups) -> weight gradients
+    weight_grads = {}  # (dy, kernel size, stride, padding, groups, dilation) -> weight gradients
     for node in order:
         if type(node.op) is Conv2dGradWeight and id(node) not in heads:
             op = node.op
-            weight_grads.setdefault((id(node.inputs[1]), op.kernel_size, op.stride, op.padding, op.groups),
-                                    []).append(node)
+            weight_grads.setdefault((id(node.inputs[1]), op.kernel_size, op.stride, op.padding, op.groups,
+                                     op.dilation), []).append(node)
     for gi in order:
         if type(gi.op) is not Conv2dGradInput:
             continue
         (dy, w), op = gi.inputs, gi.op
         O, Cg, kh, kw = w.shape
         if None in (O, Cg, kh, kw) or not grad_input_as_convolution(O, Cg * op.groups, op.stride, op.padding,
-                                                                    (kh, kw)):
+                                                                    (kh, kw), op.dilation):
             continue
-        for gw in weight_grads.get((id(dy), (kh, kw), op.stride, op.padding, op.groups), []):
+        for gw in weight_grads.get((id(dy), (kh, kw), op.stride, op.padding, op.groups, op.dilation), []):
             x = gw.inputs[0]
             if id(gw) not in heads and id(gi) not in heads and x.shape[2:] == op.input_size and gw.dtype == gi.dtype:
-                both = Tensor(Conv2dBackward(op.padding, op.groups), (dy, w, x), gi.shape, gi.dtype, name=gi.name,
-                              scope=gi.scope, backward=gi.backward)
+                both = Tensor(Conv2dBackward(op.padding, op.groups, op.dilation), (dy, w, x), gi.shape, gi.dtype,
+                              name=gi.name, scope=gi.scope, backward=gi.backward)
                 heads.update(_parts(both, [gi, gw]))
                 break
 

@@ -414,18 +414,20 @@ def min_image_size(args):
                             args.activation, args.dropout, args.seed, args.width, args.hidden)
     except ValueError as exc:  # e.g. --width 5 with --groups 2
         raise UsageError(f"--model {args.model}: {exc}") from None
-    geometry = []  # (kernel, stride, padding) along the image path, input first
+    geometry = []  # (kernel, stride, padding on both sides) along the image path, input first
     for t in gd.toposort([probe.logits]):
         if t.kind in ("placeholder", "variable", "constant"):
             continue
         attrs = t.op.attrs
-        if t.op.name in ("conv2d", "conv2d_relu"):
-            geometry.append((t.inputs[1].shape[2], attrs["stride"][0], attrs["padding"][0]))
+        if t.op.name in ("conv2d", "conv2d_relu"):  # dilated kernel; padding (ph, pw) or ((top, bottom), ...)
+            pad = attrs["padding"][0]
+            geometry.append(((t.inputs[1].shape[2] - 1) * attrs["dilation"][0] + 1, attrs["stride"][0],
+                             2 * pad if isinstance(pad, int) else sum(pad)))
         elif "size" in attrs and "stride" in attrs and isinstance(attrs["size"], tuple):  # poolings
-            geometry.append((attrs["size"][0], attrs["stride"][0], attrs["padding"][0]))
+            geometry.append((attrs["size"][0], attrs["stride"][0], 2 * attrs["padding"][0]))
     side = 1
     for kernel, stride, padding in reversed(geometry):
-        side = max(1, (side - 1) * stride + kernel - 2 * padding)
+        side = max(1, (side - 1) * stride + kernel - padding)
     return side
 
 

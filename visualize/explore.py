@@ -219,8 +219,8 @@ def _conv_picture(node, values, grad_at):
         return None
     X, W = values[id(x)], values[id(w)]
     m = W.shape[2]
-    if W.shape[2] != W.shape[3] or m > 5 or min(X.shape[2:]) < m:
-        return None
+    if W.shape[2] != W.shape[3] or m > 5 or min(X.shape[2:]) < m or node.op.attrs.get("dilation", (1, 1)) != (1, 1):
+        return None  # the picture draws the slides' undilated Y_ij = sum_ab W_ab X_(i+a)(j+b)
     n = min(min(X.shape[2:]), m + 3)
     k = n - m + 1
     Xc, Wc = X[0, 0, :n, :n].astype(np.float64), W[0, 0].astype(np.float64)
@@ -230,8 +230,9 @@ def _conv_picture(node, values, grad_at):
                       f"(without padding or stride): Y_ij = sum_ab W_ab X_(i+a)(j+b), this channel's share"}
     g = grad_at.get(id(node))
     if g is not None and id(g) in values and node.op.stride == (1, 1):
-        # The crop's own dE: the outputs whose windows lie inside it, at their position in Y.
-        ph, pw = node.op.padding
+        # The crop's own dE: the outputs whose windows lie inside it, at their position in Y
+        # (offset by the top/left padding; padding may be ((top, bottom), (left, right))).
+        ph, pw = (p if isinstance(p, int) else p[0] for p in node.op.padding)
         dY = values[id(g)][0, 0].astype(np.float64)
         if dY.shape[0] >= ph + k and dY.shape[1] >= pw + k:
             dE = dY[ph:ph + k, pw:pw + k]

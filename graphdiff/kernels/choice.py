@@ -10,7 +10,7 @@ scratch buffers; then twice each, alternating) and keeps the faster for those
 shapes. The decision is remembered for the whole process (and kept in training
 checkpoints: :func:`decisions`, :func:`adopt`), keyed by direction
 (forward, with or without its ReLU; backward-data; backward-weights; both
-gradients as one op) and geometry (shapes, stride, padding, groups), so every
+gradients as one op) and geometry (shapes, stride, padding, groups, dilation), so every
 later program with the same convolution runs the same kernels: two programs
 of one model, a node compiled on its own and inside the whole graph, or a run
 and its resumption in one process, compute identical results.
@@ -38,6 +38,7 @@ import numpy
 
 from ..errors import BackendError
 from . import onednn
+from .conv import pads as conv_pads
 
 MODES = ("auto", "numpy", "onednn")
 ENV = "GRAPHDIFF_KERNELS"
@@ -55,7 +56,9 @@ _ONEDNN_RUN = {
 
 _DIRECTION = {"conv2d": "forward", "conv2d_relu": "forward", "conv2d_grad_input": "backward_data",
               "conv2d_grad_weight": "backward_weights", "conv2d_backward": "backward_data_and_weights"}
-_decisions = {}  # (direction, x shape, w shape, stride, padding, groups) -> "numpy" | "onednn", for the process
+# (direction, x shape, w shape, stride, ((top, bottom), (left, right)), groups, dilation) -> "numpy" | "onednn",
+# for the process
+_decisions = {}
 _decisions_lock = threading.Lock()
 
 
@@ -101,21 +104,29 @@ def kernel_for(op, xp, mode):
 
 
 def _geometry(op, arrays):
-    """``(x_shape, w_shape, stride, padding, groups, bias, relu)`` of the convolution behind ``op``."""
-    name, g = op.name, op.groups
+    """``(x_shape, w_shape, stride, padding, groups, bias, relu, dilation)`` of the convolution
+    behind ``op`` (``padding`` as ``((top, bottom), (left, right))``)."""
+    name, g, padding, dilation = op.name, op.groups, conv_pads(op.padding), op.dilation
     if name in ("conv2d", "conv2d_relu"):
         x, w = arrays[:2]
-        return x.shape, w.shape, op.stride, op.padding, g, len(arrays) > 2 and arrays[2] is not None, \
-            name == "conv2d_relu"
+        return x.shape, w.shape, op.stride, padding, g, len(arrays) > 2 and arrays[2] is not None, \
+            name == "conv2d_relu", dilation
     if name == "conv2d_grad_input":
         dy, w = arrays
-        return (dy.shape[0], w.shape[1] * g) + tuple(op.input_size), w.shape, op.stride, op.padding, g, False, False
+        return (dy.shape[0], w.shape[1] * g) + tuple(op.input_size), w.shape, op.stride, padding, g, False, False, \
+            dilation
     if name == "conv2d_grad_weight":
         x, dy = arrays
-        return x.shape, (dy.shape[1], x.shape[1] // g) + tuple(op.kernel_size), op.stride, op.padding, g, False, \
-            False
+        return x.shape, (dy.shape[1], x.shape[1] // g) + tuple(op.kernel_size), op.stride, padding, g, False, \
+            False, dilation
     dy, w, x = arrays  # conv2d_backward: stride 1
-    return x.shape, w.shape, (1, 1), op.padding, g, False, False
+    return x.shape, w.shape, (1, 1), padding, g, False, False, dilation
+
+
+def _key(op, arrays):
+    """The decision's key: direction and geometry (shapes, stride, padding, groups, dilation)."""
+    x, w, stride, padding, groups, _, _, dilation = _geometry(op, arrays)
+    return _DIRECTION[op.name], tuple(x), tuple(w), tuple(stride), padding, groups, tuple(dilation)
 
 
 class ConvolutionKernel:
@@ -141,7 +152,7 @@ class ConvolutionKernel:
         if any(a.dtype != numpy.float32 for a in arrays if a is not None):  # oneDNN: float32 only
             self.library = "numpy"
             return self._numpy(numpy, *arrays, out=out)
-        key = (_DIRECTION[self.op.name],) + tuple(_geometry(self.op, arrays)[:5])
+        key = _key(self.op, arrays)
         library = "onednn" if self.mode == "onednn" else _decisions.get(key)
         if library is None:
             return self._choose(key, shapes, arrays, out)
@@ -209,15 +220,24 @@ def clear_decisions():
 
 def decisions():
     """This process's choices as JSON-able records (``direction``, ``x`` and
-    ``w`` shapes, ``stride``, ``padding``, ``groups``, ``library``): what a
-    checkpoint keeps, so that a run resumed in another process runs each
-    convolution on the library the run measured (the two libraries round
-    differently, so re-measuring could change the numbers)."""
+    ``w`` shapes, ``stride``, ``padding``, ``groups``, ``library``, and
+    ``dilation`` where it is not 1): what a checkpoint keeps, so that a run
+    resumed in another process runs each convolution on the library the run
+    measured (the two libraries round differently, so re-measuring could change
+    the numbers). ``padding`` is ``[ph, pw]``, or ``[[top, bottom], [left, right]]``
+    where a side differs."""
     with _decisions_lock:
         items = sorted(_decisions.items())
-    return [dict(direction=direction, x=list(x), w=list(w), stride=list(stride), padding=list(padding),
-                 groups=groups, library=library)
-            for (direction, x, w, stride, padding, groups), library in items]
+    records = []
+    for (direction, x, w, stride, padding, groups, dilation), library in items:
+        symmetric = all(a == b for a, b in padding)
+        record = dict(direction=direction, x=list(x), w=list(w), stride=list(stride),
+                      padding=[a for a, _ in padding] if symmetric else [list(p) for p in padding],
+                      groups=groups, library=library)
+        if dilation != (1, 1):
+            record["dilation"] = list(dilation)
+        records.append(record)
+    return records
 
 
 def adopt(records):
@@ -230,12 +250,14 @@ def adopt(records):
     for k, r in enumerate(records):
         try:
             direction, library = r["direction"], r["library"]
-            x, w, stride, padding = (tuple(int(d) for d in r[f]) for f in ("x", "w", "stride", "padding"))
+            x, w, stride = (tuple(int(d) for d in r[f]) for f in ("x", "w", "stride"))
+            padding = conv_pads(r["padding"])
+            dilation = tuple(int(d) for d in r.get("dilation", (1, 1)))
             groups = int(r["groups"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"kernel choice {k} is malformed ({type(exc).__name__}: {exc})") from None
         if direction not in _DIRECTION.values() or library not in ("numpy", "onednn"):
             raise ValueError(f"kernel choice {k}: unknown direction {direction!r} or library {library!r}")
-        taken[(direction, x, w, stride, padding, groups)] = library
+        taken[(direction, x, w, stride, padding, groups, dilation)] = library
     with _decisions_lock:
         _decisions.update(taken)

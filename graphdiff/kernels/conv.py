@@ -3,12 +3,17 @@ of :mod:`graphdiff.kernels.device` take over where they save passes).
 
 Every function takes the array module ``xp`` first and uses only functions that
 NumPy and CuPy share. Layout is NCHW, weights are ``(O, C // groups, kh, kw)``,
-``stride`` and ``padding`` are already-normalised pairs ``(sh, sw)``, ``(ph, pw)``.
+``stride`` and ``dilation`` are already-normalised pairs ``(sh, sw)``, ``(dh, dw)``;
+``padding`` is ``(ph, pw)`` (both sides alike) or ``((top, bottom), (left, right))``
+(:func:`pads` turns either into the latter).
 
 The slides' formula (cross-correlation, no kernel flip), per example, filter and
-group, with zero padding ``p`` on both sides and stride ``s``::
+group, with zero padding ``p`` on both sides, stride ``s`` and dilation ``d``
+(kernel taps ``d`` apart: an effective kernel of ``(k - 1) * d + 1``)::
 
-    Y_ij = sum_ab W_ab X_(i*s + a)(j*s + b)        output size floor((n + 2p - k) / s) + 1
+    Y_ij = sum_ab W_ab X_(i*s + a*d)(j*s + b*d)    output size floor((n + 2p - (k-1)*d - 1) / s) + 1
+
+(with ``p_begin + p_end`` in place of ``2p`` where the padding is asymmetric).
 
 Implementation: im2col + GEMM. ``x`` is zero-padded into a scratch buffer, the
 ``kh*kw`` shifted, strided windows are read through one ``as_strided`` view and
@@ -34,70 +39,91 @@ from .parallel import gemm, gemms_split, parallel_blocks, parallel_copy, paralle
 PIXEL_MAJOR_MIN_K = 1024  # reductions this long may take the pixel-major product (see conv2d_from_cols)
 
 
-def conv_output_size(n, k, s, p):
-    """``floor((n + 2p - k) / s) + 1``; raises if the kernel does not fit."""
-    out = (n + 2 * p - k) // s + 1
+def pads(padding):
+    """``(ph, pw)`` or ``((top, bottom), (left, right))`` -> ``((top, bottom), (left, right))``."""
+    return tuple((int(p), int(p)) if not isinstance(p, (tuple, list)) else (int(p[0]), int(p[1]))
+                 for p in padding)
+
+
+def symmetric(padding):
+    """Whether ``padding`` pads both sides of each axis alike."""
+    return all(a == b for a, b in pads(padding))
+
+
+def conv_output_size(n, k, s, p, d=1):
+    """``floor((n + 2p - (k-1)*d - 1) / s) + 1`` (``p`` an int, or ``(begin, end)``);
+    raises if the (dilated) kernel does not fit."""
+    p0, p1 = (p, p) if not isinstance(p, (tuple, list)) else p
+    ke = (k - 1) * d + 1
+    out = (n + p0 + p1 - ke) // s + 1
     if out < 1:
-        raise ValueError(f"kernel {k} larger than padded input {n} + 2*{p}")
+        raise ValueError(f"kernel {ke} larger than padded input {n} + {p0} + {p1}")
     return out
 
 
 def pad2d(xp, x, padding, tag, fill=0):
-    """``x`` padded by ``(ph, pw)`` with ``fill`` on both sides (a scratch buffer,
-    or ``x`` itself when there is no padding)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
+    """``x`` padded with ``fill`` by ``(ph, pw)`` on both sides, or by
+    ``((top, bottom), (left, right))`` (a scratch buffer, or ``x`` itself when
+    there is no padding)."""
+    (pt, pb), (pl, pr) = pads(padding)
+    if pt == pb == pl == pr == 0:
         return x
     if device.on_device(xp):  # one copy: the border is kept in a persistent buffer
         return device.pad2d(xp, x, padding, tag, fill)
     N, C, H, W = x.shape
-    out = workspace(xp, tag, (N, C, H + 2 * ph, W + 2 * pw), x.dtype)
+    out = workspace(xp, tag, (N, C, H + pt + pb, W + pl + pr), x.dtype)
     # Only the border is filled: the interior is overwritten right after.
-    out[:, :, :ph] = fill
-    out[:, :, H + ph:] = fill
-    out[:, :, :, :pw] = fill
-    out[:, :, :, W + pw:] = fill
-    out[:, :, ph:ph + H, pw:pw + W] = x
+    out[:, :, :pt] = fill
+    out[:, :, H + pt:] = fill
+    out[:, :, :, :pl] = fill
+    out[:, :, :, W + pl:] = fill
+    out[:, :, pt:pt + H, pl:pl + W] = x
     return out
 
 
-def _windows(xp, xpad, kernel_size, stride, out_size, order):
-    """Strided view of all windows: ``v[n, c, a, b, i, j] = xpad[n, c, i*sh + a, j*sw + b]``,
+def _windows(xp, xpad, kernel_size, stride, out_size, order, dilation=(1, 1)):
+    """Strided view of all windows: ``v[n, c, a, b, i, j] = xpad[n, c, i*sh + a*dh, j*sw + b*dw]``,
     axes permuted by ``order`` (no copy)."""
-    (kh, kw), (sh, sw), (OH, OW) = kernel_size, stride, out_size
+    (kh, kw), (sh, sw), (OH, OW), (dh, dw) = kernel_size, stride, out_size, dilation
     N, C = xpad.shape[:2]
     sN, sC, sH, sW = xpad.strides
     shape = (N, C, kh, kw, OH, OW)
-    strides = (sN, sC, sH, sW, sH * sh, sW * sw)
+    strides = (sN, sC, sH * dh, sW * dw, sH * sh, sW * sw)
     return xp.lib.stride_tricks.as_strided(
         xpad, tuple(shape[o] for o in order), tuple(strides[o] for o in order))
 
 
-def _im2col(xp, x, kernel_size, stride, padding, out_size, out=None):
-    """Column matrix ``cols[(c, a, b), (n, i, j)] = Xpad[n, c, i*sh + a, j*sw + b]``,
+def _im2col(xp, x, kernel_size, stride, padding, out_size, out=None, dilation=(1, 1)):
+    """Column matrix ``cols[(c, a, b), (n, i, j)] = Xpad[n, c, i*sh + a*dh, j*sw + b*dw]``,
     shape ``(C*kh*kw, N*OH*OW)``: one copy out of a strided view (into ``out``,
     else a scratch buffer)."""
     N, C = x.shape[:2]
     (kh, kw), (OH, OW) = kernel_size, out_size
     xpad = pad2d(xp, x, padding, "conv_xpad")
-    view = _windows(xp, xpad, kernel_size, stride, out_size, (1, 2, 3, 0, 4, 5))
+    view = _windows(xp, xpad, kernel_size, stride, out_size, (1, 2, 3, 0, 4, 5), dilation)
     cols = workspace(xp, "conv_cols", view.shape, x.dtype) if out is None else out.reshape(view.shape)
     parallel_copy(xp, cols, view)
     return cols.reshape(C * kh * kw, N * OH * OW)
 
 
-def im2col(xp, x, kernel_size, stride, padding, groups, out=None):
+def _out_size(x_size, kernel_size, stride, padding, dilation):
+    """``(OH, OW)`` of a convolution of an input ``(H, W)``."""
+    return tuple(conv_output_size(n, k, s, p, d)
+                 for n, k, s, p, d in zip(x_size, kernel_size, stride, pads(padding), dilation))
+
+
+def im2col(xp, x, kernel_size, stride, padding, groups, out=None, dilation=(1, 1)):
     """The column matrix of a convolution's input, per group: ``(g, C/g*kh*kw, N*OH*OW)``
-    with ``cols[g, (c, a, b), (n, i, j)] = Xpad[n, g*C/g + c, i*sh + a, j*sw + b]``.
+    with ``cols[g, (c, a, b), (n, i, j)] = Xpad[n, g*C/g + c, i*sh + a*dh, j*sw + b*dw]``.
     What :func:`conv2d_forward` and :func:`conv2d_grad_weight` build for themselves;
     the compiler has one node build it once for both where that pays
     (:func:`conv2d_from_cols`, :func:`conv2d_grad_weight_from_cols`)."""
     N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    OH, OW = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    kh, kw = kernel_size
+    OH, OW = _out_size((H, W), kernel_size, stride, padding, dilation)
     if out is None:
         out = xp.empty((groups, C // groups * kh * kw, N * OH * OW), dtype=x.dtype)
-    _im2col(xp, x, (kh, kw), stride, padding, (OH, OW), out=out)
+    _im2col(xp, x, (kh, kw), stride, padding, (OH, OW), out=out, dilation=dilation)
     return out
 
 
@@ -109,11 +135,11 @@ def _dy_by_channel(xp, dy):
     return dyt.reshape(O, N * OH * OW)
 
 
-def conv2d_forward(xp, x, w, b, stride, padding, groups, out=None, relu=False):
-    """``y[n, o] = b[o] + sum_{c in group(o), a, b} W[o, c, a, b] Xpad[n, c, i*sh + a, j*sw + b]``.
+def conv2d_forward(xp, x, w, b, stride, padding, groups, out=None, relu=False, dilation=(1, 1)):
+    """``y[n, o] = b[o] + sum_{c in group(o), a, b} W[o, c, a, b] Xpad[n, c, i*sh + a*dh, j*sw + b*dw]``.
 
     The slides' ``Y_ij = sum_ab W_ab X_(i+a)(j+b)`` per filter, with stride,
-    zero padding and groups (filter ``o`` sees input channels of group
+    zero padding, dilation and groups (filter ``o`` sees input channels of group
     ``o // (O / groups)`` only). ``b`` may be None. Returns ``(N, O, OH, OW)``
     (``out`` if given); ``relu=True`` returns ``max(y, 0)`` instead (the compiler's
     conv + ReLU fusion).
@@ -123,9 +149,8 @@ def conv2d_forward(xp, x, w, b, stride, padding, groups, out=None, relu=False):
     g = groups
     if C != Cg * g or O % g:
         raise ValueError(f"conv2d: x {x.shape}, w {w.shape} and groups={g} do not match")
-    OH = conv_output_size(H, kh, stride[0], padding[0])
-    OW = conv_output_size(W, kw, stride[1], padding[1])
-    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW))
+    OH, OW = _out_size((H, W), (kh, kw), stride, padding, dilation)
+    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW), dilation=dilation)
     return conv2d_from_cols(xp, cols.reshape(g, Cg * kh * kw, N * OH * OW), w, b, (OH, OW), g, out=out, relu=relu)
 
 
@@ -172,17 +197,18 @@ def conv2d_from_cols(xp, cols, w, b, out_size, groups, out=None, relu=False):
     return y
 
 
-def conv2d_grad_weight(xp, x, dy, kernel_size, stride, padding, groups, out=None):
+def conv2d_grad_weight(xp, x, dy, kernel_size, stride, padding, groups, out=None, dilation=(1, 1)):
     """Slides' case 1: ``dE/dW_lk = sum_ij dE_ij X_(i+l)(j+k)``, summed over the batch.
 
-    With stride and padding: ``dW[o, c, l, k] = sum_{n,i,j} dy[n, o, i, j] Xpad[n, c', i*sh + l, j*sw + k]``
+    With stride, padding and dilation:
+    ``dW[o, c, l, k] = sum_{n,i,j} dy[n, o, i, j] Xpad[n, c', i*sh + l*dh, j*sw + k*dw]``
     where ``c'`` is channel ``c`` of ``o``'s group. Returns ``(O, C // groups, kh, kw)``
     (``out`` if given).
     """
     N, C, H, W = x.shape
     _, O, OH, OW = dy.shape
     kh, kw = kernel_size
-    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW))
+    cols = _im2col(xp, x, (kh, kw), stride, padding, (OH, OW), dilation=dilation)
     return conv2d_grad_weight_from_cols(xp, cols.reshape(groups, C // groups * kh * kw, N * OH * OW), dy,
                                         kernel_size, groups, out=out)
 
@@ -250,19 +276,26 @@ def _grad_input_by_rows(xp, dy, w, input_size, padding, groups, out):
     return dx
 
 
-def grad_input_as_convolution(out_channels, in_channels, stride, padding, kernel_size):
+def _transposed_padding(kernel_size, padding, dilation):
+    """The padding of ``dy`` that makes a stride-1 input gradient a forward
+    convolution: ``ke - 1 - p`` on each side, ``ke = (k - 1) * d + 1``."""
+    return tuple(((k - 1) * d - p0, (k - 1) * d - p1) for k, (p0, p1), d in zip(kernel_size, pads(padding), dilation))
+
+
+def grad_input_as_convolution(out_channels, in_channels, stride, padding, kernel_size, dilation=(1, 1)):
     """Whether :func:`conv2d_grad_input` runs as a forward convolution of ``dy``
-    (padded by ``k - 1 - p``) with the flipped kernel: stride 1, padding below the
-    kernel size, and ``O <= 2C`` (its im2col copies ``O*kh*kw`` rows where
-    col2im would add ``C*kh*kw``, and an add costs 2-3 copies)."""
-    (kh, kw), (ph, pw) = kernel_size, padding
-    return tuple(stride) == (1, 1) and ph < kh and pw < kw and out_channels <= 2 * in_channels
+    (padded by ``ke - 1 - p``, ``ke`` the dilated kernel size) with the flipped
+    kernel: stride 1, padding below the dilated kernel size on every side, and
+    ``O <= 2C`` (its im2col copies ``O*kh*kw`` rows where col2im would add
+    ``C*kh*kw``, and an add costs 2-3 copies)."""
+    fits = all(p >= 0 for side in _transposed_padding(kernel_size, padding, dilation) for p in side)
+    return tuple(stride) == (1, 1) and fits and out_channels <= 2 * in_channels
 
 
-def conv2d_backward(xp, x, dy, w, padding, groups, out=(None, None)):
+def conv2d_backward(xp, x, dy, w, padding, groups, out=(None, None), dilation=(1, 1)):
     """Both gradients of a stride-1 convolution (where :func:`grad_input_as_convolution`)
-    from one column matrix of ``dy``, ``D[(o, a, b), (n, i, j)] = dypad[n, o, i + a, j + b]``
-    (``dy`` padded by ``k - 1 - p``), instead of one of ``dy`` and one of ``x``:
+    from one column matrix of ``dy``, ``D[(o, a, b), (n, i, j)] = dypad[n, o, i + a*dh, j + b*dw]``
+    (``dy`` padded by ``ke - 1 - p``), instead of one of ``dy`` and one of ``x``:
 
     * input:  ``dX = flip(W)^T @ D``, the input gradient as a convolution of ``dy``;
     * weight: ``dW[o, c, a, b] = sum_{n,i,j} x[n, c, i, j] D[(o, kh-1-a, kw-1-b), (n, i, j)]``,
@@ -272,9 +305,10 @@ def conv2d_backward(xp, x, dy, w, padding, groups, out=(None, None)):
     Returns ``(dx, dw)`` (into ``out``'s arrays where given)."""
     N, C, H, W = x.shape
     O, Cg, kh, kw = w.shape
-    g, (ph, pw) = groups, padding
+    g = groups
     Og, M = O // g, N * H * W
-    cols = _im2col(xp, dy, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)).reshape(g, Og * kh * kw, M)
+    cols = _im2col(xp, dy, (kh, kw), (1, 1), _transposed_padding((kh, kw), padding, dilation), (H, W),
+                   dilation=dilation).reshape(g, Og * kh * kw, M)
     dx = conv2d_from_cols(xp, cols, _flip_transpose(xp, w, g), None, (H, W), g, out=out[0])
     xc = workspace(xp, "conv_xc", (C, N, H, W), x.dtype)
     parallel_copy(xp, xc, x.transpose(1, 0, 2, 3))
@@ -285,11 +319,11 @@ def conv2d_backward(xp, x, dy, w, padding, groups, out=(None, None)):
     return dx, dw
 
 
-def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None):
+def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None, dilation=(1, 1)):
     """Slides' case 2: each X gathers from every Y it fed, ``dX_ij = sum_ab W_ab dE_(i-a)(j-b)``.
 
     A full correlation of ``dE`` with the flipped kernel ("inversion of
-    indexes"); with stride, padding and groups: ``dXpad[n, c, i*sh + a, j*sw + b]
+    indexes"); with stride, padding, dilation and groups: ``dXpad[n, c, i*sh + a*dh, j*sw + b*dw]
     += sum_o W[o, c, a, b] dy[n, o, i, j]``, then the padding is cropped. Rows and
     columns that no window covered get zero. Returns ``(N, C, H, W)`` (``out`` if given).
 
@@ -297,25 +331,27 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None):
     strided adds into a zeroed padded buffer. Stride 1 has two faster paths:
     the correlation run literally as a forward convolution of ``dy`` when
     ``O <= 2C`` (its im2col copies ``O*kh*kw`` rows where col2im adds
-    ``C*kh*kw`` rows, and an add costs 2-3 copies), else :func:`_grad_input_by_rows`.
+    ``C*kh*kw`` rows, and an add costs 2-3 copies), else :func:`_grad_input_by_rows`
+    (undilated, symmetric padding).
     """
     N, O, OH, OW = dy.shape
     _, Cg, kh, kw = w.shape
     H, W = input_size
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (dh, dw) = stride, dilation
+    (pt, pb), (pl, pr) = pads(padding)
     g = groups
     C, K, M = Cg * g, Cg * kh * kw, N * OH * OW
-    if grad_input_as_convolution(O, C, stride, padding, (kh, kw)):  # AlexNet conv3-5
-        return conv2d_forward(xp, dy, _flip_transpose(xp, w, g), None, (1, 1), (kh - 1 - ph, kw - 1 - pw), g,
-                              out=out)
-    if (sh, sw) == (1, 1) and ph < kh and pw < kw:
-        return _grad_input_by_rows(xp, dy, w, input_size, padding, g, out)  # AlexNet conv2
+    if grad_input_as_convolution(O, C, stride, padding, (kh, kw), dilation):  # AlexNet conv3-5
+        return conv2d_forward(xp, dy, _flip_transpose(xp, w, g), None, (1, 1),
+                              _transposed_padding((kh, kw), padding, dilation), g, out=out, dilation=dilation)
+    if (sh, sw) == (1, 1) and (dh, dw) == (1, 1) and pt == pb < kh and pl == pr < kw:
+        return _grad_input_by_rows(xp, dy, w, input_size, (pt, pl), g, out)  # AlexNet conv2
     dyt = _dy_by_channel(xp, dy).reshape(g, O // g, M)
     cols = workspace(xp, "conv_cols", (g, K, M), dy.dtype)
     gemm(xp, w.reshape(g, O // g, K).transpose(0, 2, 1), dyt, out=cols)
     cols = cols.reshape(C, kh, kw, N, OH, OW)
     # col2im, channel-major like the columns so every add streams both operands.
-    dxpad = workspace(xp, "conv_dxpad", (C, N, H + 2 * ph, W + 2 * pw), dy.dtype)
+    dxpad = workspace(xp, "conv_dxpad", (C, N, H + pt + pb, W + pl + pr), dy.dtype)
     # Threads split the channels (or the batch), so each owns its part of dxpad.
     split_c = C >= N
 
@@ -325,10 +361,10 @@ def conv2d_grad_input(xp, dy, w, input_size, stride, padding, groups, out=None):
         d.fill(0)
         for a in range(kh):
             for b in range(kw):
-                dst = d[:, :, a:a + sh * (OH - 1) + 1:sh, b:b + sw * (OW - 1) + 1:sw]
+                dst = d[:, :, a * dh:a * dh + sh * (OH - 1) + 1:sh, b * dw:b * dw + sw * (OW - 1) + 1:sw]
                 xp.add(dst, c[:, a, b], out=dst)
 
     parallel_for(xp, C if split_c else N, col2im, cols.size)
     dx = xp.empty((N, C, H, W), dtype=dy.dtype) if out is None else out
-    parallel_copy(xp, dx, dxpad[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
+    parallel_copy(xp, dx, dxpad[:, :, pt:pt + H, pl:pl + W].transpose(1, 0, 2, 3))
     return dx

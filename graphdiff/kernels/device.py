@@ -90,11 +90,12 @@ def clear():
 
 
 def pad2d(xp, x, padding, tag, fill=0):
-    """``x`` padded by ``(ph, pw)`` with ``fill``: one copy into a persistent bordered buffer."""
-    ph, pw = padding
+    """``x`` padded by ``(ph, pw)`` on both sides, or ``((top, bottom), (left, right))``,
+    with ``fill``: one copy into a persistent bordered buffer."""
+    (pt, pb), (pl, pr) = ((p, p) if not isinstance(p, (tuple, list)) else p for p in padding)
     N, C, H, W = x.shape
-    buf, inner = bordered(xp, tag, (N, C, H + 2 * ph, W + 2 * pw), x.dtype,
-                          (slice(None), slice(None), slice(ph, ph + H), slice(pw, pw + W)), fill)
+    buf, inner = bordered(xp, tag, (N, C, H + pt + pb, W + pl + pr), x.dtype,
+                          (slice(None), slice(None), slice(pt, pt + H), slice(pl, pl + W)), fill)
     inner[...] = x
     return buf
 

@@ -41,6 +41,7 @@ import threading
 import numpy
 
 from . import parallel
+from .conv import pads as conv_pads
 
 # ---------------------------------------------------------------- C API constants (dnnl_types.h, oneDNN 3.2)
 _SUCCESS = 0
@@ -390,27 +391,31 @@ class Convolution:
 
         y[n, o] = b[o] + sum_{c in group(o), a, b} W[o, c, a, b] Xpad[n, c, i*sh + a, j*sw + b]
 
-    (graphdiff's ``conv2d``; the right padding is what the floor in the output
-    size leaves, so strides that skip the last rows work as in NumPy.)
+    (graphdiff's ``conv2d``; with dilation ``d`` the taps are ``Xpad[i*sh + a*dh, ...]``,
+    oneDNN's ``dilates = d - 1``; ``padding`` is ``(ph, pw)`` or ``((top, bottom),
+    (left, right))``: oneDNN's ``padding_l`` is the top/left one, its ``padding_r``
+    what the floor in the output size leaves of the bottom/right one, so strides
+    that skip the last rows work as in NumPy.)
     :meth:`forward` (optionally with the bias and a ReLU post-op),
     :meth:`backward_data` (``dX``) and :meth:`backward_weights` (``dW``) each build
     their primitive (and the reorders of its operands) on first use and keep it;
     :meth:`backward` runs both and reorders ``dy`` once.
     """
 
-    def __init__(self, x_shape, w_shape, stride, padding, groups, bias=False, relu=False):
+    def __init__(self, x_shape, w_shape, stride, padding, groups, bias=False, relu=False, dilation=(1, 1)):
         if _load() is None:
             raise OneDNNError(f"oneDNN is not available: {_error}")
         N, C, H, W = x_shape
         O, Cg, kh, kw = w_shape
-        (sh, sw), (ph, pw), g = stride, padding, groups
-        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        (sh, sw), ((pt, pb), (pl, pr)), g, (dh, dw) = stride, conv_pads(padding), groups, dilation
+        keh, kew = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # the dilated kernel
+        OH, OW = (H + pt + pb - keh) // sh + 1, (W + pl + pr - kew) // sw + 1
         self.x_shape, self.w_shape, self.y_shape = tuple(x_shape), tuple(w_shape), (N, O, OH, OW)
         self.bias, self.relu = bias, relu
         # oneDNN's grouped weights are (g, O/g, C/g, kh, kw): graphdiff's (O, C/g, kh, kw) in memory.
         self.wg_shape = self.w_shape if g == 1 else (g, O // g, Cg, kh, kw)
-        self.geometry = (_dims(stride), _dims((0, 0)), _dims(padding),
-                         _dims(((OH - 1) * sh + kh - H - ph, (OW - 1) * sw + kw - W - pw)))
+        self.geometry = (_dims(stride), _dims((dh - 1, dw - 1)), _dims((pt, pl)),
+                         _dims(((OH - 1) * sh + keh - H - pt, (OW - 1) * sw + kew - W - pl)))
         self._fwd = self._fwd_plain = self._bwd_data = self._bwd_weights = None  # built on first use
         self._fwd_pd_hint = None
 

@@ -16,8 +16,8 @@ arrives decomposed into ``Mul(x, x)``, a 5-D ``Reshape``, ``Pad``, a
 ``(size, 1, 1)`` ``AveragePool``, ``Squeeze``, ``Mul(alpha)``, ``Add(k)``,
 ``Pow(beta)`` and ``Div``: that chain is recognised whole and becomes one
 ``gd.lrn`` (its fused gradient included). An op, an attribute or an attribute
-value graphdiff does not support (``ceil_mode=1``, dilations, asymmetric
-pads, ...) raises :class:`~graphdiff.ModelFormatError` naming the file, the
+value graphdiff does not support (``ceil_mode=1``, pooling dilations, asymmetric
+pooling pads, ...) raises :class:`~graphdiff.ModelFormatError` naming the file, the
 node and the attribute.
 """
 import contextlib
@@ -31,6 +31,7 @@ from .. import ops as _ops
 from ..compiler import compile as _compile
 from ..errors import GraphdiffError, ModelFormatError
 from ..graph import Tensor, constant, placeholder, scope, variable
+from ..ops.conv import same_padding as _same_padding
 from ._common import MIN_OPSET, from_onnx_dtype, onnx_module, registrar
 
 
@@ -149,13 +150,43 @@ def _spatial(r, node, x):
     return x
 
 
+def _conv_geometry(r, node, a, x, w):
+    """``(stride, padding, dilation)`` of an ONNX ``Conv``: ``pads`` ``[top, left, bottom,
+    right]`` (asymmetric allowed), ``dilations``, and ``auto_pad``: ``VALID``,
+    ``SAME_UPPER`` (TensorFlow's SAME, the odd padding at the end) or ``SAME_LOWER``
+    (at the beginning), resolved with the input's static size."""
+    kernel = a.get("kernel_shape")
+    if kernel is not None and len(kernel) != 2:
+        raise r.error(node, f"attribute kernel_shape={list(kernel)} is not supported (2-D {node.op_type} only)")
+    stride = tuple(int(s) for s in (a.get("strides") or [1, 1]))
+    dilation = tuple(int(d) for d in (a.get("dilations") or [1, 1]))
+    _check_attr(r, node, "dilations", len(dilation) == 2 and min(dilation) >= 1, list(dilation), "2-D, >= 1")
+    auto_pad = a.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    _check_attr(r, node, "auto_pad", auto_pad in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"), auto_pad,
+                "one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+    if auto_pad == "VALID":
+        return stride, (0, 0), dilation
+    if auto_pad.startswith("SAME"):
+        padding = []
+        for axis, n, k, s, d in zip("HW", x.shape[2:], w.shape[2:], stride, dilation):
+            if k is None or (n is None and s != 1):
+                raise r.error(node, f"auto_pad={auto_pad} with stride {s} needs a static input size ({axis})")
+            begin, end = _same_padding(n, k, s, d)
+            padding.append((begin, end) if auto_pad == "SAME_UPPER" else (end, begin))
+        return stride, tuple(padding), dilation
+    pads = [int(p) for p in (a.get("pads") or [0, 0, 0, 0])]
+    _check_attr(r, node, "pads", len(pads) == 4, pads, "2-D: [top, left, bottom, right]")
+    return stride, ((pads[0], pads[2]), (pads[1], pads[3])), dilation
+
+
 @rule("Conv", kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET")
 def _conv(r, node, a):
     x, w = _spatial(r, node, r.tensor(node, 0)), r.tensor(node, 1)
     b = r.input(node, 2)
-    _, stride, padding = _geometry(r, node, a)
+    stride, padding, dilation = _conv_geometry(r, node, a, x, w)
     return [_ops.conv2d(x, w, None if b is None else r.tensor(node, 2), stride=stride, padding=padding,
-                        groups=int(a["group"]), name=node.output[0])]
+                        groups=int(a["group"]), name=node.output[0], dilation=dilation)]
 
 
 @rule("MaxPool", kernel_shape=None, strides=None, pads=None, dilations=None, ceil_mode=0, storage_order=0,
