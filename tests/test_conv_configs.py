@@ -498,3 +498,21 @@ def test_summary_diagram_and_explorer_take_dilated_asymmetric_convolutions():
     assert "dilation=(2, 2)" in vz.to_dot([loss] + gd.grad(loss, [w])).source
     page = vz.explore([loss] + gd.grad(loss, [w]), feed={x: rng.standard_normal((1, 1, 9, 9))})
     assert "conv2d" in page._repr_html_()
+
+
+@pytest.mark.numpy_only(reason="the explorer's data")
+def test_explorer_picture_offsets_by_the_top_left_padding_and_skips_dilated_convolutions():
+    from visualize.explore import build_data
+    rng = np.random.default_rng(4)
+    x = gd.placeholder((1, 1, 9, 9), dtype="float64", name="x")
+    w = gd.variable(rng.standard_normal((2, 1, 3, 3)), name="w")
+    c = gd.conv2d(x, w, padding=((2, 0), (0, 1)))
+    d = gd.conv2d(x, w, dilation=2)
+    loss = gd.sum(gd.relu(c) ** 2) + gd.sum(d * d)
+    xv = rng.standard_normal((1, 1, 9, 9))
+    data = build_data([loss] + gd.grad(loss, [w]), feed={x: xv})
+    assert str(d.id) not in data["pictures"]  # the picture draws the undilated formula only
+    pic = data["pictures"][str(c.id)]
+    (gc,) = gd.compile(gd.grad(loss, [c]), [x])(xv)
+    k = len(pic["dE"])
+    np.testing.assert_allclose(np.array(pic["dE"]), gc[0, 0, 2:2 + k, 0:k], rtol=1e-12)  # top 2, left 0
