@@ -45,11 +45,6 @@ def pads(padding):
                  for p in padding)
 
 
-def symmetric(padding):
-    """Whether ``padding`` pads both sides of each axis alike."""
-    return all(a == b for a, b in pads(padding))
-
-
 def conv_output_size(n, k, s, p, d=1):
     """``floor((n + 2p - (k-1)*d - 1) / s) + 1`` (``p`` an int, or ``(begin, end)``);
     raises if the (dilated) kernel does not fit."""
