@@ -10,6 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import graphdiff as gd
+import needs
 from graphdiff.testing import check_double_vjp, check_vjp
 
 pytestmark = pytest.mark.each_backend
@@ -358,3 +359,116 @@ def test_matmul_vector_shapes_and_errors():
         gd.matmul(gd.placeholder((4,), "float64", "a"), gd.placeholder((5, 3), "float64", "b"))
     with pytest.raises(gd.ShapeError, match=r"matmul: .*operands need at least 1 dimension"):
         gd.matmul(gd.constant(2.0), gd.placeholder((5,), "float64"))
+
+
+# =========================================================================== ONNX export and import
+def onnx_round_trip(build, shapes, path, expect_ops):
+    """Export ``build(*placeholders)`` (float32), check the file (onnx.checker, ONNX's strict
+    shape inference on the outputs), run it in ONNX Runtime, load it back: all three agree."""
+    onnx = needs.module("onnx", "pip install -e '.[interop]'")
+    ort = needs.module("onnxruntime", "pip install -e '.[interop]'")
+    rng = np.random.default_rng(0)
+    xs = [gd.placeholder(s, "float32", f"x{i}") for i, s in enumerate(shapes)]
+    outputs = [build(*xs)]
+    model = gd.onnx.export(outputs, xs, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    assert expect_ops <= {n.op_type for n in model.graph.node}
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == list(outputs[0].shape)
+    arrays = [distinct(rng, tuple(2 if d is None else d for d in s)).astype(np.float32) for s in shapes]
+    want = gd.compile(outputs, inputs=xs)(*arrays)[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: a for i, a in zip(session.get_inputs(), arrays)})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    loaded = gd.onnx.load(path)
+    back = gd.compile(loaded.outputs, inputs=loaded.inputs)(*arrays)[0]
+    np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-6)
+    return model, loaded
+
+
+
+def onnx_attr(a):
+    return list(a.ints) if a.ints else a.i
+
+
+ONNX_CASES = {
+    "pool_dilation": (lambda x: gd.max_pool2d(x, 3, 2, 1, dilation=2), [(None, 3, 9, 8)], {"MaxPool"}),
+    "pool_ceil": (lambda x: gd.max_pool2d(x, 3, 2, 0, ceil_mode=True), [(None, 3, 8, 8)], {"MaxPool"}),
+    "pool_ceil_drops_last": (lambda x: gd.max_pool2d(x, 2, 2, 1, ceil_mode=True), [(None, 2, 5, 5)], {"MaxPool"}),
+    "pool_asymmetric": (lambda x: gd.max_pool2d(x, 3, 2, ((0, 1), (2, 1))), [(None, 2, 7, 8)], {"MaxPool"}),
+    "pool_pad_beyond_window": (lambda x: gd.max_pool2d(x, 2, 1, ((3, 0), (0, 2)), dilation=(4, 3), ceil_mode=True),
+                               [(None, 2, 7, 6)], {"Pad", "MaxPool"}),
+    "lrn_3d": (lambda x: gd.lrn(x, 3, 0.1, 0.75, 2.0), [(None, 6, 5)], {"LRN"}),
+    "lrn_5d": (lambda x: gd.lrn(x, 5, 0.1, 0.75, 2.0), [(None, 7, 2, 3, 2)], {"LRN"}),
+    "lrn_5d_even": (lambda x: gd.lrn(x, 4, 0.1, 0.6, 1.5), [(None, 5, 2, 2, 3)], {"AveragePool", "Pow"}),
+    "matmul_vector_matrix": (gd.matmul, [(4,), (4, 3)], {"MatMul"}),
+    "matmul_matrix_vector": (gd.matmul, [(None, 4), (4,)], {"MatMul"}),
+    "matmul_dot": (gd.matmul, [(4,), (4,)], {"MatMul"}),
+}
+
+
+@pytest.mark.numpy_only(reason="ONNX files are run by ONNX Runtime; the graph's own run is checked on both above")
+@pytest.mark.parametrize("case", sorted(ONNX_CASES))
+def test_onnx_export_and_import(case, tmp_path):
+    build, shapes, ops = ONNX_CASES[case]
+    model, loaded = onnx_round_trip(build, shapes, tmp_path / f"{case}.onnx", ops)
+    names = {n.op.name for n in gd.toposort(loaded.outputs)}
+    if case.startswith("pool"):
+        pool = next(n for n in gd.toposort(loaded.outputs) if n.op.name == "max_pool2d")
+        ours = build(gd.placeholder(shapes[0], "float32"))
+        assert pool.shape == ours.shape
+        written = {a.name: onnx_attr(a) for a in next(n for n in model.graph.node if n.op_type == "MaxPool").attribute}
+        if case == "pool_ceil_drops_last":
+            # ONNX's shape inference keeps a last window that starts in the end padding (ONNX Runtime,
+            # PyTorch and graphdiff drop it): written in floor mode with the end padding that gives
+            # graphdiff's windows
+            assert "ceil_mode" not in written and written["pads"] == [1, 1, 0, 0]
+        elif case == "pool_pad_beyond_window":  # pads ONNX Runtime refuses (>= the window): a -inf Pad first
+            assert written["pads"] == [0, 0, 0, 0]
+        else:  # written as the same attributes, read back as them
+            assert pool.op.attrs == ours.op.attrs
+            assert written.get("ceil_mode", 0) == int(ours.op.ceil_mode)
+            assert written.get("dilations", [1, 1]) == list(ours.op.dilation)
+    if case.startswith("lrn") and not case.endswith("even"):
+        assert "lrn_normalize" in names and len(next(iter(loaded.outputs)).shape) == len(shapes[0])
+
+
+@pytest.mark.numpy_only(reason="an ONNX file's import")
+def test_onnx_maxpool_with_ceil_mode_and_dilations_loads_as_onnx_runtime_runs_it(tmp_path):
+    """A file written elsewhere: ceil_mode=1, dilations, asymmetric pads."""
+    onnx = needs.module("onnx", "pip install -e '.[interop]'")
+    ort = needs.module("onnxruntime", "pip install -e '.[interop]'")
+    from onnx import TensorProto, helper
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 3], strides=[2, 2], pads=[1, 0, 0, 1],
+                            dilations=[2, 1], ceil_mode=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 5])])
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = distinct(np.random.default_rng(1), (1, 2, 8, 9)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    loaded = gd.onnx.load(path)
+    (y,) = loaded.outputs
+    assert (y.op.padding, y.op.padding_end, y.op.dilation, y.op.ceil_mode) == ((1, 0), (0, 1), (2, 1), True)
+    np.testing.assert_array_equal(gd.compile(loaded.outputs, inputs=loaded.inputs)(x)[0], want)
+
+
+@pytest.mark.numpy_only(reason="an ONNX file's import")
+@pytest.mark.parametrize("shape", [(2, 6, 5), (1, 5, 2, 3, 2)])
+def test_onnx_lrn_node_on_3d_and_5d_inputs_loads_as_lrn(shape, tmp_path):
+    """ONNX's LRN takes (N, C, D1, ..., Dk); ONNX divides alpha by size, graphdiff does not."""
+    onnx = needs.module("onnx", "pip install -e '.[interop]'")
+    from onnx import TensorProto, helper
+    node = helper.make_node("LRN", ["x"], ["y"], size=3, alpha=0.3, beta=0.75, bias=2.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    path = tmp_path / "lrn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    loaded = gd.onnx.load(path)
+    (y,) = loaded.outputs
+    assert y.op.name == "lrn_normalize" and y.op.alpha == pytest.approx(0.1) and y.shape == shape
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    got = gd.compile(loaded.outputs, inputs=loaded.inputs)(x)[0]
+    np.testing.assert_allclose(got, ref_lrn_nd(x.astype(np.float64), 3, 0.1, 0.75, 2.0), rtol=1e-5)
