@@ -446,8 +446,8 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
      r"node 'pad' \(Pad\): attribute 'mode' = 'reflect' is not supported \(only 'constant'\)"),
     (helper.make_node("Slice", ["x", "zero", "two", "one", "zero"], ["y"], name="cut"),
      r"node 'cut' \(Slice\): a step of 0"),
-], ids=["unknown-op", "pool-storage-order", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad", "run-time-shape",
-        "pad-reflect", "slice-step-0"])
+], ids=["unknown-op", "pool-storage-order", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad",
+        "run-time-shape", "pad-reflect", "slice-step-0"])
 def test_unsupported_ops_and_attributes_name_file_node_and_attribute(tmp_path, node, message):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     inits = [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w"),

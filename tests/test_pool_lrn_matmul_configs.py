@@ -374,7 +374,8 @@ def onnx_round_trip(build, shapes, path, expect_ops):
     onnx.checker.check_model(str(path), full_check=True)
     assert expect_ops <= {n.op_type for n in model.graph.node}
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    out_type = inferred.graph.output[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in out_type.shape.dim]
     assert dims == list(outputs[0].shape)
     arrays = [distinct(rng, tuple(2 if d is None else d for d in s)).astype(np.float32) for s in shapes]
     want = gd.compile(outputs, inputs=xs)(*arrays)[0]

@@ -1,11 +1,15 @@
 """Max-pooling kernels on plain arrays, for NumPy and CuPy (on CuPy the fused kernels
 of :mod:`graphdiff.kernels.device` take over where they save passes).
 
-Layout NCHW; ``size``, ``stride`` and ``padding`` are pairs. Windows may overlap
-(AlexNet: size 3, stride 2). Padding is -inf, so it never wins a window (a
-window made only of padding cannot occur when padding < size)::
+Layout NCHW; ``size``, ``stride`` and ``dilation`` are pairs, ``padding`` is
+``(ph, pw)`` (both sides) or ``((top, bottom), (left, right))``. Windows may
+overlap (AlexNet: size 3, stride 2). Padding is -inf, so it never wins a window
+(the ops refuse a window made only of padding)::
 
-    y[n, c, i, j] = max_{a < kh, b < kw} Xpad[n, c, i*sh + a, j*sw + b]
+    y[n, c, i, j] = max_{a < kh, b < kw} Xpad[n, c, i*sh + a*dh, j*sw + b*dw]
+
+``ceil_mode`` rounds the output size up (PyTorch's rule, :func:`pool_output_size`);
+the cells the last windows read past the end padding count as -inf padding too.
 
 The argmax is kept as the window offset ``a*kw + b`` of the maximum, ties going
 to the FIRST maximum in row-major window order. Its dtype is the smallest
@@ -20,10 +24,11 @@ How it is fast. Forward: a loop over the ``kh*kw`` window offsets only, one
 vectorised operation on a whole block of examples per step. Strided operands
 would make NumPy ~8x slower than contiguous ones, so the padded input is first
 split into its ``sh*sw`` stride phases ``planes[p, q][u, v] = Xpad[u*sh + p,
-v*sw + q]`` (one copy). Window offset ``(a, b)`` then reads phase
-``(a % sh, b % sw)`` shifted by ``(a // sh, b // sw)``; computing "wide" output
-maps as large as a phase plane (``Hq x Wq``, the extra rows and columns are
-discarded) turns that into one contiguous run over the whole block. The argmax
+v*sw + q]`` (one copy). Window offset ``(a, b)``, at shift ``(ra, rb) = (a*dh,
+b*dw)``, then reads phase ``(ra % sh, rb % sw)`` shifted by ``(ra // sh,
+rb // sw)``; computing "wide" output maps as large as a phase plane (``Hq x Wq``,
+the extra rows and columns are discarded) turns that into one contiguous run
+over the whole block. The argmax
 is tracked by arithmetic, not ``where``/``copyto(where=)`` (~20x slower).
 Backward and gather: the argmax becomes a flat index into the padded input,
 then one scatter-add (``add.at``) or one ``take``.
