@@ -361,6 +361,13 @@ def test_matmul_vector_shapes_and_errors():
         gd.matmul(gd.constant(2.0), gd.placeholder((5,), "float64"))
 
 
+def test_summary_counts_the_multiply_adds_of_vector_products():
+    from visualize.summary import node_macs
+    assert node_macs(gd.matmul(gd.placeholder((4,)), gd.placeholder((4, 3)))) == 12  # no example axis: all of it
+    assert node_macs(gd.matmul(gd.placeholder((None, 4)), gd.placeholder((4,)))) == 4  # per example
+    assert node_macs(gd.matmul(gd.placeholder((4,)), gd.placeholder((4,)))) == 4
+
+
 # =========================================================================== ONNX export and import
 def onnx_round_trip(build, shapes, path, expect_ops):
     """Export ``build(*placeholders)`` (float32), check the file (onnx.checker, ONNX's strict
