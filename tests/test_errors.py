@@ -36,8 +36,8 @@ def test_matmul_batch_dims_and_dtypes():
         gd.matmul(ph((2, 3, 4), name="a"), ph((5, 4, 6), name="b"))
     with pytest.raises(gd.ShapeError, match=r"matmul: a \(2, 3\) b \(3, 4\): dtypes differ \(float32 vs float64\)"):
         gd.matmul(ph((2, 3), name="a"), ph((3, 4), "float64", name="b"))
-    with pytest.raises(gd.ShapeError, match="at least 2 dimensions"):
-        gd.matmul(ph((3,), name="v"), ph((3, 4), name="m"))
+    with pytest.raises(gd.ShapeError, match="at least 1 dimension"):  # vectors are NumPy's rows and columns
+        gd.matmul(ph((), name="v"), ph((3, 4), name="m"))
 
 
 def test_broadcasting_mismatch_names_both_nodes_and_shapes():

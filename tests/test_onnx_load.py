@@ -429,17 +429,17 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
 @pytest.mark.parametrize("node, message", [
     (helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up"), r"node 'up' \(Resize\): op Resize is not "
                                                                          r"supported"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="pool1", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
-     r"node 'pool1' \(MaxPool\): attribute ceil_mode=1 is not supported \(graphdiff pools in floor mode"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="pool1", kernel_shape=[3, 3], strides=[2, 2], storage_order=1),
+     r"node 'pool1' \(MaxPool\): attribute storage_order=1 is not supported \(row-major only\)"),
     (helper.make_node("AveragePool", ["x"], ["y"], name="pool2", kernel_shape=[2, 2], dilations=[2, 2]),
      r"node 'pool2' \(AveragePool\): attribute dilations=\[2, 2\] is not supported"),
     (helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", kernel_shape=[3, 3], dilations=[0, 1]),
      r"node 'conv1' \(Conv\): attribute dilations=\[0, 1\] is not supported \(2-D, >= 1\)"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="pool3", kernel_shape=[3, 3], pads=[1, 0, 0, 1]),
-     r"node 'pool3' \(MaxPool\): attribute pads=\[1, 0, 0, 1\] is not supported \(graphdiff pads both sides "
+    (helper.make_node("AveragePool", ["x"], ["y"], name="pool3", kernel_shape=[3, 3], pads=[1, 0, 0, 1]),
+     r"node 'pool3' \(AveragePool\): attribute pads=\[1, 0, 0, 1\] is not supported \(graphdiff pads both sides "
      r"equally\)"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="pool4", kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
-     r"node 'pool4' \(MaxPool\): attribute auto_pad='SAME_UPPER' is not supported"),
+    (helper.make_node("AveragePool", ["x"], ["y"], name="pool4", kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+     r"node 'pool4' \(AveragePool\): attribute auto_pad='SAME_UPPER' is not supported"),
     (helper.make_node("Reshape", ["x", "x_shape"], ["y"], name="flat"),
      r"node 'shape' \(Shape\): input 'x' has dimensions known only at run time \(None, 2, 8, 8\): shape arithmetic "
      r"must fold when the file is loaded"),
@@ -447,8 +447,8 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
      r"node 'pad' \(Pad\): attribute 'mode' = 'reflect' is not supported \(only 'constant'\)"),
     (helper.make_node("Slice", ["x", "zero", "two", "one", "zero"], ["y"], name="cut"),
      r"node 'cut' \(Slice\): a step of 0"),
-], ids=["unknown-op", "ceil-mode", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad", "run-time-shape",
-        "pad-reflect", "slice-step-0"])
+], ids=["unknown-op", "pool-storage-order", "pool-dilations", "conv-dilations", "asymmetric-pads", "auto-pad",
+        "run-time-shape", "pad-reflect", "slice-step-0"])
 def test_unsupported_ops_and_attributes_name_file_node_and_attribute(tmp_path, node, message):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     inits = [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w"),

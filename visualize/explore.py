@@ -272,7 +272,8 @@ def _pool_picture(node, values, grad_at):
     routes its ``dE`` to one input."""
     x = node.inputs[0]
     (kh, kw), (sh, sw), (ph, pw) = node.op.size, node.op.stride, node.op.padding
-    if id(x) not in values or (ph, pw) != (0, 0):
+    # Drawn for plain windows only: no padding on either side, no dilation.
+    if id(x) not in values or (ph, pw) != (0, 0) or node.op.padding_end != (0, 0) or node.op.dilation != (1, 1):
         return None
     X = values[id(x)][0, 0].astype(np.float64)
     oh, ow = (X.shape[0] - kh) // sh + 1, (X.shape[1] - kw) // sw + 1

@@ -47,8 +47,10 @@ def node_macs(t):
         w = t.inputs[1]  # (C_out, C_in / groups, kh, kw)
         return size_of(t.shape[1:]) * size_of(w.shape[1:])
     if name == "matmul":
-        k = t.inputs[0].shape[-1]
-        return size_of(t.shape[1:]) * (1 if k is None else k)
+        a = t.inputs[0]
+        k = a.shape[-1]
+        # A vector on the left, (k,) @ (.., k, m), has no example axis: the whole product.
+        return size_of(t.shape if a.ndim == 1 else t.shape[1:]) * (1 if k is None else k)
     return 0
 
 

@@ -125,9 +125,38 @@ def _conv2d(w, node):
 
 @rule("max_pool2d")
 def _max_pool2d(w, node):
-    op = node.op  # graphdiff pads with -inf: ONNX's MaxPool ignores its padding the same way
-    return w.node("MaxPool", [w[node.inputs[0]]], node.name, kernel_shape=list(op.size), strides=list(op.stride),
-                  pads=_pads(op.padding))
+    """MaxPool (graphdiff pads with -inf: ONNX's MaxPool ignores its padding the same
+    way), ``pads`` begins then ends, ``dilations`` where not 1. ``ceil_mode`` where
+    plain rounding up gives graphdiff's windows; where PyTorch's rule drops the last
+    window (it would start in the end padding) ONNX's shape inference and ONNX Runtime
+    disagree, so the windows are written in floor mode with the end padding that
+    gives them. ONNX Runtime wants each pad smaller than the (undilated) window:
+    larger ones become a -inf ``Pad`` before the pooling."""
+    op, x = node.op, node.inputs[0]
+    begins, ends, ceil = list(op.padding), list(op.padding_end), 0
+    if op.ceil_mode:
+        ceil = 1
+        for axis, (n, k, s, d) in enumerate(zip(x.shape[2:], op.size, op.stride, op.dilation)):
+            if n is None:
+                continue
+            span = n + begins[axis] + ends[axis] - d * (k - 1) - 1
+            if node.shape[2 + axis] != -(-span // s) + 1:  # the last window dropped: floor mode, shorter end
+                ceil = 0
+        if ceil == 0:
+            if None in x.shape[2:]:
+                raise _unsupported(node, "ceil_mode needs static spatial dimensions here")
+            ends = [max(0, (o - 1) * s + d * (k - 1) + 1 - n - b) for o, s, d, k, n, b in
+                    zip(node.shape[2:], op.stride, op.dilation, op.size, x.shape[2:], begins)]
+    extra = dict(dilations=list(op.dilation)) if op.dilation != (1, 1) else {}
+    if ceil:
+        extra["ceil_mode"] = 1
+    source = w[x]
+    if any(p >= k for p, k in zip(begins + ends, list(op.size) * 2)):
+        source = w.node("Pad", [source, w.ints([0, 0] + begins + [0, 0] + ends, "pads"),
+                                w.const(-np.inf, x.dtype, "minus_inf")], f"{node.name}/pad", mode="constant")
+        begins, ends = [0, 0], [0, 0]
+    return w.node("MaxPool", [source], node.name, kernel_shape=list(op.size), strides=list(op.stride),
+                  pads=begins + ends, **extra)
 
 
 @rule("avg_pool2d")
@@ -158,14 +187,35 @@ def _adaptive_avg_pool2d(w, node):
 
 
 # --------------------------------------------------------------------------- LRN and its decompositions
-def _channel_window_sum(w, x, size, transpose, dtype, hint):
+def _channel_window_sum(w, x, size, transpose, dtype, hint, shape=(None,) * 4):
     """``sum_{j = c - lo}^{c + hi} x[:, j]`` as a 3-D AveragePool over (C, H, W)
-    with a ``(size, 1, 1)`` window, times ``size`` (the form PyTorch exports)."""
+    with a ``(size, 1, 1)`` window, times ``size`` (the form PyTorch exports); an
+    input of another rank goes through it as ``(N, C, rest, 1)`` (:func:`_as_nchw`)."""
+    x, restore = _as_nchw(w, x, shape, hint)
     lo, hi = ((size - 1) // 2, size // 2) if transpose else (size // 2, (size - 1) // 2)
     u = w.node("Unsqueeze", [x, w.ints([1])], f"{hint}/maps")
     pooled = w.node("AveragePool", [u], f"{hint}/window_mean", kernel_shape=[size, 1, 1], strides=[1, 1, 1],
                     pads=[lo, 0, 0, hi, 0, 0], count_include_pad=1)
-    return w.node("Mul", [w.node("Squeeze", [pooled, w.ints([1])], f"{hint}/squeeze"), w.const(size, dtype)], hint)
+    squeezed = w.node("Squeeze", [pooled, w.ints([1])], f"{hint}/squeeze")
+    return restore(lambda name: w.node("Mul", [squeezed, w.const(size, dtype)], name))
+
+
+def _as_nchw(w, x, shape, hint):
+    """Channel-window ops on ``(N, C, ...)`` of any rank: ONNX Runtime's LRN and pools
+    take 4-D (NCHW) only, so another rank is reshaped to ``(N, C, rest, 1)`` and the
+    result back to ``x``'s ``shape`` (static shapes where only N is unknown; else
+    read at run time with ``Shape``). Returns ``(4-D input, restore)``,
+    ``restore(make)`` calling ``make(name)`` for the last node."""
+    if len(shape) == 4:
+        return x, lambda make: make(hint)
+    static = None not in shape[1:]
+    to_4d = [-1, shape[1], int(np.prod(shape[2:])), 1] if static else [0, 0, -1, 1]
+    flat = w.node("Reshape", [x, w.ints(to_4d, "nchw_shape")], f"{hint}/as_nchw")
+
+    def restore(make):
+        back = w.ints([-1] + list(shape[1:]), "shape") if static else w.node("Shape", [x], f"{hint}/shape")
+        return w.node("Reshape", [make(f"{hint}/nchw"), back], hint)
+    return flat, restore
 
 
 def _spatial_window_sum(w, x, size, transpose, dtype, hint):
@@ -178,7 +228,8 @@ def _spatial_window_sum(w, x, size, transpose, dtype, hint):
 
 @rule("window_sum_channels")
 def _window_sum_channels(w, node):
-    return _channel_window_sum(w, w[node.inputs[0]], node.op.size, node.op.transpose, node.dtype, node.name)
+    return _channel_window_sum(w, w[node.inputs[0]], node.op.size, node.op.transpose, node.dtype, node.name,
+                               node.shape)
 
 
 @rule("window_sum_spatial")
@@ -190,9 +241,11 @@ def _window_sum_spatial(w, node):
 def _lrn_scale(w, node):
     """``k + alpha * S(x^2)`` with the family's window sum ``S``."""
     x, op = node.inputs[0], node.op
-    window = _channel_window_sum if node.op.name == "lrn_scale" else _spatial_window_sum
     squares = w.node("Mul", [w[x], w[x]], f"{node.name}/squares")
-    sums = window(w, squares, op.size, False, node.dtype, f"{node.name}/window_sum")
+    if node.op.name == "lrn_scale":
+        sums = _channel_window_sum(w, squares, op.size, False, node.dtype, f"{node.name}/window_sum", node.shape)
+    else:
+        sums = _spatial_window_sum(w, squares, op.size, False, node.dtype, f"{node.name}/window_sum")
     scaled = w.node("Mul", [sums, w.const(op.alpha, node.dtype)], f"{node.name}/alpha")
     return w.node("Add", [scaled, w.const(op.k, node.dtype)], node.name)
 
@@ -211,7 +264,9 @@ def _as_onnx_lrn(node):
 def _lrn_normalize(w, node):
     x, op = node.inputs[0], node.op
     if _as_onnx_lrn(node):  # ONNX: x / (bias + alpha / size * sum x^2) ** beta
-        return w.node("LRN", [w[x]], node.name, size=op.size, alpha=op.alpha * op.size, beta=op.beta, bias=op.k)
+        x4, restore = _as_nchw(w, w[x], node.shape, node.name)
+        return restore(lambda name: w.node("LRN", [x4], name, size=op.size, alpha=op.alpha * op.size, beta=op.beta,
+                                           bias=op.k))
     power = w.node("Pow", [w[node.inputs[1]], w.const(op.beta, node.dtype)], f"{node.name}/power")
     return w.node("Div", [w[x], power], node.name)
 

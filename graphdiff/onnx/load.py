@@ -16,8 +16,8 @@ arrives decomposed into ``Mul(x, x)``, a 5-D ``Reshape``, ``Pad``, a
 ``(size, 1, 1)`` ``AveragePool``, ``Squeeze``, ``Mul(alpha)``, ``Add(k)``,
 ``Pow(beta)`` and ``Div``: that chain is recognised whole and becomes one
 ``gd.lrn`` (its fused gradient included). An op, an attribute or an attribute
-value graphdiff does not support (``ceil_mode=1``, pooling dilations, asymmetric
-pooling pads, ...) raises :class:`~graphdiff.ModelFormatError` naming the file, the
+value graphdiff does not support (AveragePool's ``ceil_mode=1``, dilations and
+asymmetric pads, ...) raises :class:`~graphdiff.ModelFormatError` naming the file, the
 node and the attribute.
 """
 import contextlib
@@ -192,10 +192,23 @@ def _conv(r, node, a):
 @rule("MaxPool", kernel_shape=None, strides=None, pads=None, dilations=None, ceil_mode=0, storage_order=0,
       auto_pad="NOTSET")
 def _max_pool(r, node, a):
+    """MaxPool: ``pads`` (begins then ends) may differ per side, ``dilations`` and
+    ``ceil_mode`` as graphdiff's (ONNX Runtime's ceil_mode drops a last window that
+    would start in the end padding, as PyTorch and graphdiff do)."""
     if len(node.output) > 1 and node.output[1]:
         raise r.error(node, "the Indices output is not supported")
-    size, stride, padding = _geometry(r, node, a)
-    return [_ops.max_pool2d(_spatial(r, node, r.tensor(node, 0)), size, stride, padding, name=node.output[0])]
+    kernel = a.get("kernel_shape")
+    if kernel is None or len(kernel) != 2:
+        raise r.error(node, f"attribute kernel_shape={kernel if kernel is None else list(kernel)} is not supported "
+                            "(2-D MaxPool only)")
+    _check_attr(r, node, "auto_pad", a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"), a.get("auto_pad"),
+                "explicit pads only")
+    _check_attr(r, node, "storage_order", not a.get("storage_order"), a.get("storage_order"), "row-major only")
+    pads = list(a.get("pads") or [0] * 4)
+    _check_attr(r, node, "pads", len(pads) == 4, pads, "2-D MaxPool: four pads")
+    return [_ops.max_pool2d(_spatial(r, node, r.tensor(node, 0)), tuple(kernel), tuple(a.get("strides") or (1, 1)),
+                            ((pads[0], pads[2]), (pads[1], pads[3])), dilation=tuple(a.get("dilations") or (1, 1)),
+                            ceil_mode=bool(a.get("ceil_mode")), name=node.output[0])]
 
 
 @rule("AveragePool", kernel_shape=None, strides=None, pads=None, dilations=None, ceil_mode=0, count_include_pad=0,
@@ -216,7 +229,10 @@ def _lrn(r, node, a):
     """ONNX: ``x / (bias + alpha / size * sum x^2) ** beta`` over channels ``c -
     floor((size-1)/2) .. c + ceil((size-1)/2)``: graphdiff's lrn with ``alpha / size``
     (the same window for odd sizes; the mirrored one for even sizes)."""
-    x, size = _spatial(r, node, r.tensor(node, 0)), int(a["size"])
+    x, size = r.tensor(node, 0), int(a["size"])
+    if not isinstance(x, Tensor) or x.ndim < 3:  # (N, C, ...) of any rank, as ONNX's LRN
+        raise r.error(node, f"input {node.input[0]!r} has rank {x.ndim if isinstance(x, Tensor) else np.ndim(x)}; "
+                            "LRN needs (N, C, ...) of 3 or more dimensions")
     window = _Window("channels", None, size, (size - 1) // 2, size // 2, [])
     return [_lrn_graph(x, window, a["alpha"] / size, a["beta"], a["bias"], name=node.output[0])]
 

@@ -22,8 +22,15 @@ from .reduce import sum as _sum
 
 
 def _check_4d(op, x):
-    if x.ndim != 4:
-        raise op.error(f"expects a 4-D tensor (NCHW); {x.name} has {x.ndim} dimensions", x)
+    """The layout: ``(N, C, ...)`` of any ndim >= 3 across channels (the window runs
+    along axis 1: 3-D ``(N, C, L)``, 4-D NCHW, 5-D ``(N, C, D, H, W)``, as PyTorch's
+    LocalResponseNorm); NCHW within a map (a 2-D neighbourhood)."""
+    if getattr(getattr(op, "window", None), "within", False) or isinstance(op, WindowSumSpatial):
+        if x.ndim != 4:
+            raise op.error(f"expects a 4-D tensor (NCHW); {x.name} has {x.ndim} dimensions", x)
+    elif x.ndim < 3:
+        raise op.error(f"expects a tensor (N, C, ...) of 3 or more dimensions, channels on axis 1; "
+                       f"{x.name} has {x.ndim} dimensions", x)
     if x.dtype.kind != "f":
         raise op.error(f"needs a float input, got {x.dtype}", x)
 
@@ -247,8 +254,11 @@ def _lrn(scale_op, normalize_op, x, size, alpha, beta, k, name):
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
     """Local response normalization across feature maps (AlexNet, section 3.3)::
 
-        y[n, c] = x[n, c] / (k + alpha * sum_{|j - c| <= size//2} x[n, j]^2) ** beta
+        y[n, c, ...] = x[n, c, ...] / (k + alpha * sum_{|j - c| <= size//2} x[n, j, ...]^2) ** beta
 
+    on ``(N, C, ...)`` inputs of 3 or more dimensions (3-D ``(N, C, L)``, 4-D
+    NCHW, 5-D ``(N, C, D, H, W)``; channels on axis 1, as PyTorch's
+    ``LocalResponseNorm``),
     with the paper's hyperparameters as defaults (an even ``size`` sums channels
     ``c - size//2 .. c + (size-1)//2``, as PyTorch does). ``alpha`` is used as
     written in the paper, **not** divided by ``size``: Caffe's and PyTorch's
