@@ -163,3 +163,31 @@ def test_labels_on_the_device_out_of_range_make_the_loss_nan_from_the_host_raise
         assert ledger.totals()["syncs_before_end"] == 0
         with pytest.raises(gd.InputError, match=r"labels must lie in \[0, 3\)"):
             f(x, np.array(bad))  # host labels: checked before the upload
+
+
+def test_gpu_tests_run_on_the_standin_wherever_the_gpu_is_not_usable(monkeypatch):
+    def decide(env, why):
+        monkeypatch.setattr(cupy_standin, "_RUN_ON", [])
+        monkeypatch.setattr(cupy_standin, "_gpu_unusable", lambda: why)
+        if env is None:
+            monkeypatch.delenv("GRAPHDIFF_GPU_TESTS", raising=False)
+        else:
+            monkeypatch.setenv("GRAPHDIFF_GPU_TESTS", env)
+        return cupy_standin.gpu_tests_run_on()
+
+    no_gpu = "backend 'cupy': CuPy is installed but no usable CUDA GPU was found"
+    assert decide(None, no_gpu) == "standin"  # CuPy installed (as in CI) or not: the stand-in, no skip
+    assert no_gpu in cupy_standin.gpu_tests_reason()
+    assert decide(None, None) == "gpu"
+    assert decide("standin", None) == "standin"
+    with pytest.raises(RuntimeError, match="GRAPHDIFF_GPU_TESTS=gpu, but the GPU is not usable: backend 'cupy'"):
+        decide("gpu", no_gpu)  # a GPU session fails rather than passing on the stand-in
+    with pytest.raises(RuntimeError, match="auto, gpu or standin"):
+        decide("yes", None)
+
+
+def test_why_the_gpu_is_not_usable_here_agrees_with_the_backend():
+    why = cupy_standin._gpu_unusable()
+    assert (why is None) == ("cupy" in gd.available_backends())
+    if why is not None and cupy_standin.real_cupy_importable():
+        assert why.startswith("backend 'cupy'")  # CuPy installed without a usable GPU, as in CI
