@@ -179,6 +179,10 @@ def test_gpu_tests_run_on_the_standin_wherever_the_gpu_is_not_usable(monkeypatch
     assert decide(None, no_gpu) == "standin"  # CuPy installed (as in CI) or not: the stand-in, no skip
     assert no_gpu in cupy_standin.gpu_tests_reason()
     assert decide(None, None) == "gpu"
+    assert cupy_standin.gpu_tests_reason() == "gpu tests: on the GPU (real CuPy)"
+    monkeypatch.setattr(cupy_standin, "_RUN_ON", [])  # pytest's header asks before any test: it decides
+    monkeypatch.setattr(cupy_standin, "_gpu_unusable", lambda: no_gpu)
+    assert cupy_standin.gpu_tests_reason() == f"gpu tests: on the CuPy stand-in ({no_gpu})"
     assert decide("standin", None) == "standin"
     with pytest.raises(RuntimeError, match="GRAPHDIFF_GPU_TESTS=gpu, but the GPU is not usable: backend 'cupy'"):
         decide("gpu", no_gpu)  # a GPU session fails rather than passing on the stand-in

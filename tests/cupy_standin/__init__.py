@@ -126,7 +126,8 @@ def gpu_tests_run_on():
 
 def gpu_tests_reason():
     """Why the GPU tests run where they run (a line for pytest's report header)."""
-    where, why = _RUN_ON[0] if _RUN_ON else (gpu_tests_run_on(), None)
+    gpu_tests_run_on()
+    where, why = _RUN_ON[0]
     if where == "gpu":
         return "gpu tests: on the GPU (real CuPy)"
     return f"gpu tests: on the CuPy stand-in ({why or 'GRAPHDIFF_GPU_TESTS=standin'})"
