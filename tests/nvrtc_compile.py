@@ -40,9 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------- recording (test process)
 def _describe(a):
-    if hasattr(a, "shape") and hasattr(a, "strides") and getattr(a, "ndim", 0) is not None and not numpy.isscalar(a):
-        return ("array", tuple(a.shape), tuple(a.strides), numpy.dtype(a.dtype).str)
-    return ("scalar", a)
+    """A kernel argument as ``("array", shape, strides, dtype)`` or ``("scalar", value)``."""
+    if isinstance(a, (bool, int, float, complex, numpy.generic)):
+        return ("scalar", a)
+    return ("array", tuple(a.shape), tuple(a.strides), numpy.dtype(a.dtype).str)
 
 
 @contextlib.contextmanager
@@ -212,7 +213,7 @@ def compile_record(cupy, record, archs):
     history = fusion._FusionHistory()
     fusion._thread_local.history, fusion._thread_local.is_old_fusing = history, True
     try:
-        kernel, kwargs = history.get_fusion(make(cupy, *spec), [a for a in args], name)
+        kernel, _ = history.get_fusion(make(cupy, *spec), args, name)
     except Exception as exc:  # noqa: BLE001 - CuPy would fall back to its new fusion, untested here
         return [{"kernel": label, "arch": a, "ok": False, "error": f"cupy.fuse cannot trace it: "
                  f"{type(exc).__name__}: {exc}"} for a in archs]
