@@ -133,8 +133,63 @@ def _numpy_backend():
     return Backend(np)
 
 
-GPU_INSTALL = ("pip install 'graphdiff[gpu]' (CuPy for CUDA 12: cupy-cuda12x) or 'graphdiff[gpu-cuda13]' "
-               "(CUDA 13: cupy-cuda13x) on a machine with an NVIDIA GPU")
+GPU_INSTALL = ("pip install 'graphdiff[gpu]' (CUDA 12: cupy-cuda12x[ctk], driver >= 525) or "
+               "'graphdiff[gpu-cuda13]' (CUDA 13: cupy-cuda13x[ctk], driver >= 580) on a machine with an NVIDIA GPU")
+
+# CUDA libraries CuPy loads when first used (not at import), and the wheels that
+# bring them, by CUDA major version: the NVIDIA wheels of CUDA 13 dropped the suffix.
+_LIBRARIES = ("nvrtc", "cublas", "cufft", "curand", "cusolver", "cusparse", "nccl")
+
+
+def library_package(library, cuda_major):
+    """The pip package with CUDA library ``library`` (``"nvrtc"``, ``"cublas"``...)
+    for CUDA ``cuda_major``: ``nvidia-cuda-nvrtc-cu12``, ``nvidia-cublas`` (13)."""
+    name = "cuda-nvrtc" if library == "nvrtc" else library
+    if cuda_major >= 13 and library != "nccl":
+        return f"nvidia-{name}"
+    return f"nvidia-{name}-cu{cuda_major}"
+
+
+def _missing_library(exc):
+    """The CUDA library that ``exc`` (from CuPy's first kernel or GEMM) says is
+    missing, or None: CuPy 14 raises ``DynamicLibNotFoundError`` ("Failure finding
+    libnvrtc.so...") or ``ImportError`` ("libcublas.so.12: cannot open...")."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "libnotfound" not in text and "cannot open shared object" not in text and "failure finding" not in text:
+        return None
+    return next((lib for lib in _LIBRARIES if f"lib{lib}" in text), None)
+
+
+def _check_cupy(cupy):
+    """Run what the first step needs of CuPy's CUDA libraries: one fused kernel
+    (NVRTC compiles it) and one matmul (cuBLAS), ``x * x + 1`` and ``X @ X`` on
+    a 2x2 matrix, compared with their known values. Raises BackendError naming
+    the package to install where a library is missing (``cupy.is_available()``
+    checks the driver only, so without this the first step would fail)."""
+    try:
+        cuda_major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    except Exception:  # noqa: BLE001 - only names the package below
+        cuda_major = 12
+    extra = "gpu" if cuda_major < 13 else "gpu-cuda13"
+    try:
+        x = cupy.asarray(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+        square_plus_one = cupy.fuse(kernel_name="graphdiff_backend_check")(lambda a: a * a + np.float32(1))
+        got = (cupy.asnumpy(square_plus_one(x)), cupy.asnumpy(cupy.matmul(x, x)))
+    except Exception as exc:  # noqa: BLE001 - turned into a BackendError that says what to do
+        library = _missing_library(exc)
+        if library is not None:
+            package = library_package(library, cuda_major)
+            raise BackendError(f"backend 'cupy': CuPy {cupy.__version__} (CUDA {cuda_major}) cannot load the CUDA "
+                               f"library {library} ({type(exc).__name__}: {exc}); install it with "
+                               f"pip install {package}, or all of CuPy's CUDA libraries with "
+                               f"pip install 'graphdiff[{extra}]'") from None
+        raise BackendError(f"backend 'cupy': CuPy {cupy.__version__} (CUDA {cuda_major}) failed its first kernel "
+                           f"({type(exc).__name__}: {exc}); a driver older than the CUDA version CuPy was built "
+                           f"for fails so: {GPU_INSTALL}") from None
+    want = (np.array([[2.0, 5.0], [10.0, 17.0]], np.float32), np.array([[7.0, 10.0], [15.0, 22.0]], np.float32))
+    if any(not np.array_equal(g, w) for g, w in zip(got, want)):
+        raise BackendError(f"backend 'cupy': CuPy {cupy.__version__} computed wrong values in its first kernel "
+                           f"and matmul ({got[0].tolist()}, {got[1].tolist()}); its CUDA install is broken")
 
 
 def _cupy_backend():
@@ -150,6 +205,7 @@ def _cupy_backend():
     if not ok:
         raise BackendError(f"backend 'cupy': CuPy is installed but no usable CUDA GPU was found; "
                            f"it needs an NVIDIA GPU and driver ({GPU_INSTALL})")
+    _check_cupy(cupy)
     return CupyBackend(cupy)
 
 

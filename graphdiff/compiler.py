@@ -333,9 +333,12 @@ class Program:
         if not checks:
             return as_input(p, value, self.backend)  # checks and converts (DLPack arrays without a copy)
         # Value checks (labels in range) run on the host array before it is uploaded:
-        # on a GPU, reading it back mid-step would stall the step.
+        # on a GPU, reading it back mid-step would stall the step. A value already on
+        # the device is not read back: the op checks it there (see Op.input_checks).
         host = isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__")
         on_host = get_backend("numpy")
+        if not host and self.backend is not on_host:
+            return as_input(p, value, self.backend)
         value = as_input(p, value, on_host if host else self.backend)
         for op_name, check in checks:
             problem = check(value)

@@ -1,7 +1,10 @@
 """Shared test set-up. Tests marked ``gpu`` run on the real CuPy backend where
-CuPy and a GPU are present (``pytest -m gpu`` on a GPU machine), and on the
-strict CuPy stand-in (``tests/cupy_standin``) where CuPy does not import, as
-in CI; where CuPy imports but finds no GPU they are skipped. A test (or test
+its check passes (CuPy, its CUDA libraries and a GPU: ``pytest -m gpu`` on a GPU
+machine), and on the strict CuPy stand-in (``tests/cupy_standin``) everywhere
+else, CuPy installed or not (CI installs it to compile the kernels with NVRTC
+but has no GPU): they never skip. ``GRAPHDIFF_GPU_TESTS=gpu`` makes them fail
+where the GPU is not usable (a GPU session), ``=standin`` puts them on the
+stand-in; pytest's header says where they ran. A test (or test
 module) marked ``each_backend`` runs twice: with ``gd.default_backend("numpy")``
 and with ``gd.default_backend("cupy")``, the latter marked ``gpu`` (so every
 program it compiles without a ``backend`` argument, the gradient checks' too,
@@ -49,23 +52,6 @@ def array_backend(request):
         return
     with gd.default_backend(name):
         yield name
-
-
-def gpu_available():
-    try:
-        gd.get_backend("cupy")
-        return True
-    except gd.BackendError:
-        return False
-
-
-def pytest_collection_modifyitems(config, items):
-    if not cupy_standin.real_cupy_importable() or gpu_available():
-        return  # the stand-in (no CuPy) or the real thing
-    skip = pytest.mark.skip(reason="CuPy imports but finds no usable NVIDIA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 class DLPackOnly:

@@ -1,15 +1,11 @@
 """The CuPy stand-in is strict where CuPy is, and what the CuPy backend costs per
-step, as the stand-in counts it. Runs wherever real CuPy does not import (CI);
-where it does, the stand-in is never used and these tests are skipped."""
+step, as the stand-in counts it. Runs everywhere, real CuPy installed or not
+(the stand-in sets real CuPy's modules aside while it is active)."""
 import numpy as np
 import pytest
 
 import cupy_standin
 import graphdiff as gd
-
-pytestmark = pytest.mark.skipif(cupy_standin.real_cupy_importable(),
-                                reason="real CuPy imports here: the stand-in is only used where it does not")
-
 
 def test_device_arrays_refuse_numpy_and_host_operands(cupy_standin_module):
     cupy = cupy_standin_module
@@ -165,7 +161,7 @@ def test_lrn_and_pooling_take_few_kernels(cupy_standin_module):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
-def test_the_prepared_gpu_session_parses_and_fits_nine_minutes():
+def test_the_prepared_gpu_session_parses_and_fits_505_seconds():
     import os
     import re
     import subprocess
@@ -175,7 +171,8 @@ def test_the_prepared_gpu_session_parses_and_fits_nine_minutes():
     subprocess.run(["bash", "-n", script], check=True)
     text = open(script).read()
     limits = [int(s) for s in re.findall(r"^stage (?:\w+|\"[^\"]+\") (\d+) ", text, re.M)]
-    assert len(limits) == 5 and sum(limits) <= 9 * 60 - 30, limits  # stages' limits, with time to start
+    assert len(limits) == 5 and sum(limits) <= 505, limits  # stages' limits, with time to start in 9 minutes
+    assert "GRAPHDIFF_GPU_TESTS=gpu" in text  # the GPU tests fail there rather than pass on the stand-in
     for name in re.findall(r"benchmarks/(\w+\.py)", text):
         assert os.path.exists(os.path.join(root, "benchmarks", name)), name
 

@@ -1,7 +1,9 @@
 """The CuPy backend agrees with NumPy: forward, VJP and double VJP of every op,
-and a training step. Every test here is marked ``gpu``: it runs on the CuPy
-stand-in where CuPy does not import (CI), on the GPU with ``pytest -m gpu`` on a
-machine with one, and is skipped where CuPy imports but finds no GPU."""
+and a training step. Every test here is marked ``gpu``: it runs on the GPU with
+``pytest -m gpu`` on a machine with one, and on the CuPy stand-in everywhere
+else (CI: CuPy installed, no GPU); it never skips. Values stay out of float32's
+subnormal range, which the GPU flushes to zero (CuPy compiles with
+``-ftz=true``)."""
 import importlib.util
 import os
 
@@ -72,10 +74,23 @@ def _run_both(build, arrays):
     return results
 
 
+def _subnormals(a):
+    """How many float32 values of ``a`` are subnormal (0 < |v| < 2^-126). CuPy compiles
+    its kernels with ``-ftz=true``: on the GPU such values (inputs and results) flush
+    to zero, on NumPy they do not, so the backends are compared away from that range."""
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        return 0
+    tiny = np.finfo(np.float32).tiny
+    return int(np.count_nonzero((a != 0) & (np.abs(a) < tiny)))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cupy_matches_numpy(name):
     build, arrays = CASES[name]
+    assert not any(_subnormals(a) for a in arrays)
     results = _run_both(build, arrays)
+    assert not any(_subnormals(r) for r in results["numpy"])  # away from -ftz=true's range (see _subnormals)
     for cpu, gpu in zip(results["numpy"], results["cupy"]):
         assert isinstance(gpu, np.ndarray)  # fetched outputs come back to the host
         np.testing.assert_allclose(gpu, cpu, rtol=2e-3, atol=2e-4)
@@ -244,6 +259,13 @@ def test_gpu_benchmark_runs_its_engine_side():
     times = _benchmark("alexnet_gpu").main(["--batch", "2", "--image-size", "67", "--classes", "10", "--reps", "1",
                                             "--warmup", "1", "--engine-only"])
     assert len(times["graphdiff"]) == 1
+
+
+def test_gpu_first_step_benchmark_runs():
+    """benchmarks/gpu_first_step.py, which the GPU session runs for the first step's compile time."""
+    report = _benchmark("gpu_first_step").main(["--batch", "2", "--image-size", "67", "--classes", "10"])
+    assert report["versions"]["cupy"] and report["fused_functions"] >= 10, report
+    assert report["first_step_s"] > 0 and report["second_step_s"] > 0
 
 
 def test_resumed_training_equals_an_uninterrupted_run_on_the_gpu():

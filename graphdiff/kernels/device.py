@@ -17,6 +17,7 @@ calls the plain function); the CuPy stand-in in the test suite runs
 """
 import contextlib
 import threading
+import warnings
 
 import numpy
 
@@ -39,9 +40,14 @@ def kernel(xp, make, *spec):
     if f is None:
         f = make(xp, *spec)
         if hasattr(xp, "fuse"):  # CuPy (a NumPy-like module without it runs the function as it is)
-            f = xp.fuse(kernel_name=f"graphdiff_{make.__name__.strip('_')}")(f)
+            f = xp.fuse(kernel_name=_kernel_name(make))(f)
         _fused[key] = f
     return f
+
+
+def _kernel_name(make):
+    """The CUDA name of the kernels ``make`` builds (profilers show it)."""
+    return f"graphdiff_{make.__name__.strip('_')}"
 
 
 def _device_id(xp):
@@ -87,6 +93,7 @@ def clear():
     _bordered.clear()
     _iota.clear()
     _pools.clear()
+    _into_works.clear()
 
 
 def pad2d(xp, x, padding, tag, fill=0):
@@ -152,8 +159,14 @@ def elementwise_program(xp, program, extra_outputs, arrays, apply, value_type, o
         try:
             kernel(xp, _program_into, program, extra_outputs, apply, value_type)(*arrays, *outs)
             return out
-        except (TypeError, ValueError, NotImplementedError):  # a CuPy whose fusion lacks in-place outputs
+        except (TypeError, ValueError, NotImplementedError) as exc:  # a CuPy whose fusion lacks in-place outputs
+            # Off for this array module from now on (each step would fail again), said
+            # once with the cause: later steps copy each result into its buffer.
             _into_works[xp] = False
+            warnings.warn(f"graphdiff: in-place fused updates are off for {xp.__name__} in this process "
+                          f"(each update is now a new array plus a copy): the in-place kernel "
+                          f"{_kernel_name(_program_into)} failed with {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
     results = kernel(xp, _program, program, extra_outputs, apply, value_type)(*arrays)
     if all(o is not None for o in outs):
         for o, r in zip(outs, results if isinstance(results, tuple) else (results,)):
@@ -498,6 +511,25 @@ def _bias_relu(xp, relu, value_type):
         y = src + bias
         return xp.maximum(y, zero) if relu else y
     return bias_relu
+
+
+# ------------------------------------------------------------------ labels
+def label_guard(xp, labels, classes, dtype):
+    """Integer ``labels`` checked on the device, without the host waiting for it:
+    ``(safe, penalty)`` with ``safe = where(0 <= labels < classes, labels, 0)`` (an
+    index that cannot leave the row) and ``penalty`` 0 there, NaN elsewhere (added
+    to the per-example losses, so one label out of range makes the mean loss NaN).
+    One kernel."""
+    return kernel(xp, _label_guard, labels.dtype.type(classes), numpy.dtype(dtype).type)(labels)
+
+
+def _label_guard(xp, classes, value_type):
+    zero_index, zero, nan = classes.dtype.type(0), value_type(0), value_type(numpy.nan)
+
+    def label_guard(labels):
+        ok = (labels >= zero_index) & (labels < classes)
+        return xp.where(ok, labels, zero_index), xp.where(ok, zero, nan)
+    return label_guard
 
 
 # ------------------------------------------------------------------ dropout

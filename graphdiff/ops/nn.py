@@ -124,20 +124,25 @@ class SoftmaxCrossEntropy(Op):
         n, c = logits.shape
         if labels.shape[0] != n:
             raise InputError(f"softmax_cross_entropy: {n} logits rows but {labels.shape[0]} labels")
-        # On a GPU reading min/max here would stall the step twice; labels fed as a
-        # program input are checked on the host before the upload (input_checks).
-        if not _device.on_device(xp):
-            problem = labels_out_of_range(labels, c)
-            if problem:
-                raise InputError(f"softmax_cross_entropy: {problem}")
         shifted = logits - xp.max(logits, axis=1, keepdims=True)
         logz = xp.log(xp.sum(xp.exp(shifted), axis=1))
+        if _device.on_device(xp):
+            # Reading min/max here would stall the step (the host waits for the device).
+            # Labels fed from the host were checked before the upload (input_checks);
+            # any others are checked on the device: out of range, the loss is NaN.
+            labels, penalty = _device.label_guard(xp, labels, c, logits.dtype)
+            picked = shifted[xp.arange(n), labels]
+            return xp.asarray(xp.mean(logz - picked + penalty), dtype=logits.dtype)
+        problem = labels_out_of_range(labels, c)
+        if problem:
+            raise InputError(f"softmax_cross_entropy: {problem}")
         picked = shifted[xp.arange(n), labels]
         return xp.asarray(xp.mean(logz - picked), dtype=logits.dtype)
 
     def input_checks(self, node):
         """``{input index: check(value) -> problem or None}`` for inputs the compiler
-        can check where they are fed (a placeholder's host array, before the upload)."""
+        can check where they are fed (a placeholder's host array, before the upload;
+        labels fed already on the device are checked by :meth:`forward` there)."""
         classes = node.inputs[0].shape[1]
         return {1: functools.partial(labels_out_of_range, classes=classes)} if classes is not None else {}
 

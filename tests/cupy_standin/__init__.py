@@ -2,12 +2,14 @@
 backend and counts what a step would cost on a device.
 
 Layout: ``site/`` holds modules named ``cupy`` and ``cupyx`` (``cupyx.scipy``,
-``cupyx.distributed``); :func:`activate` puts ``site/`` first on ``sys.path``
-(only where real CuPy does not import: the stand-in is never used beside the
-real thing), :func:`deactivate` restores ``sys.modules``, ``sys.path``, the
-engine's backend cache and its scratch buffers. The pytest plugin
-(``tests/cupy_standin/plugin.py``) activates it around every test marked
-``gpu``, or that asks for the ``cupy_standin`` fixture.
+``cupyx.distributed``); :func:`activate` takes any real ``cupy`` modules out of
+``sys.modules`` and puts ``site/`` first on ``sys.path``, :func:`deactivate`
+restores ``sys.modules``, ``sys.path``, the engine's backend cache and its
+scratch buffers. The pytest plugin (``tests/cupy_standin/plugin.py``)
+activates it around every test marked ``gpu`` wherever no GPU is usable
+(:func:`gpu_tests_run_on`: real CuPy installed or not, e.g. CI, which installs
+CuPy and NVRTC to compile the kernels but has no GPU), or that asks for the
+``cupy_standin`` fixture.
 
 What it enforces (CuPy's rules at its boundary):
 
@@ -45,7 +47,7 @@ _saved = []  # stack of (modules, backend cache entry)
 
 
 def real_cupy_importable():
-    """Whether ``import cupy`` finds the real CuPy (the stand-in is then never used)."""
+    """Whether ``import cupy`` finds the real CuPy (installed: with or without a GPU)."""
     if any(m == "cupy" and getattr(sys.modules[m], "STANDIN", False) for m in sys.modules):
         return False
     path = [p for p in sys.path if os.path.abspath(p or ".") != SITE]
@@ -64,10 +66,8 @@ def _ours(name):
 
 
 def activate():
-    """Make ``import cupy`` give the stand-in; returns the stand-in module.
-    Raises RuntimeError where real CuPy is importable."""
-    if real_cupy_importable():
-        raise RuntimeError("real CuPy is importable here; the stand-in is only for machines without it")
+    """Make ``import cupy`` give the stand-in (real CuPy's modules, if imported, are
+    set aside until :func:`deactivate`); returns the stand-in module."""
     from graphdiff import backends
 
     modules = {k: sys.modules.pop(k) for k in list(sys.modules) if _ours(k)}
@@ -99,6 +99,52 @@ def deactivate():
     device.clear()
     for key in [k for k in parallel._zeros if k[0] == "cupy"]:
         del parallel._zeros[key]
+
+
+_RUN_ON = []  # the decision of gpu_tests_run_on(), made once per process
+
+
+def gpu_tests_run_on():
+    """Where tests marked ``gpu`` run: ``"gpu"`` (real CuPy, whose backend check
+    passes: a GPU, its driver and CuPy's CUDA libraries) or ``"standin"``
+    (everywhere else: no CuPy, or CuPy without a usable GPU). The environment
+    variable ``GRAPHDIFF_GPU_TESTS`` may force ``gpu`` (a GPU session: then
+    :class:`RuntimeError` says why the GPU is not usable, rather than letting the
+    tests pass on the stand-in) or ``standin``."""
+    if not _RUN_ON:
+        want = os.environ.get("GRAPHDIFF_GPU_TESTS", "auto")
+        if want not in ("auto", "gpu", "standin"):
+            raise RuntimeError(f"GRAPHDIFF_GPU_TESTS must be auto, gpu or standin, got {want!r}")
+        why = None
+        if want != "standin":
+            why = _gpu_unusable()
+        if want == "gpu" and why:
+            raise RuntimeError(f"GRAPHDIFF_GPU_TESTS=gpu, but the GPU is not usable: {why}")
+        _RUN_ON.append(("gpu" if why is None and want != "standin" else "standin", why))
+    return _RUN_ON[0][0]
+
+
+def gpu_tests_reason():
+    """Why the GPU tests run where they run (a line for pytest's report header)."""
+    gpu_tests_run_on()
+    where, why = _RUN_ON[0]
+    if where == "gpu":
+        return "gpu tests: on the GPU (real CuPy)"
+    return f"gpu tests: on the CuPy stand-in ({why or 'GRAPHDIFF_GPU_TESTS=standin'})"
+
+
+def _gpu_unusable():
+    """None if the real CuPy backend works here, else why not."""
+    if not real_cupy_importable():
+        return "CuPy is not installed"
+    from graphdiff import backends
+    from graphdiff.errors import BackendError
+
+    try:
+        backends.get_backend("cupy")
+    except BackendError as exc:
+        return str(exc)
+    return None
 
 
 def ledger():
