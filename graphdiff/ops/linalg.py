@@ -46,8 +46,9 @@ class MatMul(Op):
 
     def vjp(self, node, g, wrt):
         a, b = node.inputs
-        return [sum_to(matmul(g, _swap_last(b)), a) if wrt[0] else None,
-                sum_to(matmul(_swap_last(a), g), b) if wrt[1] else None]
+        # only the batch dims broadcast: the other operand's last two count as 1 there
+        return [sum_to(matmul(g, _swap_last(b)), a, b.shape[:-2] + (1, 1)) if wrt[0] else None,
+                sum_to(matmul(_swap_last(a), g), b, a.shape[:-2] + (1, 1)) if wrt[1] else None]
 
 
 def matmul(a, b, name=None):
