@@ -37,3 +37,9 @@ class ModelFormatError(GraphdiffError, ValueError):
     """A model file (ONNX) that cannot be written or read: malformed or
     truncated, or using an op or attribute graphdiff does not support. The
     message names the file, the node and the attribute."""
+
+
+class CompilerError(GraphdiffError, RuntimeError):
+    """A compiler pass produced a graph it must never produce (e.g. a cycle from a
+    rewrite): a bug in graphdiff, reported instead of looping. ``optimize=False``
+    (or ``fuse=False``) compiles without the rewriting passes meanwhile."""

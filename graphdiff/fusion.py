@@ -27,6 +27,7 @@ argmax node its gradient reads become one op with two outputs
 """
 import numpy as np
 
+from .errors import CompilerError
 from .graph import Op, Part, Tensor, static_size
 from .kernels import device
 from .kernels.parallel import BLOCK_ELEMENTS, parallel_blocks, workspace, zeros
@@ -232,8 +233,9 @@ def fuse_elementwise(order, roots, share_columns=True):
     heads, absorbed = _fuse_convolutions(order, uses, rooted, share_columns)
     heads.update(_fuse_pooling(order))
     for node in reversed(order):
-        if id(node) in absorbed or id(node) in heads or not _fusable(node):
-            continue
+        if (id(node) in absorbed or id(node) in heads or not _fusable(node)
+                or not all(_lines_up(o, node) for o in node.inputs)):
+            continue  # (the head's operands are checked first: a search is never made twice)
         # An input that only this chain reads joins it; if the input is also kept
         # (an output, an update value: SGD's new v, read again by w + v), it
         # becomes an extra output of the fused op, so both are one pass.
@@ -248,7 +250,7 @@ def fuse_elementwise(order, roots, share_columns=True):
                     stack.append(i)
                     if id(i) in rooted:
                         extras.append(i)
-        if len(members) > 1 and all(_lines_up(o, node) for o in node.inputs):
+        if len(members) > 1:
             absorbed |= members - {id(node)}
             fused = _build(node, members, extras)
             heads.update(_parts(fused, [node] + extras) if extras else {id(node): fused})
@@ -330,13 +332,23 @@ def _fuse_backward_pairs(order, heads):
     ``conv2d_backward`` op with two outputs, built from one column matrix of ``dy``
     instead of one of ``dy`` and one of ``x`` (AlexNet conv3-5: 7-17 ms each at
     batch 32). One op, so the columns live in scratch memory between the two
-    products, not in a buffer kept across the backward pass."""
+    products, not in a buffer kept across the backward pass.
+
+    The merged op reads ``(dy, w, x)``: it must not be merged where ``x`` depends
+    on the input gradient or ``w`` on the weight gradient (a second-order graph:
+    the weight gradient's ``x`` may be read, for its shape, through the input
+    gradient being replaced), which would be a cycle. Each merge is checked
+    (:func:`_reaches`, under a work budget linear in the graph), and the merges
+    together once more (:func:`_drop_cyclic_merges`)."""
     weight_grads = {}  # (dy, kernel size, stride, padding, groups, dilation) -> weight gradients
     for node in order:
         if type(node.op) is Conv2dGradWeight and id(node) not in heads:
             op = node.op
             weight_grads.setdefault((id(node.inputs[1]), op.kernel_size, op.stride, op.padding, op.groups,
                                      op.dilation), []).append(node)
+    position = {id(n): k for k, n in enumerate(order)}
+    budget = [4 * len(order) + 64]  # search steps left for all the checks together
+    merges = []
     for gi in order:
         if type(gi.op) is not Conv2dGradInput:
             continue
@@ -347,11 +359,80 @@ def _fuse_backward_pairs(order, heads):
             continue
         for gw in weight_grads.get((id(dy), (kh, kw), op.stride, op.padding, op.groups, op.dilation), []):
             x = gw.inputs[0]
-            if id(gw) not in heads and id(gi) not in heads and x.shape[2:] == op.input_size and gw.dtype == gi.dtype:
+            if (id(gw) not in heads and id(gi) not in heads and x.shape[2:] == op.input_size
+                    and gw.dtype == gi.dtype and not _reaches(x, gi, position, budget)
+                    and not _reaches(w, gw, position, budget)):
                 both = Tensor(Conv2dBackward(op.padding, op.groups, op.dilation), (dy, w, x), gi.shape, gi.dtype,
                               name=gi.name, scope=gi.scope, backward=gi.backward)
+                merges.append((gi, gw, both))
                 heads.update(_parts(both, [gi, gw]))
                 break
+    for gi, gw, _ in _drop_cyclic_merges(order, merges):
+        del heads[id(gi)], heads[id(gw)]
+
+
+def _reaches(source, target, position, budget):
+    """Whether ``target`` is ``source`` or one of its inputs, transitively (in the
+    graph as built). A walk back from ``source`` over the nodes scheduled after
+    ``target`` (no other can lead to it); ``budget[0]`` counts the steps left for
+    every such walk of a pass, so the pass stays linear in the graph: past it the
+    answer is True, and the merge asking is refused (merging is optional)."""
+    low = position.get(id(target))
+    if low is None or position.get(id(source), -1) < low:
+        return False
+    stack, seen = [source], {id(source)}
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        budget[0] -= 1
+        if budget[0] < 0:
+            return True
+        for i in node.inputs:
+            if id(i) not in seen and position.get(id(i), -1) >= low:
+                seen.add(id(i))
+                stack.append(i)
+    return False
+
+
+def _drop_cyclic_merges(order, merges):
+    """The merges of ``merges`` (``(gi, gw, merged node)``) to undo so that the graph
+    with the rest merged has no cycle. Each was checked alone (:func:`_reaches`);
+    two together may still close one (each merge adds the other's inputs to a
+    node). Kahn's algorithm over the merged graph, in linear time: the nodes it
+    cannot order lie on a cycle or after one, and undoing every merge among them
+    leaves them as built, which is acyclic."""
+    if not merges:
+        return []
+    group = {}
+    for k, (gi, gw, _) in enumerate(merges):
+        group[id(gi)] = group[id(gw)] = ("merge", k)
+
+    def key(n):
+        return group.get(id(n), id(n))
+
+    preds, users = {}, {}
+    for node in order:
+        p = preds.setdefault(key(node), set())
+        for i in node.inputs:
+            if key(i) != key(node):
+                p.add(key(i))
+    for k, p in preds.items():
+        for i in p:
+            users.setdefault(i, []).append(k)
+    waiting = {k: len(p) for k, p in preds.items()}
+    ready = [k for k, c in waiting.items() if c == 0]
+    done = 0
+    while ready:
+        k = ready.pop()
+        done += 1
+        for u in users.get(k, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if done == len(waiting):
+        return []
+    return [m for k, m in enumerate(merges) if waiting[("merge", k)] > 0]
 
 
 def _fuse_pooling(order):
@@ -449,8 +530,12 @@ def _op_text(fn, args):
 
 def _rebuild(order, replaced):
     """Rebuild the nodes downstream of replaced ones with their new inputs
-    (also the inputs of nodes the rewrites added, e.g. shared columns)."""
-    canon = {}
+    (also the inputs of nodes the rewrites added, e.g. shared columns).
+
+    A depth-first walk: each node is expanded once (linear in the graph), and an
+    input that is still being expanded is a cycle that the replacements made:
+    a :class:`~graphdiff.errors.CompilerError`, never an endless loop."""
+    canon, active = {}, set()
     for node in order:
         # Schedule nodes come in order, so mostly the inputs are done already; added
         # nodes (and a fused op's operands scheduled after one of its outputs) wait
@@ -464,9 +549,16 @@ def _rebuild(order, replaced):
             new = replaced.get(id(n), n)
             todo = [i for i in new.inputs if id(i) not in canon]
             if todo:
+                cycle = next((i for i in todo if id(i) in active), None)
+                if cycle is not None:
+                    raise CompilerError(f"fusion made a cycle: {new.op.name} {new.name!r} would read "
+                                        f"{cycle.op.name} {cycle.name!r}, which depends on it (a bug in "
+                                        f"graphdiff; compile with fuse=False to work around it)")
+                active.add(id(n))
                 stack.extend(todo)
                 continue
             stack.pop()
+            active.discard(id(n))
             ins = tuple(canon[id(i)] for i in new.inputs)
             canon[id(n)] = new if ins == new.inputs else Tensor(new.op, ins, new.shape, new.dtype, name=new.name,
                                                                 scope=new.scope, backward=new.backward)

@@ -546,3 +546,19 @@ def static_size(shape):
             return None
         n *= d
     return n
+
+
+def unify_shapes(op, *tensors):
+    """The one shape several inputs must share, with ``None`` for dims known only
+    at run time: per axis, the static size where any input knows it (a ``None``
+    unifies with any size); a ShapeError naming ``op`` where two known sizes
+    differ or the ranks do."""
+    if len({t.ndim for t in tensors}) > 1:
+        raise op.error("inputs must have the same number of dimensions", *tensors)
+    out = []
+    for axis, dims in enumerate(zip(*(t.shape for t in tensors))):
+        known = {d for d in dims if d is not None}
+        if len(known) > 1:
+            raise op.error(f"inputs must share their shape (axis {axis}: {' vs '.join(map(str, dims))})", *tensors)
+        out.append(known.pop() if known else None)
+    return tuple(out)

@@ -67,7 +67,7 @@ def test_build_grad_grad_of_grad_compile_and_first_call_make_linear_calls():
     key function per free buffer, say, grows tenfold)."""
     small, small_nodes, _ = calls_by_function(270)
     large, large_nodes, (h, g, hv) = calls_by_function(2700)
-    assert small_nodes < 2100 and large_nodes > 20000
+    assert small_nodes < 2500 and large_nodes > 20000  # (run-time sum_to_like where two None dims meet)
     growth = large_nodes / small_nodes
     superlinear = {f: (small.get(f, 0), count) for f, count in large.items()
                    if count > 1000 and count > LINEAR_SLACK * growth * max(small.get(f, 0), 1)}

@@ -107,7 +107,7 @@ class ReluGrad(Op):
 
     def vjp(self, node, gg, wrt):
         y, _ = node.inputs
-        return [None, sum_to(relu_grad(y, gg), node.inputs[1]) if wrt[1] else None]
+        return [None, sum_to(relu_grad(y, gg), node.inputs[1], y.shape) if wrt[1] else None]
 
 
 def relu_grad_kernel(xp, y, g, out=None):
@@ -179,9 +179,9 @@ class Binary(Op):
     def vjp(self, node, g, wrt):
         a, b = node.inputs
         if self.fn == "pow" and not wrt[1]:
-            return [sum_to(g * b * a ** (b - 1.0), a), None]  # skip log(a): a may be negative
+            return [sum_to(g * b * a ** (b - 1.0), a, b.shape), None]  # skip log(a): a may be negative
         ga, gb = BINARY[self.fn][1](a, b, node, g)
-        return [sum_to(ga, a) if wrt[0] else None, sum_to(gb, b) if wrt[1] else None]
+        return [sum_to(ga, a, b.shape) if wrt[0] else None, sum_to(gb, b, a.shape) if wrt[1] else None]
 
 
 def _binary(fn, doc):
@@ -299,8 +299,8 @@ class Where(Op):
         cond, a, b = node.inputs
         zero = as_tensor(0.0, like=g)
         return [None,
-                sum_to(where(cond, g, zero), a) if wrt[1] else None,
-                sum_to(where(cond, zero, g), b) if wrt[2] else None]
+                sum_to(where(cond, g, zero), a, cond.shape, b.shape) if wrt[1] else None,
+                sum_to(where(cond, zero, g), b, cond.shape, a.shape) if wrt[2] else None]
 
 
 def where(cond, a, b, name=None):

@@ -79,8 +79,9 @@ class MatMul(Op):
             g2 = expand_dims(g2, g2.ndim - (b.ndim > 1))
         if b.ndim == 1:
             g2 = expand_dims(g2, g2.ndim)
-        da = sum_to(matmul(g2, _swap_last(b2)), a2) if wrt[0] else None
-        db = sum_to(matmul(_swap_last(a2), g2), b2) if wrt[1] else None
+        # only the batch dims broadcast: the other operand's last two count as 1 there
+        da = sum_to(matmul(g2, _swap_last(b2)), a2, b2.shape[:-2] + (1, 1)) if wrt[0] else None
+        db = sum_to(matmul(_swap_last(a2), g2), b2, a2.shape[:-2] + (1, 1)) if wrt[1] else None
         if da is not None and a.ndim == 1:
             da = squeeze(da, 0)
         if db is not None and b.ndim == 1:

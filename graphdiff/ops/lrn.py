@@ -14,7 +14,7 @@ grad works. The simplified form ``normalize_cross_map`` (``y = x / sum_k x_k``)
 has the slides' refactored gradient, also in graph ops. Kernels:
 :mod:`graphdiff.kernels.lrn`.
 """
-from ..graph import Op, apply, as_int, as_number, as_tensor
+from ..graph import Op, apply, as_int, as_number, as_tensor, unify_shapes
 from ..kernels import device as _device
 from ..kernels import lrn as _k
 from ..kernels.parallel import parallel_blocks, workspace
@@ -176,10 +176,10 @@ class _LRNGrad(Op):
 
     def infer(self, x, y, scale, dy):
         _check_4d(self, x)
-        for t in (y, scale, dy):
-            if t.shape != x.shape or t.dtype != x.dtype:
-                raise self.error("x, y, scale and dy must share shape and dtype", x, y, scale, dy)
-        return x.shape, x.dtype
+        if any(t.dtype != x.dtype for t in (y, scale, dy)):
+            raise self.error("x, y, scale and dy must share their dtype", x, y, scale, dy)
+        # a None dim (a batch known at run time) unifies with a static one (dy may know it)
+        return unify_shapes(self, x, y, scale, dy), x.dtype
 
     def forward(self, xp, x, y, scale, dy, out=None):
         return self.kernel(xp, x, y, scale, dy, self.size, self.alpha, self.beta, out=out)

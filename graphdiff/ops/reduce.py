@@ -121,7 +121,7 @@ class BroadcastLike(Op):
         return xp.broadcast_to(x, like.shape)
 
     def vjp(self, node, g, wrt):
-        return [sum_to(g, node.inputs[0]), None]
+        return [sum_to(g, node.inputs[0], node.inputs[1].shape), None]
 
 
 def broadcast_like(x, like):
@@ -186,13 +186,59 @@ class SumTo(Op):
         return [broadcast_like(lead, node.inputs[0])]
 
 
-def sum_to(g, x):
-    """Sum gradient ``g`` back to the shape of input ``x`` (undo broadcasting)."""
-    if g.shape == x.shape:
-        return g
+class SumToLike(SumTo):
+    """:class:`SumTo` where some axes are decided at run time: ``maybe`` are the
+    axes (of ``g``) where ``like``, the input that was broadcast (read for its
+    shape only), has a ``None`` dimension that may have been 1 and broadcast in
+    this call. Each is summed where ``like`` is 1 at run time and ``g`` is not,
+    as NumPy's broadcasting and PyTorch decide it; the result has ``like``'s
+    run-time shape, and ``None`` in its static shape on those axes."""
+
+    name = "sum_to_like"
+    is_view = True  # where nothing is summed, g itself: the compiler keeps g's buffer alive with it
+
+    def __init__(self, lead, ones, maybe):
+        Op.__init__(self, lead=lead, ones=ones, maybe=maybe)
+
+    def infer(self, g, like):
+        shape = tuple(1 if i in self.ones else (None if i in self.maybe else d) for i, d in enumerate(g.shape))
+        return tuple(k if d is None else d for d, k in zip(shape[self.lead:], like.shape)), g.dtype
+
+    def forward(self, xp, g, like):
+        lead = self.lead
+        axes = tuple(range(lead)) + self.ones + tuple(a for a in self.maybe
+                                                       if like.shape[a - lead] == 1 and g.shape[a] != 1)
+        r = xp.sum(g, axis=axes, keepdims=True) if axes else g
+        return r.reshape(r.shape[lead:])
+
+    def vjp(self, node, gg, wrt):
+        return super().vjp(node, gg, wrt) + [None]
+
+
+def sum_to(g, x, *others):
+    """Sum gradient ``g`` back to the shape of input ``x`` (undo broadcasting).
+
+    Where ``x`` has a ``None`` dimension, whether it was broadcast is known only
+    at run time (1 against ``g``'s size > 1): those axes are decided then
+    (:class:`SumToLike`). ``others`` are the shapes of the operands ``x`` was
+    broadcast against, if known: an axis where ``g`` is ``None`` too was broadcast
+    only if one of them may be larger than 1 there (without them, any may)."""
     lead = g.ndim - x.ndim
     ones = tuple(lead + i for i, d in enumerate(x.shape) if d == 1 and g.shape[lead + i] != 1)
-    if lead == 0 and not ones:
+
+    def may_broadcast(i):  # axis i of x: None, and could be 1 against a larger g
+        gd_ = g.shape[lead + i]
+        if gd_ is not None:
+            return gd_ != 1
+        if not others:
+            return True
+        k = i - x.ndim  # from the right, as broadcasting aligns
+        return any(-k <= len(o) and o[k] != 1 for o in others)
+
+    maybe = tuple(lead + i for i, d in enumerate(x.shape) if d is None and may_broadcast(i))
+    if maybe:
+        return apply(SumToLike(lead, ones, maybe), [g, x])
+    if g.shape == x.shape or (lead == 0 and not ones):
         return g
     return apply(SumTo(lead, ones), [g])
 

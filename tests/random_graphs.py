@@ -1,0 +1,503 @@
+"""Random valid graphs over every op the engine has, built twice: in graphdiff and
+as a PyTorch function (float64), for the differential test of the compiler
+(tests/test_random_graphs.py).
+
+A graph is a plain-data *spec* (so hypothesis can shrink it and a failing one can
+be pasted into an ``@example``)::
+
+    {"input": (2, 5, 5),                      # x is (None,) + input: a None batch
+     "steps": [("conv2d", (0,), {...}),        # op name, argument value indices, attributes
+               ("relu", (1,), {}), ...],
+     "outputs": (2, 1),                        # value indices the loss reads (fan-out)
+     "seed": 3}                                # the data: inputs, weights, directions
+
+Value 0 is the input ``x``; step ``k`` makes value ``k + 1`` (``split`` makes two,
+both in the pool). Every value keeps the batch as axis 0; a spec's shapes
+(without the batch) are tracked while it is drawn, so every step is valid.
+
+**Adding an op or an attribute**: one :class:`OpGen` entry in :data:`GENERATORS`
+(where it applies, how its attributes are drawn, its output shape, and its
+graphdiff and PyTorch forms); attributes are drawn in ``draw`` so that an old
+spec (without a new attribute) keeps its meaning through ``params.get``.
+Tie-sensitive ops report their decision margins (:meth:`Build.margin`) so that
+data near a tie is redrawn instead of loosening tolerances.
+"""
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+import graphdiff as gd
+
+# Decision margins below this, relative to the deciding tensor's scale, count as a
+# near-tie (the frameworks' rounding, ~1e-16, could flip the decision); exact
+# ties (0: ReLU's zeros pooled, padding) follow the same documented rule in both.
+NEAR_TIE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class OpGen:
+    """One op of the generator: ``applies(shape)`` for a value's shape (without
+    the batch); ``draw(draw, shapes, pool)`` returns ``(extra argument indices,
+    params)`` or None (no valid attributes here); ``shape(shapes, params)`` the
+    output shape(s) (a list for several outputs); ``gd`` and ``torch`` build the
+    op from the argument values, ``params`` and a :class:`Build`."""
+
+    applies: object
+    draw: object
+    shape: object
+    gd: object
+    torch: object
+    outputs: int = 1
+
+
+class Build:
+    """What an op's builder may ask for: weights (variables in graphdiff, the
+    same values as leaf tensors in PyTorch) and, in PyTorch, the report of a
+    decision margin."""
+
+    def __init__(self, framework, rng, weights):
+        self.framework, self.rng, self.weights = framework, rng, weights
+        self.count = 0
+        self.margins = []  # (smallest margin, scale) per tie-sensitive decision
+
+    def weight(self, shape, scale=0.5):
+        """The next weight: an array drawn once per spec and shared by both builds."""
+        k = self.count
+        self.count += 1
+        if k == len(self.weights):
+            self.weights.append(self.rng.standard_normal(shape) * scale)
+        return self.weights[k]
+
+    def margin(self, gaps, scale_of):
+        """Record the decision margins ``gaps`` of a tie-sensitive op (PyTorch only)."""
+        gaps = gaps.detach().abs().reshape(-1)
+        scale = float(scale_of.detach().abs().max()) if scale_of.numel() else 0.0
+        nonzero = gaps[gaps > 0]
+        if nonzero.numel():
+            self.margins.append((float(nonzero.min()), scale))
+
+    def near_tie(self):
+        return any(m < NEAR_TIE * max(s, 1e-300) for m, s in self.margins)
+
+
+def _variable(b, shape, scale=0.5):
+    value = b.weight(shape, scale)
+    if b.framework == "gd":
+        v = gd.variable(value, name=f"w{b.count - 1}")
+        b.params.append(v)
+        return v
+    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    b.params.append(t)
+    return t
+
+
+# ----------------------------------------------------------------------------- drawing helpers
+def _is4(s):
+    return len(s) == 3 and all(d >= 1 for d in s)
+
+
+def _out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+def _window_attrs(draw, s, max_size=3, max_stride=3, pad_limit=lambda k: k // 2):
+    """Size, stride, padding pairs for a window over (H, W) = s[1:] that fits."""
+    size, stride, pad = [], [], []
+    for n in s[1:]:
+        k = draw(st.integers(1, max_size))
+        p = draw(st.integers(0, pad_limit(k)))
+        if k > n + 2 * p:
+            k = n + 2 * p
+            if k < 1:
+                return None
+            p = min(p, pad_limit(k))
+        size.append(k)
+        stride.append(draw(st.integers(1, max_stride)))
+        pad.append(p)
+    return tuple(size), tuple(stride), tuple(pad)
+
+
+def _no_extra(draw, shapes, pool):
+    return (), {}
+
+
+# ----------------------------------------------------------------------------- convolution, pooling, LRN
+def _conv_draw(draw, shapes, pool):
+    C, H, W = shapes[0]
+    groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
+    out_channels = groups * draw(st.integers(1, 3 if groups == 1 else 2))
+    attrs = _window_attrs(draw, shapes[0], max_size=3, max_stride=2, pad_limit=lambda k: 1)
+    if attrs is None:
+        return None
+    size, stride, pad = attrs
+    return (), {"out": out_channels, "size": size, "stride": stride, "padding": pad, "groups": groups,
+                "bias": draw(st.booleans())}
+
+
+def _conv_shape(shapes, p):
+    C, H, W = shapes[0]
+    return (p["out"],) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
+
+
+def _conv_gd(b, args, p):
+    C = args[0].shape[1]
+    w = _variable(b, (p["out"], C // p["groups"]) + tuple(p["size"]), scale=1.0 / math.sqrt(C * 3))
+    bias = _variable(b, (p["out"],)) if p["bias"] else None
+    return gd.conv2d(args[0], w, bias, stride=p["stride"], padding=p["padding"], groups=p["groups"])
+
+
+def _conv_torch(b, args, p):
+    C = args[0].shape[1]
+    w = _variable(b, (p["out"], C // p["groups"]) + tuple(p["size"]), scale=1.0 / math.sqrt(C * 3))
+    bias = _variable(b, (p["out"],)) if p["bias"] else None
+    return F.conv2d(args[0], w, bias, stride=p["stride"], padding=p["padding"], groups=p["groups"])
+
+
+def _pool_draw(draw, shapes, pool):
+    attrs = _window_attrs(draw, shapes[0])
+    if attrs is None:
+        return None
+    size, stride, pad = attrs
+    return (), {"size": size, "stride": stride, "padding": pad, "count_include_pad": draw(st.booleans())}
+
+
+def _pool_shape(shapes, p):
+    C, H, W = shapes[0]
+    return (C,) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
+
+
+def _max_pool_torch(b, args, p):
+    x = args[0]
+    (kh, kw), (sh, sw), (ph, pw) = p["size"], p["stride"], p["padding"]
+    y = F.max_pool2d(x, p["size"], p["stride"], p["padding"])
+    # margins: the best minus the second best of each window (padding is -inf)
+    xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf)
+    windows = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(*y.shape, kh * kw)
+    if kh * kw > 1:
+        top = windows.topk(2, dim=-1).values
+        gap = top[..., 0] - top[..., 1]
+        b.margin(gap[torch.isfinite(gap)], x)
+    return y
+
+
+def _lrn_draw(draw, shapes, pool):
+    return (), {"size": draw(st.integers(1, 5)), "alpha": draw(st.sampled_from([0.05, 0.3, 1.0])),
+                "beta": draw(st.sampled_from([0.5, 0.75, 1.0])), "k": draw(st.sampled_from([1.0, 2.0]))}
+
+
+def _lrn_torch(b, args, p):
+    # graphdiff's alpha is the paper's (not divided by size); PyTorch divides by size
+    return F.local_response_norm(args[0], p["size"], alpha=p["alpha"] * p["size"], beta=p["beta"], k=p["k"])
+
+
+def _lrn_within_torch(b, args, p):
+    """``x / (k + alpha * sum_{size x size neighbourhood} x^2) ** beta``, zeros outside;
+    an even window reaches one further up/left."""
+    x, n = args[0], p["size"]
+    lo, hi = n // 2, (n - 1) // 2
+    sq = F.pad(x * x, (lo, hi, lo, hi))
+    s = F.avg_pool2d(sq, n, stride=1) * (n * n)
+    return x / (p["k"] + p["alpha"] * s) ** p["beta"]
+
+
+# ----------------------------------------------------------------------------- elementwise
+UNARY = {
+    "relu": (gd.relu, torch.relu),
+    "tanh": (gd.tanh, torch.tanh),
+    "sigmoid": (gd.sigmoid, torch.sigmoid),
+    "neg": (gd.neg, torch.neg),
+    "abs": (gd.abs_, torch.abs),
+    "exp": (lambda x: gd.exp(gd.tanh(x) * 2.0), lambda x: torch.exp(torch.tanh(x) * 2.0)),
+    "sqrt": (lambda x: gd.sqrt(x * x + 1.0), lambda x: torch.sqrt(x * x + 1.0)),
+    "log": (lambda x: gd.log(x * x + 0.5), lambda x: torch.log(x * x + 0.5)),
+}
+
+
+def _unary(name):
+    fg, ft = UNARY[name]
+
+    def torch_form(b, args, p):
+        if name in ("relu", "abs"):
+            b.margin(args[0], args[0])  # the switch at 0
+        return ft(args[0])
+
+    return OpGen(lambda s: True, _no_extra, lambda shapes, p: shapes[0], lambda b, args, p: fg(args[0]), torch_form)
+
+
+BINARY = {
+    "add": (lambda a, c: a + c, lambda a, c: a + c),
+    "sub": (lambda a, c: a - c, lambda a, c: a - c),
+    "mul": (lambda a, c: a * c, lambda a, c: a * c),
+    "div": (lambda a, c: a / (c * c + 0.5), lambda a, c: a / (c * c + 0.5)),
+    # graphdiff's tie rule (the gradient goes to a): PyTorch's maximum would split it
+    "maximum": (gd.maximum, lambda a, c: torch.where(a >= c, a, c)),
+    "minimum": (gd.minimum, lambda a, c: torch.where(a <= c, a, c)),
+    "where": (lambda a, c: gd.where(a > c, a * 2.0, c), lambda a, c: torch.where(a > c, a * 2.0, c)),
+}
+
+
+def _broadcast_partner(draw, s, pool):
+    """The second operand: another value of the same shape (a diamond, or the same
+    value: fan-out), or a weight that broadcasts (some dims 1, fewer leading dims)."""
+    same = [k for k, t in enumerate(pool) if t == s]
+    if same and draw(st.booleans()):
+        return (draw(st.sampled_from(same)),), {}
+    dims = [d if draw(st.booleans()) else 1 for d in s]
+    lead = draw(st.integers(0, len(dims)))
+    return (), {"weight": tuple(dims[lead:])}
+
+
+def _binary(name):
+    fg, ft = BINARY[name]
+
+    def draw_(draw, shapes, pool):
+        return _broadcast_partner(draw, shapes[0], pool)
+
+    def other(b, args, p):
+        return args[1] if len(args) > 1 else _variable(b, p["weight"])
+
+    def torch_form(b, args, p):
+        a, c = args[0], other(b, args, p)
+        if name in ("maximum", "minimum", "where"):
+            b.margin(a - c, torch.cat([a.reshape(-1), c.reshape(-1)]))
+        return ft(a, c)
+
+    return OpGen(lambda s: True, draw_, lambda shapes, p: shapes[0], lambda b, args, p: fg(args[0], other(b, args, p)),
+                 torch_form)
+
+
+# ----------------------------------------------------------------------------- linear algebra, shapes
+def _matmul_draw(draw, shapes, pool):
+    return (), {"out": draw(st.integers(1, 5))}
+
+
+def _matmul_gd(b, args, p):
+    return gd.matmul(args[0], _variable(b, (args[0].shape[-1], p["out"]), scale=0.7))
+
+
+def _matmul_torch(b, args, p):
+    return args[0] @ _variable(b, (args[0].shape[-1], p["out"]), scale=0.7)
+
+
+def _factorizations(n):
+    out = [(n,), (n, 1, 1), (1, 1, n)]
+    for c in range(1, n + 1):
+        if n % c == 0:
+            for h in range(1, n // c + 1):
+                if (n // c) % h == 0:
+                    out.append((c, h, n // c // h))
+    return sorted(set(out))
+
+
+def _reshape_draw(draw, shapes, pool):
+    n = math.prod(shapes[0])
+    if n == 0 or n > 400:
+        return None
+    return (), {"to": draw(st.sampled_from(_factorizations(n)))}
+
+
+def _transpose_draw(draw, shapes, pool):
+    perm = draw(st.permutations(range(1, len(shapes[0]) + 1)))
+    return (), {"axes": (0,) + tuple(perm)}
+
+
+def _pad_draw(draw, shapes, pool):
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in shapes[0])
+    return (), {"pads": pads, "value": draw(st.sampled_from([0.0, 0.5, -1.0]))}
+
+
+def _pad_torch(b, args, p):
+    flat = [q for lo_hi in reversed(p["pads"]) for q in lo_hi]
+    return F.pad(args[0], flat, value=p["value"])
+
+
+def _concat_draw(draw, shapes, pool):
+    s = shapes[0]
+    axis = draw(st.integers(1, len(s)))
+    fits = [k for k, t in enumerate(pool) if len(t) == len(s)
+            and all(a == c for i, (a, c) in enumerate(zip(t, s)) if i != axis - 1)]
+    return (draw(st.sampled_from(fits)),), {"axis": axis}
+
+
+def _concat_shape(shapes, p):
+    a, c = shapes
+    i = p["axis"] - 1
+    return a[:i] + (a[i] + c[i],) + a[i + 1:]
+
+
+def _slice_draw(draw, shapes, pool):
+    key = []
+    for n in shapes[0]:
+        start = draw(st.integers(0, n - 1))
+        stop = draw(st.integers(start + 1, n))
+        key.append((start, stop, draw(st.integers(1, 2))))
+    return (), {"key": tuple(key)}
+
+
+def _slice_key(p):
+    return (slice(None),) + tuple(slice(*k) for k in p["key"])
+
+
+def _slice_shape(shapes, p):
+    return tuple(len(range(*k)) for k in p["key"])
+
+
+def _split_draw(draw, shapes, pool):
+    s = shapes[0]
+    axes = [i for i, n in enumerate(s) if n >= 2]
+    if not axes:
+        return None
+    i = draw(st.sampled_from(axes))
+    return (), {"axis": i + 1, "at": draw(st.integers(1, s[i] - 1))}
+
+
+def _split_shape(shapes, p):
+    s, i = shapes[0], p["axis"] - 1
+    return [s[:i] + (p["at"],) + s[i + 1:], s[:i] + (s[i] - p["at"],) + s[i + 1:]]
+
+
+def _split_gd(b, args, p):
+    return gd.split(args[0], [p["at"]], axis=p["axis"])
+
+
+def _split_torch(b, args, p):
+    x = args[0]
+    return list(torch.split(x, [p["at"], x.shape[p["axis"]] - p["at"]], dim=p["axis"]))
+
+
+def _reduce_draw(draw, shapes, pool):
+    n = len(shapes[0])
+    axes = draw(st.lists(st.integers(1, n), min_size=1, max_size=n, unique=True))
+    return (), {"axes": tuple(sorted(axes)), "keepdims": draw(st.booleans())}
+
+
+def _reduce_shape(shapes, p):
+    s = shapes[0]
+    if p["keepdims"]:
+        return tuple(1 if i + 1 in p["axes"] else d for i, d in enumerate(s))
+    return tuple(d for i, d in enumerate(s) if i + 1 not in p["axes"])
+
+
+def _max_torch(b, args, p):
+    x, axes = args[0], p["axes"]
+    y = torch.amax(x, dim=axes, keepdim=True)  # splits the gradient between ties, as graphdiff's max
+    rest = [d for d in range(x.ndim) if d not in axes]
+    moved = x.permute(*rest, *axes).reshape(*[x.shape[d] for d in rest], -1)
+    if moved.shape[-1] > 1:
+        top = moved.topk(2, dim=-1).values
+        b.margin(top[..., 0] - top[..., 1], x)
+    return y if p["keepdims"] else y.squeeze(axes)
+
+
+def _softmax_draw(draw, shapes, pool):
+    return (), {"axis": draw(st.integers(1, len(shapes[0]))), "log": draw(st.booleans())}
+
+
+GENERATORS = {
+    "conv2d": OpGen(_is4, _conv_draw, lambda shapes, p: _conv_shape(shapes, p), _conv_gd, _conv_torch),
+    "max_pool2d": OpGen(_is4, _pool_draw, lambda shapes, p: _pool_shape(shapes, p),
+                        lambda b, args, p: gd.max_pool2d(args[0], p["size"], p["stride"], p["padding"]),
+                        _max_pool_torch),
+    "avg_pool2d": OpGen(_is4, _pool_draw, lambda shapes, p: _pool_shape(shapes, p),
+                        lambda b, args, p: gd.avg_pool2d(args[0], p["size"], p["stride"], p["padding"],
+                                                         p["count_include_pad"]),
+                        lambda b, args, p: F.avg_pool2d(args[0], p["size"], p["stride"], p["padding"],
+                                                        count_include_pad=p["count_include_pad"])),
+    "adaptive_avg_pool2d": OpGen(
+        _is4, lambda draw, shapes, pool: ((), {"out": (draw(st.integers(1, shapes[0][1])),
+                                                       draw(st.integers(1, shapes[0][2])))}),
+        lambda shapes, p: (shapes[0][0],) + tuple(p["out"]),
+        lambda b, args, p: gd.adaptive_avg_pool2d(args[0], p["out"]),
+        lambda b, args, p: F.adaptive_avg_pool2d(args[0], p["out"])),
+    "lrn": OpGen(_is4, _lrn_draw, lambda shapes, p: shapes[0],
+                 lambda b, args, p: gd.lrn(args[0], p["size"], p["alpha"], p["beta"], p["k"]), _lrn_torch),
+    "lrn_within": OpGen(_is4, _lrn_draw, lambda shapes, p: shapes[0],
+                        lambda b, args, p: gd.lrn_within(args[0], p["size"], p["alpha"], p["beta"], p["k"]),
+                        _lrn_within_torch),
+    "normalize_cross_map": OpGen(  # on a positive input, its domain
+        lambda s: len(s) >= 1, _no_extra, lambda shapes, p: shapes[0],
+        lambda b, args, p: gd.normalize_cross_map(args[0] * args[0] + 0.5),
+        lambda b, args, p: (lambda q: q / q.sum(dim=1, keepdim=True))(args[0] * args[0] + 0.5)),
+    **{f"unary_{n}": _unary(n) for n in UNARY},
+    **{f"binary_{n}": _binary(n) for n in BINARY},
+    "matmul": OpGen(lambda s: len(s) >= 1, _matmul_draw, lambda shapes, p: shapes[0][:-1] + (p["out"],),
+                    _matmul_gd, _matmul_torch),
+    "reshape": OpGen(lambda s: True, _reshape_draw, lambda shapes, p: p["to"],
+                     lambda b, args, p: gd.reshape(args[0], (-1,) + p["to"]),
+                     lambda b, args, p: args[0].reshape((-1,) + p["to"])),
+    "transpose": OpGen(lambda s: len(s) >= 2, _transpose_draw,
+                       lambda shapes, p: tuple(shapes[0][a - 1] for a in p["axes"][1:]),
+                       lambda b, args, p: gd.transpose(args[0], p["axes"]),
+                       lambda b, args, p: args[0].permute(*p["axes"])),
+    "pad": OpGen(lambda s: len(s) >= 1, _pad_draw,
+                 lambda shapes, p: tuple(d + lo + hi for d, (lo, hi) in zip(shapes[0], p["pads"])),
+                 lambda b, args, p: gd.pad(args[0], ((0, 0),) + p["pads"], p["value"]), _pad_torch),
+    "concatenate": OpGen(lambda s: len(s) >= 1, _concat_draw, _concat_shape,
+                         lambda b, args, p: gd.concatenate(list(args), axis=p["axis"]),
+                         lambda b, args, p: torch.cat(list(args), dim=p["axis"])),
+    "getitem": OpGen(lambda s: len(s) >= 1 and min(s) >= 1, _slice_draw, _slice_shape,
+                     lambda b, args, p: args[0][_slice_key(p)], lambda b, args, p: args[0][_slice_key(p)]),
+    "split": OpGen(lambda s: len(s) >= 1, _split_draw, _split_shape, _split_gd, _split_torch, outputs=2),
+    "sum": OpGen(lambda s: len(s) >= 1, _reduce_draw, _reduce_shape,
+                 lambda b, args, p: gd.sum(args[0], p["axes"], p["keepdims"]),
+                 lambda b, args, p: args[0].sum(dim=p["axes"], keepdim=p["keepdims"])),
+    "mean": OpGen(lambda s: len(s) >= 1, _reduce_draw, _reduce_shape,
+                  lambda b, args, p: gd.mean(args[0], p["axes"], p["keepdims"]),
+                  lambda b, args, p: args[0].mean(dim=p["axes"], keepdim=p["keepdims"])),
+    "max": OpGen(lambda s: len(s) >= 1 and min(s) >= 1, _reduce_draw, _reduce_shape,
+                 lambda b, args, p: gd.max(args[0], p["axes"], p["keepdims"]), _max_torch),
+    "softmax": OpGen(lambda s: len(s) >= 1, _softmax_draw, lambda shapes, p: shapes[0],
+                     lambda b, args, p: (gd.log_softmax if p["log"] else gd.softmax)(args[0], axis=p["axis"]),
+                     lambda b, args, p: (F.log_softmax if p["log"] else F.softmax)(args[0], dim=p["axis"])),
+}
+
+MAX_ELEMENTS = 600  # per example, without the batch: keeps an example to milliseconds
+
+
+@st.composite
+def specs(draw, min_steps=1, max_steps=12, ops=None):
+    """A random valid graph spec (see the module's docstring)."""
+    names = sorted(GENERATORS) if ops is None else list(ops)
+    if draw(st.booleans()):
+        shape = (draw(st.integers(1, 4)), draw(st.integers(3, 7)), draw(st.integers(3, 7)))
+    else:
+        shape = (draw(st.integers(1, 8)),)
+    pool, steps = [shape], []
+    for _ in range(draw(st.integers(min_steps, max_steps))):
+        # mostly the newest values (deep chains), sometimes older ones (fan-out, diamonds)
+        k = len(pool) - 1 - draw(st.integers(0, len(pool) - 1)) if draw(st.booleans()) else len(pool) - 1
+        name = draw(st.sampled_from([n for n in names if GENERATORS[n].applies(pool[k])] or ["unary_tanh"]))
+        gen = GENERATORS[name]
+        drawn = gen.draw(draw, [pool[k]], pool)
+        if drawn is None:
+            continue
+        extra, params = drawn
+        args = (k,) + tuple(extra)
+        out = gen.shape([pool[i] for i in args], params)
+        outs = out if gen.outputs > 1 else [out]
+        if any(math.prod(o) > MAX_ELEMENTS or min(o, default=1) < 1 for o in outs):
+            continue
+        steps.append((name, args, params))
+        pool.extend(outs)
+    last = len(pool) - 1
+    others = draw(st.lists(st.integers(0, last), max_size=2, unique=True))
+    return {"input": shape, "steps": steps, "outputs": tuple(dict.fromkeys([last] + others)),
+            "seed": draw(st.integers(0, 2 ** 16))}
+
+
+def build(spec, framework, x, rng, weights):
+    """The spec's values built from ``x`` (a graphdiff placeholder or a PyTorch
+    tensor); returns ``(outputs, Build)`` (the Build lists the weights as
+    ``params`` and, in PyTorch, the decision margins)."""
+    b = Build(framework, rng, weights)
+    b.params = []
+    values = [x]
+    for name, args, params in spec["steps"]:
+        gen = GENERATORS[name]
+        made = getattr(gen, framework)(b, [values[i] for i in args], params)
+        values.extend(made if gen.outputs > 1 else [made])
+    return [values[i] for i in spec["outputs"]], b
