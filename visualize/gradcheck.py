@@ -1,0 +1,160 @@
+"""A gradient check per op node, for the explorer: each VJP rule the backward
+pass used, checked against a float64 finite difference at the batch shown.
+
+For a forward node ``y = f(x_1, ..., x_n)`` with the batch's input values,
+a random cotangent ``w`` (the shape of ``y``) and a random direction ``u``
+(per differentiated input, nonzero at ``SPARSE`` random elements)::
+
+    analytic = sum_k < VJP_k(w), u_k >                         (the op's vjp, through gd.grad)
+    numeric  = < w, f(x + eps u) - f(x - eps u) > / (2 eps)    (float64 central difference)
+    error    = |analytic - numeric| / max(|analytic|, |numeric|)
+
+The inputs are cast to float64 (integer inputs, e.g. labels, are kept and
+not differentiated). Exact zeros in the inputs (dead ReLUs feeding a max
+pool: ties) are nudged by ``TIE_JITTER`` of the input's RMS so that no
+difference straddles a kink; the direction is sparse so that the few
+elements it moves are unlikely to cross one. An input the op's VJP leaves
+to another path (LRN's ``scale``, a function of ``x``: ``lrn_normalize``'s
+VJP wrt ``x`` is the whole derivative) is rebuilt from the others inside
+the checked function. A check that fails is tried once more at a fresh
+direction (a kink crossed by chance does not repeat; a wrong rule does).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import graphdiff as gd
+from graphdiff.graph import apply
+
+#: a relative error above this marks the node red
+FAIL_ABOVE = 1e-3
+SPARSE = 32          # elements of each input the direction moves
+EPS = 1e-7           # step, relative to the input's RMS
+TIE_JITTER = 1e-2    # exact zeros become +-(1..2) * this * RMS
+LEAF = ("placeholder", "variable", "constant")
+
+
+def _rms(a):
+    a = np.asarray(a, np.float64)
+    r = float(np.sqrt(np.mean(a * a))) if a.size else 0.0
+    return r if r > 0 and np.isfinite(r) else 1.0
+
+
+def _position(node, j):
+    return next(p for p, x in enumerate(node.inputs) if x is j)
+
+
+def _plan(node):
+    """``(wrt, derived)``: the input positions to differentiate, and those to
+    rebuild from the others (a non-leaf input whose own inputs are all inputs of
+    ``node``, that the op's VJP gives no gradient or whose op requires the
+    structure, as ``lrn_normalize`` does). None: not checkable."""
+    op = node.op
+    if op.is_random or not op.differentiable or node.dtype.kind != "f" or not node.inputs:
+        return None
+    inputs = node.inputs
+    candidates = [k for k, i in enumerate(inputs) if i.dtype.kind == "f" and i.kind not in LEAF and i.inputs
+                  and all(any(j is x for x in inputs) for j in i.inputs)]
+    for rebuilt in ([], candidates):
+        try:
+            probe = [gd.placeholder(tuple(1 if d is None else d for d in i.shape), i.dtype) for i in inputs]
+            for k in rebuilt:
+                probe[k] = apply(inputs[k].op, [probe[_position(node, j)] for j in inputs[k].inputs])
+            y = apply(op, probe)
+            rule = op.vjp(y, gd.placeholder(y.shape, y.dtype), [True] * len(probe))
+        except Exception:  # noqa: BLE001 - an op that cannot be rebuilt alone is not checked
+            continue
+        wrt = [k for k, (i, r) in enumerate(zip(inputs, rule))
+               if i.dtype.kind == "f" and i.kind != "constant" and k not in rebuilt and r is not None]
+        derived = list(rebuilt) + [k for k in candidates if k not in rebuilt and rule[k] is None]
+        return (wrt, derived) if wrt else None
+    return None
+
+
+def check_node(node, values, seed=0, tries=2):
+    """The check of one forward node's VJP (see the module's docstring):
+    ``{"error", "ok", "numeric", "analytic", "wrt" (input names), "tries"}``,
+    or ``{"skipped": why}``."""
+    plan = _plan(node)
+    if plan is None:
+        return {"skipped": "not differentiable here (random, integer or constant inputs)"}
+    wrt, derived = plan
+    if any(id(i) not in values for i in node.inputs):
+        return {"skipped": "no values"}
+    rng = np.random.default_rng([seed, node.id])
+    arrays = []
+    for k, i in enumerate(node.inputs):
+        a = np.asarray(values[id(i)])
+        if a.dtype.kind == "f":
+            a = a.astype(np.float64)
+            if k in wrt and a.size:
+                zeros = a == 0
+                if zeros.any():  # ties and kinks at dead ReLUs: nudged off
+                    a = a.copy()
+                    a[zeros] = (rng.random(int(zeros.sum())) + 1) * TIE_JITTER * _rms(a) \
+                        * rng.choice([-1.0, 1.0], int(zeros.sum()))
+        arrays.append(a)
+    used = [k for k in range(len(arrays)) if k not in derived]
+    xs = {k: gd.placeholder(arrays[k].shape, arrays[k].dtype, name=f"in{k}") for k in used}
+
+    def build(inputs):
+        ins = [inputs.get(k) for k in range(len(arrays))]
+        for k in derived:
+            src = node.inputs[k]
+            ins[k] = apply(src.op, [inputs[_position(node, j)] for j in src.inputs])
+        return apply(node.op, ins)
+
+    y = build(xs)
+    w = gd.placeholder(y.shape, "float64", name="w")
+    grads = gd.grad(gd.sum(y * w), [xs[k] for k in wrt])
+    order = [xs[k] for k in used]
+    forward = gd.compile(y, inputs=order)
+    backward = gd.compile(grads, inputs=order + [w])
+    result = {}
+    for attempt in range(tries):
+        wv = rng.standard_normal(tuple(y.shape))
+        us = {}
+        for k in wrt:
+            u = np.zeros(arrays[k].shape)
+            flat = u.reshape(-1)
+            pick = rng.choice(flat.size, min(SPARSE, flat.size), replace=False)
+            flat[pick] = rng.standard_normal(pick.size)
+            us[k] = u
+        g = backward(*[arrays[k] for k in used], wv)
+        g = g if isinstance(g, (list, tuple)) else [g]
+        eps = {k: EPS * _rms(arrays[k]) for k in wrt}
+        plus = forward(*[arrays[k] + eps[k] * us[k] if k in us else arrays[k] for k in used])
+        minus = forward(*[arrays[k] - eps[k] * us[k] if k in us else arrays[k] for k in used])
+        # each input moves by its own step eps_k u_k: the difference sees sum_k eps_k <VJP_k(w), u_k>
+        analytic = float(sum(eps[k] * np.vdot(np.asarray(gk, np.float64), us[k]) for gk, k in zip(g, wrt))) / EPS
+        numeric = float(np.vdot(wv, np.asarray(plus, np.float64) - np.asarray(minus, np.float64))) / (2 * EPS)
+        denom = max(abs(analytic), abs(numeric))
+        error = abs(analytic - numeric) / denom if denom > 0 else 0.0
+        if not np.isfinite(error):
+            error = float("inf")
+        result = {"error": error, "ok": bool(error <= FAIL_ABOVE), "analytic": analytic, "numeric": numeric,
+                  "wrt": [node.inputs[k].name for k in wrt], "tries": attempt + 1}
+        if result["ok"]:
+            break
+    return result
+
+
+def check_nodes(nodes, values, budget_s=10.0, seed=0):
+    """Checks of ``nodes`` (forward nodes whose VJP the graph used), in order,
+    until ``budget_s`` seconds are spent: ``{id(node): result}``; the nodes
+    past the budget get ``{"skipped": "time budget"}``."""
+    out, start = {}, time.perf_counter()
+    for n in nodes:
+        if time.perf_counter() - start > budget_s:
+            out[id(n)] = {"skipped": f"time budget ({budget_s:g} s) spent"}
+            continue
+        t = time.perf_counter()
+        try:
+            r = check_node(n, values, seed=seed)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run says why, the page is still written
+            r = {"skipped": f"{type(exc).__name__}: {exc}"}
+        r["seconds"] = time.perf_counter() - t
+        out[id(n)] = r
+    return out
