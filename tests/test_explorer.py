@@ -537,8 +537,8 @@ def test_a_gradient_check_on_every_vjp_rule_and_a_wrong_rule_fails(cnn, monkeypa
     rules = {provenance(n)[0].id: provenance(n)[0] for n in nodes if provenance(n)[0] is not None}
     assert set(data["checks"]) == {str(i) for i in rules}
     for i, r in data["checks"].items():
-        assert r["ok"] and r["error"] < 1e-6, (rules[int(i)].name, r)
-        assert r["analytic"] == pytest.approx(r["numeric"], rel=1e-6)
+        assert r["ok"] and r["error"] < 1e-5, (rules[int(i)].name, r)
+        assert r["analytic"] == pytest.approx(r["numeric"], rel=1e-5)
     assert {rules[int(i)].op.name for i in data["checks"]} >= {"conv2d", "relu", "max_pool2d", "matmul",
                                                                 "softmax_cross_entropy", "reshape"}
     # the time budget: past it, nodes are marked as not computed
@@ -553,8 +553,14 @@ def test_a_gradient_check_on_every_vjp_rule_and_a_wrong_rule_fails(cnn, monkeypa
     failed = {ops[int(i)] for i, r in checks.items() if not r.get("ok")}
     assert failed == {"conv2d"}
     # both convolutions: the rule is checked with respect to every float input (conv1's images too)
+    # (each input on its own: the doubled input gradient is off by exactly a half, the weights' rule passes)
     convs = [n for n in gd.toposort(broken["outputs"]) if n.op.name == "conv2d"]
-    assert len(convs) == 2 and all(checks[str(n.id)]["error"] > 0.1 for n in convs)
+    assert len(convs) == 2
+    for n in convs:
+        errors = {i["input"]: i["error"] for i in checks[str(n.id)]["inputs"]}
+        assert errors[n.inputs[0].name] == pytest.approx(0.5, rel=1e-5)
+        assert errors[n.inputs[1].name] < 1e-5
+        assert checks[str(n.id)]["error"] == errors[n.inputs[0].name]
 
 
 def test_a_check_rebuilds_lrn_scale_inside_the_checked_function():
@@ -566,7 +572,7 @@ def test_a_check_rebuilds_lrn_scale_inside_the_checked_function():
     values = {id(x): rng.standard_normal((2, 6, 4, 4)).astype(np.float32)}
     values[id(y.inputs[1])] = gd.compile(y.inputs[1], inputs=[x])(values[id(x)])
     r = check_node(y, values)
-    assert r["ok"] and r["error"] < 1e-6 and r["wrt"] == ["x"]
+    assert r["ok"] and r["error"] < 1e-5 and r["wrt"] == ["x"]
 
 
 def test_the_update_step_equals_one_compiled_sgd_step():

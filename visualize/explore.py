@@ -518,11 +518,18 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
 
 def _json_check(r):
     """A check's result for the page: no infinities (JSON), numbers as floats."""
-    out = dict(r)
-    for k in ("error", "analytic", "numeric", "seconds"):
-        if k in out and not np.isfinite(out[k]):
-            out[k] = None
-            out["ok"] = False if k == "error" else out.get("ok")
+    def clean(d):
+        d = dict(d)
+        for k in ("error", "analytic", "numeric", "seconds"):
+            if k in d and d[k] is not None and not np.isfinite(d[k]):
+                d[k] = None
+        return d
+
+    out = clean(r)
+    if "inputs" in out:
+        out["inputs"] = [clean(i) for i in out["inputs"]]
+    if "error" in out and out["error"] is None:
+        out["ok"] = False
     return out
 
 

@@ -568,7 +568,9 @@
     h += (c.status === "ok" ? "\u2713 passed" : "\u2717 FAILED") + ": relative error <b data-error=\"" + r.error + "\">" + (r.error === null ? "not finite" : r.error.toExponential(2)) + "</b>" +
       " (marked red above " + D.check_fail_above + ")" +
       tex("\\frac{\\lvert \\langle \\mathrm{VJP}(w), u \\rangle - \\langle w, f(x + \\epsilon u) - f(x - \\epsilon u) \\rangle / 2\\epsilon \\rvert}{\\max(\\lvert\\cdot\\rvert, \\lvert\\cdot\\rvert)} = \\frac{\\lvert " + texNum(r.analytic) + " - " + texNum(r.numeric) + " \\rvert}{\\max}", true) +
-      '<div class="gd-hint">float64 central difference of ' + esc(NODE[n.vjp_of !== undefined ? n.vjp_of : n.id].name) + " at this batch along a random direction u (" + esc((r.wrt || []).join(", ")) + "), random cotangent w" + (r.tries > 1 ? "; passed at the second direction" : "") + "</div>";
+      (r.inputs && r.inputs.length > 1 ? '<table class="gd-stats">' + r.inputs.map(function (i) {
+        return "<tr><td>" + esc(i.input) + '</td><td data-input-error="' + i.error + '">' + (i.error === null ? "not finite" : i.error.toExponential(2)) + "</td></tr>"; }).join("") + "</table>" : "") +
+      '<div class="gd-hint">float64 central difference of ' + esc(NODE[n.vjp_of !== undefined ? n.vjp_of : n.id].name) + " at this batch, for each input (" + esc((r.wrt || []).join(", ")) + ") along a random sparse direction u, with a random cotangent w; the largest error counts" + (r.tries > 1 ? " (a second direction was tried)" : "") + "</div>";
     return h + "</div>";
   }
   function updateOf(id) {
