@@ -626,3 +626,31 @@ def test_the_update_step_defaults_to_the_training_commands_settings(cnn):
     defaults = parse_args(["--out", "x"])
     assert data["update"]["lr"] == defaults.lr
     assert (data["update"]["momentum"], data["update"]["weight_decay"]) == (defaults.momentum, defaults.weight_decay)
+
+
+def test_the_lrn_picture_holds_the_refactored_gradient_with_real_numbers():
+    rng = np.random.default_rng(2)
+    x = gd.placeholder((None, 7, 3, 3), name="x")
+    w = gd.variable(np.float32(1.5), name="w")
+    with gd.scope("norm"):
+        y = gd.lrn(x * w, size=3, alpha=0.5, beta=0.75, k=1.0)
+    loss = gd.sum(y * y)
+    (gw,) = gd.grad(loss, [w])
+    feed = {x: rng.standard_normal((2, 7, 3, 3)).astype(np.float32)}
+    data = build_data([loss, gw], feed=feed)
+    node = next(n for n in gd.toposort([loss, gw]) if n.op.name == "lrn_normalize")
+    pic = data["pictures"][str(node.id)]
+    assert pic["kind"] == "lrn" and len(pic["x"]) == 7 and (pic["size"], pic["alpha"], pic["beta"], pic["k"]) == (3, 0.5, 0.75, 1.0)
+    xv = np.asarray(pic["x"])
+    np.testing.assert_allclose(xv, 1.5 * feed[x][0, :, 0, 0], rtol=1e-6)
+    # scale and y from the formula; dx from the refactored gradient, against the lrn_grad node's value
+    sq = np.pad(xv ** 2, 1)
+    np.testing.assert_allclose(pic["scale"], 1.0 + 0.5 * (sq[:-2] + sq[1:-1] + sq[2:]), rtol=1e-5)
+    np.testing.assert_allclose(pic["y"], xv * np.asarray(pic["scale"]) ** -0.75, rtol=1e-5)
+    dy = 2 * np.asarray(pic["y"])  # d(sum y^2)/dy
+    np.testing.assert_allclose(pic["dy"], dy, rtol=1e-5)
+    t = np.pad(dy * np.asarray(pic["y"]) / np.asarray(pic["scale"]), 1)
+    st = t[:-2] + t[1:-1] + t[2:]
+    np.testing.assert_allclose(pic["st"], st, rtol=1e-5)
+    expect = dy * np.asarray(pic["scale"]) ** -0.75 - 2 * 0.5 * 0.75 * xv * st
+    np.testing.assert_allclose(pic["dx"], expect, rtol=1e-4, atol=1e-6)

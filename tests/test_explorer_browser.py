@@ -405,6 +405,14 @@ def test_a_big_graph_without_scopes_opens_collapsed(browser, tmp_path):
 
 
 # --------------------------------------------------------------------------- typeset formulas, checks, the SGD step, strips
+def tex_number(src):
+    """The number after the last ``=`` of a formula as the page writes it
+    (``(-1.234)``, ``5.6\\times 10^{-4}``)."""
+    last = src.rsplit("=", 1)[1].strip().strip("()")
+    mantissa = last.split("\\times 10^{")
+    return float(mantissa[0]) * (10 ** int(mantissa[1].rstrip("}")) if len(mantissa) > 1 else 1)
+
+
 def test_formulas_are_typeset_with_the_selected_elements_numbers(cnn_page, shots):
     cnn, page = cnn_page
     # every formula of the page's table renders with KaTeX (an error would throw)
@@ -433,12 +441,18 @@ def test_formulas_are_typeset_with_the_selected_elements_numbers(cnn_page, shots
     m, k = W.shape[0], dE.shape[0]
     terms = [W[a, b] * dE[2 - a, 1 - b] for a in range(m) for b in range(m) if 0 <= 2 - a < k and 0 <= 1 - b < k]
     assert value == pytest.approx(sum(terms), rel=1e-9, abs=1e-15)
-    last = src.rsplit("=", 1)[1].strip().strip("()")
-    mantissa = last.split("\\times 10^{")
-    number = float(mantissa[0]) * (10 ** int(mantissa[1].rstrip("}")) if len(mantissa) > 1 else 1)
-    assert number == pytest.approx(value, rel=1e-3)
+    assert tex_number(src) == pytest.approx(value, rel=1e-3)
     page.screenshot(path=str(shots / "typeset.png"))
     assert_not_blank(shots / "typeset.png")
+    # ReLU's switch with its numbers: hover element 0 of the picture
+    relu_grad = next(n for n in nodes if n.op.name == "relu_grad" and provenance(n)[0].scope == "conv1")
+    page.evaluate(f"gdExplorer.select({relu_grad.id})")
+    page.hover("table[data-grid='relu'] td[data-k='0']")
+    src = page.get_attribute("#gd-details .gd-formula", "data-tex")
+    pic = page.evaluate(f"gdExplorer.data.pictures[{provenance(relu_grad)[0].id}]")
+    assert src.startswith("y_{0} = \\max(0, ") and "\\operatorname{step}(y_{0})" in src
+    assert ("switch open" in src) == pic["switch"][0]
+    assert page.locator("#gd-details .gd-formula .katex").count() == 1
 
 
 def test_every_backward_node_shows_its_gradient_check(cnn_page):
@@ -551,3 +565,18 @@ def test_collapsed_layers_carry_their_feature_maps_and_labels_are_legible(small_
     # every forward layer with 4-D values has one; the backward boxes none
     strips = set(page.eval_on_selector_all("#gd-nodes g.scope:has(g.gd-strip)", "gs => gs.map(g => g.getAttribute('data-unit'))"))
     assert {"S:conv1|f", "S:pool1|f", "S:conv5|f"} <= strips and not any(s.endswith("|b") for s in strips)
+
+
+def test_lrns_refactored_gradient_typeset_with_a_channels_numbers(small_alexnet_page):
+    explorer, page = small_alexnet_page
+    grad = next(n for n in explorer.data["nodes"] if n["op"] == "lrn_grad" and n["scope"] == "norm1")
+    page.evaluate(f"gdExplorer.reveal({grad['id']}); gdExplorer.select({grad['id']})")
+    assert page.locator("#gd-details .gd-picture[data-kind='lrn']").count() == 1
+    assert page.locator("#gd-step-info .gd-tex, #gd-details .gd-tex[data-tex-op='lrn_grad'] .katex").count() >= 1
+    page.hover("table[data-grid='lrn'] td[data-k='2']")
+    src = page.get_attribute("#gd-details .gd-formula", "data-tex")
+    assert "S^{\\top}" in src and "x_{2}" in src
+    assert page.locator("#gd-details .gd-formula .katex").count() == 1
+    pic = page.evaluate(f"gdExplorer.data.pictures[{grad['vjp_of']}]")
+    assert src.endswith(" \\end{gathered}")
+    assert tex_number(src[:-len(" \\end{gathered}")]) == pytest.approx(pic["dx"][2], rel=1e-3)

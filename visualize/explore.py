@@ -307,6 +307,36 @@ def _pool_picture(node, values, grad_at):
     return pic
 
 
+def _lrn_picture(node, values, grad_at, made_by):
+    """LRN's refactored gradient on real numbers: example 0, pixel (0, 0), the
+    first channels: ``x``, ``scale = k + alpha S(x^2)``, ``y = x scale^-beta``
+    and, with the backward pass, ``dy``, ``S^T(dy y / scale)`` (summed here
+    over all the channels) and ``dx`` (the ``lrn_grad`` node's value), so that
+    ``dx_l = dy_l scale_l^-beta - 2 alpha beta x_l S^T(dy y / scale)_l`` can be
+    read off with its numbers."""
+    x, scale = node.inputs
+    if any(id(t) not in values for t in (x, scale, node)) or len(node.shape) != 4:
+        return None
+    op = node.op
+    X, SC, Y = (values[id(t)][0, :, 0, 0].astype(np.float64) for t in (x, scale, node))
+    channels = X.shape[0]
+    count = min(channels, 8)
+    pic = {"kind": "lrn", "size": int(op.size), "alpha": float(op.alpha), "beta": float(op.beta), "k": float(op.k),
+           "x": [float(v) for v in X[:count]], "scale": [float(v) for v in SC[:count]], "y": [float(v) for v in Y[:count]],
+           "caption": f"{node.name}: example 0, pixel (0, 0), channels 0-{count - 1} of {channels}; "
+                      f"scale_l = k + alpha sum_(q in Nbr(l)) x_q^2 (size {op.size})"}
+    g = grad_at.get(id(node))
+    out = next((b for b in made_by.get(id(node), ()) if b.op.name.endswith("_grad") and g is not None and g in b.inputs), None)
+    if g is not None and out is not None and id(g) in values and id(out) in values:
+        dY = np.broadcast_to(values[id(g)], values[id(node)].shape)[0, :, 0, 0].astype(np.float64)
+        t = dY * Y / SC
+        lo, hi = (op.size - 1) // 2, op.size // 2  # S^T sums the q whose window holds l
+        st = [float(t[max(0, c - lo):min(channels, c + hi + 1)].sum()) for c in range(count)]
+        pic.update(dy=[float(v) for v in dY[:count]], st=st,
+                   dx=[float(v) for v in values[id(out)][0, :count, 0, 0]], dx_node=out.name)
+    return pic
+
+
 # --------------------------------------------------------------------------- memory plan
 def _static_bytes(node, batch):
     n = 1
@@ -480,6 +510,8 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
                 pic = _relu_picture(t, values, grad_at, made_by)
             elif t.op.name == "max_pool2d":
                 pic = _pool_picture(t, values, grad_at)
+            elif t.op.name == "lrn_normalize":
+                pic = _lrn_picture(t, values, grad_at, made_by)
             if pic is not None:
                 pictures[t.id] = pic
 

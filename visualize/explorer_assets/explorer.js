@@ -617,14 +617,20 @@
       if (p.dE) h += "<br>" + grid("dE", p.dE) + grid("dX", p.dX);
       h += '<div class="gd-formula">hover Y<sub>ij</sub>: the inputs it reads; hover dX<sub>ij</sub>: the dE<sub>(i-a)(j-b)</sub> it gathers</div>';
     } else if (p.kind === "relu") {
-      h += '<table class="gd-grid" data-grid="relu"><tr><td>x</td>' + p.x.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
+      h += '<table class="gd-grid" data-grid="relu"><tr><td>x</td>' + p.x.map(function (v, k) { return '<td data-k="' + k + '">' + num(v) + "</td>"; }).join("") + "</tr>";
       h += "<tr><td>switch</td>" + p.switch.map(function (s) { return '<td class="' + (s ? "" : "closed") + '">' + (s ? "open" : "closed") + "</td>"; }).join("") + "</tr>";
       h += "<tr><td>y</td>" + p.y.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
       if (p.g_in) {
         h += "<tr><td>dE/dy</td>" + p.g_in.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
-        h += "<tr><td>dE/dx</td>" + p.g_out.map(function (v, i) { return '<td class="' + (p.switch[i] ? "hl" : "closed") + '">' + num(v) + "</td>"; }).join("") + "</tr>";
+        h += "<tr><td>dE/dx</td>" + p.g_out.map(function (v, i) { return '<td data-k="' + i + '" class="' + (p.switch[i] ? "hl" : "closed") + '">' + num(v) + "</td>"; }).join("") + "</tr>";
       }
-      h += "</table>";
+      h += '</table><div class="gd-formula">hover x<sub>k</sub> or dE/dx<sub>k</sub>: the switch applied to it</div>';
+    } else if (p.kind === "lrn") {
+      var rows = [["channel l", p.x.map(function (v, k) { return k; })], ["x", p.x], ["scale", p.scale], ["y", p.y]];
+      if (p.dx) rows.push(["dE/dy", p.dy], ["S\u1d40(dy\u00b7y/scale)", p.st], ["dE/dx", p.dx]);
+      h += '<table class="gd-grid" data-grid="lrn">' + rows.map(function (r) {
+        return "<tr><td>" + esc(r[0]) + "</td>" + r[1].map(function (v, k) { return '<td data-k="' + k + '">' + (r[0] === "channel l" ? v : num(v)) + "</td>"; }).join("") + "</tr>";
+      }).join("") + '</table><div class="gd-formula">hover a channel: the refactored gradient with its numbers</div>';
     } else if (p.kind === "pool") {
       var maxes = {};
       p.windows.forEach(function (w) { maxes[w.argmax[0] + "," + w.argmax[1]] = 1; });
@@ -665,6 +671,19 @@
       var more = count > terms.length ? " + \\dots" : "";
       setTex(f, "\\partial X_{" + i + j + "} = \\sum_{ab} W_{ab}\\, \\partial E_{(" + i + "-a)(" + j + "-b)} = " + (terms.join(" + ") || "0") + more +
         (terms.length ? " = " + nums.join(" + ") + more : "") + " = " + texNum(P.dX[i][j]));
+    } else if (P.kind === "relu" && td.hasAttribute("data-k")) {
+      var q = +td.getAttribute("data-k"), open = P.switch[q];
+      setTex(f, "y_{" + q + "} = \\max(0, " + texNum(P.x[q]) + ") = " + texNum(P.y[q]) + (P.g_in ? ", \\quad \\frac{\\partial E}{\\partial x_{" + q + "}} = \\partial E_{" + q + "} \\cdot \\operatorname{step}(y_{" + q + "}) = " +
+        texNum(P.g_in[q]) + " \\cdot " + (open ? 1 : 0) + " = " + texNum(P.g_out[q]) + "\\ \\text{(switch " + (open ? "open" : "closed") + ")}" : ""));
+    } else if (P.kind === "lrn" && td.hasAttribute("data-k")) {
+      var l = +td.getAttribute("data-k");
+      pic.querySelectorAll('[data-grid=lrn] td[data-k="' + l + '"]').forEach(function (c) { c.classList.add("hl2"); });
+      var lrnTex = "y_{" + l + "} = x_{" + l + "}\\, \\mathrm{scale}_{" + l + "}^{-\\beta} = " + texNum(P.x[l]) + " \\cdot " + texNum(P.scale[l]) + "^{-" + texNum(P.beta) + "} = " + texNum(P.y[l]);
+      if (P.dx) {
+        lrnTex += " \\\\ \\frac{\\partial E}{\\partial x_{" + l + "}} = \\partial y_{" + l + "}\\, \\mathrm{scale}_{" + l + "}^{-\\beta} - 2 \\alpha \\beta\\, x_{" + l + "}\\, S^{\\top}\\!\\left(\\tfrac{\\partial y \\cdot y}{\\mathrm{scale}}\\right)_{" + l + "} = " +
+          texNum(P.dy[l]) + " \\cdot " + texNum(P.scale[l]) + "^{-" + texNum(P.beta) + "} - 2 \\cdot " + texNum(P.alpha) + " \\cdot " + texNum(P.beta) + " \\cdot " + texNum(P.x[l]) + " \\cdot " + texNum(P.st[l]) + " = " + texNum(P.dx[l]);
+      }
+      setTex(f, "\\begin{gathered} " + lrnTex + " \\end{gathered}");
     } else if (P.kind === "pool") {
       var row = ev.target.closest("tr[data-window]");
       if (!row) return;
