@@ -36,7 +36,7 @@ def main(out=os.path.join(HERE, "explorer.png")):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        tab = browser.new_page(viewport={"width": 1500, "height": 860})
+        tab = browser.new_page(viewport={"width": 1500, "height": 1000})
         tab.goto("file://" + page_path)
         tab.wait_for_selector("body[data-ready='1']")
         tab.select_option("#gd-param", "conv1/w")
@@ -45,6 +45,7 @@ def main(out=os.path.join(HERE, "explorer.png")):
         tab.evaluate("gdExplorer.collapse('conv3')")
         tab.evaluate("gdExplorer.initialView()")
         tab.hover("table[data-grid='dX'] td[data-i='2'][data-j='1']")
+        tab.evaluate("document.getElementById('gd-panel').scrollTop = 1e6")  # the formula below the grids
         tab.screenshot(path=out + ".tmp.png")
         tab.click("#gd-update-btn")
         update = os.path.join(os.path.dirname(out), "explorer_update.png")

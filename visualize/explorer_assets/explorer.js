@@ -567,7 +567,8 @@
     var r = c.c;
     h += (c.status === "ok" ? "\u2713 passed" : "\u2717 FAILED") + ": relative error <b data-error=\"" + r.error + "\">" + (r.error === null ? "not finite" : r.error.toExponential(2)) + "</b>" +
       " (marked red above " + D.check_fail_above + ")" +
-      tex("\\frac{\\lvert \\langle \\mathrm{VJP}(w), u \\rangle - \\langle w, f(x + \\epsilon u) - f(x - \\epsilon u) \\rangle / 2\\epsilon \\rvert}{\\max(\\lvert\\cdot\\rvert, \\lvert\\cdot\\rvert)} = \\frac{\\lvert " + texNum(r.analytic) + " - " + texNum(r.numeric) + " \\rvert}{\\max}", true) +
+      tex("\\begin{gathered} a = \\langle \\mathrm{VJP}(w), u \\rangle = " + texNum(r.analytic) + " \\\\ n = \\frac{\\langle w, f(x + \\epsilon u) - f(x - \\epsilon u) \\rangle}{2 \\epsilon} = " + texNum(r.numeric) +
+        " \\\\ \\frac{\\lvert a - n \\rvert}{\\max(\\lvert a \\rvert, \\lvert n \\rvert)} = " + (r.error === null ? "\\infty" : texNum(r.error)) + " \\end{gathered}", true) +
       (r.inputs && r.inputs.length > 1 ? '<table class="gd-stats">' + r.inputs.map(function (i) {
         return "<tr><td>" + esc(i.input) + '</td><td data-input-error="' + i.error + '">' + (i.error === null ? "not finite" : i.error.toExponential(2)) + "</td></tr>"; }).join("") + "</table>" : "") +
       '<div class="gd-hint">float64 central difference of ' + esc(NODE[n.vjp_of !== undefined ? n.vjp_of : n.id].name) + " at this batch, for each input (" + esc((r.wrt || []).join(", ")) + ") along a random sparse direction u, with a random cotangent w; the largest error counts" + (r.tries > 1 ? " (a second direction was tried)" : "") + "</div>";
