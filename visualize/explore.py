@@ -53,7 +53,7 @@ HIST_SAMPLE = 1 << 20  # histograms of bigger arrays take every k-th element
 THUMB_MAPS = 8      # feature maps / filters per 4-D value
 THUMB_SIDE = 32     # pixels (a bigger map is subsampled)
 #: seconds the gradient checks may take when the page is written (the rest are marked "not computed")
-CHECK_SECONDS = 10.0
+CHECK_SECONDS = 5.0
 
 
 # --------------------------------------------------------------------------- values
@@ -529,8 +529,9 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
     if values and check_seconds:
         # the VJP rules the backward pass used, in the order it runs them (from the loss down)
         checked = [t for t in reversed(nodes) if t.kind == "forward" and id(t) in made_by]
-        for t, r in zip(checked, check_nodes(checked, values, budget_s=check_seconds).values()):
-            checks[str(t.id)] = _json_check(r)
+        results = check_nodes(checked, values, budget_s=check_seconds)
+        for t in checked:
+            checks[str(t.id)] = _json_check(results[id(t)])
     update = _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training) \
         if values else None
 
