@@ -53,7 +53,7 @@ HIST_SAMPLE = 1 << 20  # histograms of bigger arrays take every k-th element
 THUMB_MAPS = 8      # feature maps / filters per 4-D value
 THUMB_SIDE = 32     # pixels (a bigger map is subsampled)
 #: seconds the gradient checks may take when the page is written (the rest are marked "not computed")
-CHECK_SECONDS = 5.0
+CHECK_SECONDS = 3.0
 
 
 # --------------------------------------------------------------------------- values
@@ -532,8 +532,8 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
         results = check_nodes(checked, values, budget_s=check_seconds)
         for t in checked:
             checks[str(t.id)] = _json_check(results[id(t)])
-    update = _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training) \
-        if values else None
+    update = _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training,
+                          {i: r["stats"] for i, r in records.items() if "stats" in r}) if values else None
 
     program_data = _program_data(program, records, feed) if program is not None else None  # adds records
     data = {"title": title or "graphdiff explorer", "nodes": list(records.values()),
@@ -566,7 +566,7 @@ def _json_check(r):
     return out
 
 
-def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training):
+def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training, records_stats):
     """One SGD step on the batch shown (see :mod:`visualize.update_step`): per
     parameter ``w``, ``w'`` and ``v`` with statistics, filter thumbnails and
     the ratio ``||v|| / ||w||``; the loss before and after."""
@@ -582,7 +582,8 @@ def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_gr
         w = values[id(p)]
         v, after = sgd_step(w, values[id(g)], v_prev, lr, momentum, decay)
         new_values[p] = after
-        before_st, after_st, v_st = value_stats(w), value_stats(after), value_stats(v)
+        before_st = records_stats.get(p.id) or value_stats(w)  # the variable's own, already computed
+        after_st, v_st = value_stats(after), value_stats(v)
         row = {"name": p.name, "id": p.id, "grad": g.id, "before": before_st, "after": after_st, "v": v_st,
                "ratio": (v_st.get("norm", 0.0) / before_st["norm"]) if before_st.get("norm") else None,
                "momentum_buffer": v_prev is not None}

@@ -170,7 +170,7 @@ def check_node(node, values, seed=0, tries=2):
             "inputs": [per_input[k] for k in wrt], "tries": max(r["tries"] for r in per_input.values())}
 
 
-def check_nodes(nodes, values, budget_s=5.0, seed=0):
+def check_nodes(nodes, values, budget_s=3.0, seed=0):
     """Checks of ``nodes`` (forward nodes whose VJP the graph used), cheapest
     first, until ``budget_s`` seconds are spent: ``{id(node): result}`` in the
     order of ``nodes``; the nodes past the budget get ``{"skipped": "time budget ..."}``."""

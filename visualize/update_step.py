@@ -50,9 +50,12 @@ def sgd_settings(sgd=None):
 def sgd_step(w, g, v_prev, lr, momentum, weight_decay):
     """``(v, w')`` of one step, in the parameter's dtype as the compiled step computes it."""
     w = np.asarray(w)
-    g = np.asarray(g, dtype=w.dtype)
-    v_prev = np.zeros_like(w) if v_prev is None else np.asarray(v_prev, dtype=w.dtype)
-    v = v_prev * w.dtype.type(momentum) - w.dtype.type(lr) * (w * w.dtype.type(weight_decay) + g)
+    t = w.dtype.type
+    v = np.multiply(w, t(weight_decay))  # in place from here: AlexNet's fc6 has 38 M weights
+    v += np.asarray(g, dtype=w.dtype)
+    v *= -t(lr)
+    if v_prev is not None:
+        v += np.asarray(v_prev, dtype=w.dtype) * t(momentum)
     return v, w + v
 
 
