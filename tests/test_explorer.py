@@ -654,3 +654,27 @@ def test_the_lrn_picture_holds_the_refactored_gradient_with_real_numbers():
     np.testing.assert_allclose(pic["st"], st, rtol=1e-5)
     expect = dy * np.asarray(pic["scale"]) ** -0.75 - 2 * 0.5 * 0.75 * xv * st
     np.testing.assert_allclose(pic["dx"], expect, rtol=1e-4, atol=1e-6)
+
+
+def test_vendoring_katex_inlines_the_kept_fonts(tmp_path):
+    import base64
+
+    from visualize.vendor_katex import vendor
+
+    pkg = tmp_path / "package"
+    (pkg / "dist" / "fonts").mkdir(parents=True)
+    (pkg / "package.json").write_text('{"version": "9.9.9"}')
+    (pkg / "LICENSE").write_text("MIT")
+    (pkg / "dist" / "katex.min.js").write_text("var katex={};")
+    for name in ("KaTeX_Main-Regular", "KaTeX_Script-Regular"):
+        (pkg / "dist" / "fonts" / f"{name}.woff2").write_bytes(name.encode())
+    face = ('@font-face{{font-family:{f};src:url(fonts/{n}.woff2) format("woff2"),url(fonts/{n}.woff) format("woff")}}')
+    (pkg / "dist" / "katex.min.css").write_text(face.format(f="KaTeX_Main", n="KaTeX_Main-Regular")
+                                                + face.format(f="KaTeX_Script", n="KaTeX_Script-Regular") + ".katex{x:1}")
+    out = tmp_path / "out"
+    assert vendor(str(pkg), str(out)) == "9.9.9"
+    css = (out / "katex.css").read_text()
+    data = base64.b64encode(b"KaTeX_Main-Regular").decode()
+    assert f'src:url(data:font/woff2;base64,{data}) format("woff2")' in css
+    assert "KaTeX_Script" not in css and "url(fonts/" not in css and ".katex{x:1}" in css
+    assert (out / "katex.min.js").read_text() == "var katex={};" and (out / "LICENSE").read_text() == "MIT"

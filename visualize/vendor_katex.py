@@ -22,13 +22,14 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer_assets
 DROPPED = ("Caligraphic", "Fraktur", "Script", "SansSerif", "Typewriter")
 
 
-def vendor(package):
+def vendor(package, out=HERE):
+    """Copy KaTeX from the npm ``package`` folder into ``out``; returns its version."""
     dist = os.path.join(package, "dist")
     with open(os.path.join(package, "package.json"), encoding="utf-8") as f:
         version = json.load(f)["version"]
-    os.makedirs(HERE, exist_ok=True)
-    shutil.copy(os.path.join(dist, "katex.min.js"), os.path.join(HERE, "katex.min.js"))
-    shutil.copy(os.path.join(package, "LICENSE"), os.path.join(HERE, "LICENSE"))
+    os.makedirs(out, exist_ok=True)
+    shutil.copy(os.path.join(dist, "katex.min.js"), os.path.join(out, "katex.min.js"))
+    shutil.copy(os.path.join(package, "LICENSE"), os.path.join(out, "LICENSE"))
     with open(os.path.join(dist, "katex.min.css"), encoding="utf-8") as f:
         css = f.read()
 
@@ -42,9 +43,9 @@ def vendor(package):
         return re.sub(r"src:[^;}]*", f'src:url(data:font/woff2;base64,{data}) format("woff2")', rule)
 
     css = re.sub(r"@font-face\{[^}]*\}", face, css)
-    with open(os.path.join(HERE, "katex.css"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "katex.css"), "w", encoding="utf-8") as f:
         f.write(f"/* KaTeX {version} (MIT, see LICENSE): katex.min.css, woff2 fonts inlined */\n{css}\n")
-    with open(os.path.join(HERE, "VERSION"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "VERSION"), "w", encoding="utf-8") as f:
         f.write(version + "\n")
     return version
 
