@@ -597,6 +597,11 @@ def test_the_update_step_equals_one_compiled_sgd_step():
                 assert r[key]["norm"] == pytest.approx(np.linalg.norm(a), rel=1e-4), (name, key)
                 assert r[key]["max"] == pytest.approx(a.max(), rel=1e-4, abs=1e-9), (name, key)
             assert r["ratio"] == pytest.approx(np.linalg.norm(v) / np.linalg.norm(before[name]), rel=1e-4)
+            nonzero = (before[name] != 0) & (v != 0)
+            if nonzero.any():
+                logs = np.log10(np.abs(v[nonzero]) / np.abs(before[name][nonzero]))
+                assert r["log_ratio"]["mean"] == pytest.approx(logs.mean(), rel=1e-4, abs=1e-5), name
+                assert sum(r["log_ratio"]["hist"]) == logs.size
         after = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]])(*feed.values())
         assert data["update"]["loss_after"] == pytest.approx(float(after), rel=1e-5)
 

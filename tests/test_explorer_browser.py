@@ -517,6 +517,7 @@ def test_take_one_step_shows_every_parameter_before_and_after(cnn_page, shots):
     for key in ("before", "after", "v"):
         assert part.locator(f".gd-update-part[data-part='{key}'] img.gd-hist").count() == 1
         assert part.locator(f".gd-update-part[data-part='{key}'] .gd-thumbs img").count() == 4  # conv1's 4 filters
+    assert part.locator(".gd-update-part[data-part='ratio'] img.gd-hist").count() == 1
     w = cnn["params"]["conv1/w"].value.astype(np.float64)
     row = next(r for r in update["params"] if r["name"] == "conv1/w")
     assert row["before"]["norm"] == pytest.approx(np.linalg.norm(w), rel=1e-5)

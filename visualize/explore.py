@@ -587,6 +587,13 @@ def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_gr
         row = {"name": p.name, "id": p.id, "grad": g.id, "before": before_st, "after": after_st, "v": v_st,
                "ratio": (v_st.get("norm", 0.0) / before_st["norm"]) if before_st.get("norm") else None,
                "momentum_buffer": v_prev is not None}
+        # the ratio weight by weight, log10 |v| / |w| (every k-th weight of a big one, as the histograms)
+        step = max(1, -(-w.size // HIST_SAMPLE))
+        ws, vs = np.abs(w.reshape(-1)[::step]).astype(np.float64), np.abs(v.reshape(-1)[::step]).astype(np.float64)
+        keep = (ws > 0) & (vs > 0)
+        if keep.any():
+            row["log_ratio"] = value_stats(np.log10(vs[keep] / ws[keep]))
+            row["log_ratio"]["hist_step"] = step
         for key, a in (("before", w), ("after", after), ("v", v)):
             th = _thumbnails(a, True)
             if th is not None:

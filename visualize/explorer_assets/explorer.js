@@ -588,6 +588,10 @@
       h += '<div class="gd-update-part" data-part="' + k[0] + '"><b>' + k[1] + "</b> " + '<span class="gd-hint">mean ' + num(u[k[0]].mean) + ", std " + num(u[k[0]].std) + ", norm " + num(u[k[0]].norm) + "</span>" +
         histogram(u[k[0]]) + (u["thumbs_" + k[0]] ? thumbs(u["thumbs_" + k[0]]) : "") + "</div>";
     });
+    if (u.log_ratio) {
+      h += '<div class="gd-update-part" data-part="ratio"><b>update/weight ratio, weight by weight</b> ' + tex("\\log_{10} \\lvert v_i \\rvert / \\lvert w_i \\rvert") +
+         ' <span class="gd-hint">mean ' + num(u.log_ratio.mean) + ": a geometric mean ratio of " + num(Math.pow(10, u.log_ratio.mean)) + "</span>" + histogram(u.log_ratio) + "</div>";
+    }
     return h + '<div class="gd-hint">' + esc(U.source) + (u.momentum_buffer ? ", its momentum buffer" : ", momentum buffer zero (a first step)") + "</div></div>";
   }
   function select(id) {
