@@ -471,7 +471,7 @@ def test_every_backward_node_shows_its_gradient_check(cnn_page):
     gw = next(n for n in nodes.values() if n.op.name == "conv2d_grad_weight")
     page.evaluate(f"gdExplorer.select({gw.id})")
     box = page.locator("#gd-details .gd-checkbox[data-check='ok']")
-    assert box.count() == 1 and float(box.locator("[data-error]").get_attribute("data-error")) < 1e-5
+    assert box.count() == 1 and float(box.locator("[data-error]").get_attribute("data-error")) < 1e-4
     assert box.locator(".katex").count() == 1
 
 

@@ -35,7 +35,7 @@ from graphdiff.graph import apply
 #: a relative error above this marks the node red
 FAIL_ABOVE = 1e-3
 SPARSE = 32          # elements of each input the direction moves
-EPS = 1e-8           # step, relative to the input's RMS
+EPS = 1e-7           # step, relative to the input's RMS
 TIE_JITTER = 1e-2    # exact zeros become +-(1..2) * this * RMS
 RELATIVE_JITTER = 1e-4  # every other element is scaled by 1 + this * N(0, 1)
 LEAF = ("placeholder", "variable", "constant")
