@@ -13,11 +13,12 @@ elements)::
 The node's error is the largest over its inputs.
 
 The inputs are cast to float64 (integer inputs, e.g. labels, are kept and
-not differentiated). Ties and kinks are nudged off: exact zeros (dead ReLUs
-feeding a max pool) by ``TIE_JITTER`` of the input's RMS, every other
-element by a relative ``RELATIVE_JITTER`` (an upsampled image repeats
-values: equal inputs of one max), so that no difference straddles a kink; the direction is sparse so that the few
-elements it moves are unlikely to cross one. An input the op's VJP leaves
+not differentiated). Ties and kinks are nudged off the activations (not the
+weights: nothing takes a max over them): exact zeros (dead ReLUs feeding a
+max pool) by ``TIE_JITTER`` of the input's RMS, every other element by a
+relative ``RELATIVE_JITTER`` (an upsampled image repeats values: equal
+inputs of one max), so that no difference straddles a kink; the direction is
+sparse so that the few elements it moves are unlikely to cross one. An input the op's VJP leaves
 to another path (LRN's ``scale``, a function of ``x``: ``lrn_normalize``'s
 VJP wrt ``x`` is the whole derivative) is rebuilt from the others inside
 the checked function. A check that fails is tried once more at a fresh
@@ -50,9 +51,14 @@ def _positions(rng, size):
     return rng.permutation(pick)[:SPARSE]
 
 
-def _rms(a):
+def _sumsq(a):
     a = np.asarray(a, np.float64).reshape(-1)
-    r = float(np.sqrt(np.dot(a, a) / a.size)) if a.size else 0.0
+    return float(np.einsum("i,i->", a, a))  # not BLAS: its threads crawl on a loaded machine
+
+
+def _rms(a):
+    a = np.asarray(a)
+    r = float(np.sqrt(_sumsq(a) / a.size)) if a.size else 0.0
     return r if r > 0 and np.isfinite(r) else 1.0
 
 
@@ -156,7 +162,7 @@ def check_node(node, values, seed=0, tries=2):
             numeric = float(np.vdot(wv, plus - minus)) / (2 * eps)
             # the floor: where the rule gives exact zeros at the moved elements (max pooling's unchosen
             # inputs), rounding noise in the difference must not count as a relative error of 1
-            floor = 1e-6 * float(np.linalg.norm(gk)) * float(np.linalg.norm(u))
+            floor = 1e-6 * float(np.sqrt(_sumsq(gk) * _sumsq(u)))
             denom = max(abs(analytic), abs(numeric), floor)
             error = abs(analytic - numeric) / denom if denom > 0 else 0.0
             per_input[k] = {"input": node.inputs[k].name, "error": error if np.isfinite(error) else float("inf"),
