@@ -92,13 +92,17 @@ def link_pages(nb):
     return nb
 
 
+#: wide diagrams (the pseudo-graphs, AlexNet both ways) shrink to the page's width instead of being cut off
+PAGE_STYLE = "<style>.jp-OutputArea-output svg, .jp-OutputArea-output img { max-width: 100%; height: auto; }</style>"
+
+
 def to_html(nb):
     """One self-contained HTML page of an executed notebook (nbconvert's
-    ``lab`` template; images inlined)."""
+    ``lab`` template; images inlined; wide diagrams fitted to the page)."""
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(link_pages(nb))
-    return body
+    return body.replace("</head>", PAGE_STYLE + "\n</head>", 1)
 
 
 def title_of(nb):

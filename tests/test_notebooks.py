@@ -100,7 +100,7 @@ def test_pages_render_with_links_between_them(executed, tmp_path):
         nb = executed[name]
         assert not isinstance(nb, Exception), nb
         page = build.to_html(nb)
-        assert "<html" in page and build.title_of(nb) in page
+        assert "<html" in page and build.title_of(nb) in page and build.PAGE_STYLE in page
         links = set(re.findall(r'href="(\d\d-[\w-]+\.html)"', page))
         assert links and links <= {n.replace(".md", ".html") for n in NAMES}, (name, links)
         assert ".md\"" not in page, "links to sources became links to pages"
