@@ -581,3 +581,30 @@ def test_lrns_refactored_gradient_typeset_with_a_channels_numbers(small_alexnet_
     pic = page.evaluate(f"gdExplorer.data.pictures[{grad['vjp_of']}]")
     assert src.endswith(" \\end{gathered}")
     assert tex_number(src[:-len(" \\end{gathered}")]) == pytest.approx(pic["dx"][2], rel=1e-3)
+
+
+def test_a_page_shown_after_loading_hidden_takes_its_initial_view(browser, tmp_path):
+    """A page in a frame that has no size when it loads (a notebook's output rendered
+    hidden, then shown: nbconvert's pages) fits once it is shown, not at the smallest zoom."""
+    cnn = small_cnn()
+    frame_html = vz.explore(cnn["outputs"], feed=cnn["feed"], params=cnn["params"])._repr_html_()
+    (tmp_path / "host.html").write_text(f'<!DOCTYPE html><html><body><div id="box" style="display:none">{frame_html}'
+                                        '</div></body></html>')
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto("file://" + str(tmp_path / "host.html"))
+    frame = page.frame_locator("iframe")
+    frame.locator("body[data-ready='1']").wait_for(state="attached", timeout=30000)
+    page.evaluate("document.getElementById('box').style.display = 'block'")
+
+    seen = """() => { const c = document.getElementById('gd-canvas').getBoundingClientRect();
+        return [...document.querySelectorAll('#gd-nodes g.unit')].filter(g => { const r = g.getBoundingClientRect();
+            return r.width > 0 && r.bottom > c.top && r.top < c.bottom && r.right > c.left && r.left < c.right; }).length; }"""
+    inner = next(f for f in page.frames if f != page.main_frame)
+    units = inner.evaluate("document.querySelectorAll('#gd-nodes g.unit').length")
+    deadline = time.perf_counter() + 10
+    while inner.evaluate(seen) < units and time.perf_counter() < deadline:
+        page.wait_for_timeout(50)
+    assert units > 3 and inner.evaluate(seen) == units  # every box in view
+    scale = float(frame.locator("#gd-viewport").get_attribute("transform").split("scale(")[1].rstrip(")"))
+    assert scale > 0.2
+    page.close()

@@ -405,15 +405,30 @@
   }
   // the view a page opens with: everything where it fits at a legible size; else the inputs and
   // the first layers (the bottom, left) at the smallest legible zoom (labels 12 px and up)
-  var READABLE_K = 0.92;
+  var READABLE_K = 0.92, userMoved = false;
   function initialView() {
+    var box = $("gd-canvas").getBoundingClientRect();
+    if (!box.width || !box.height) { whenSized(initialView); return; }
     fit();
-    var L = S.layout, box = $("gd-canvas").getBoundingClientRect();
+    var L = S.layout;
     if (!L || !L.width || S.k >= READABLE_K) return;
     S.k = READABLE_K;
     S.tx = L.width * S.k <= box.width ? (box.width - L.width * S.k) / 2 : 10;
     S.ty = box.height - L.height * S.k - 10;
     applyTransform();
+  }
+  // a page shown in a frame that has no size yet (a notebook output rendered hidden, a
+  // collapsed tab) would fit into nothing, at the smallest zoom: it takes its initial view
+  // once it has a size, unless the reader has panned or zoomed by then
+  function whenSized(then) {
+    if (typeof ResizeObserver === "undefined") return;
+    var canvas = $("gd-canvas"), watch = new ResizeObserver(function () {
+      var b = canvas.getBoundingClientRect();
+      if (!b.width || !b.height) return;
+      watch.disconnect();
+      if (!userMoved) then();
+    });
+    watch.observe(canvas);
   }
   api.fit = fit; api.initialView = initialView;
   function centerOn(id) {
@@ -427,13 +442,13 @@
   (function () {
     var canvas = $("gd-canvas"), drag = null;
     canvas.addEventListener("wheel", function (ev) {
-      ev.preventDefault();
+      ev.preventDefault(); userMoved = true;
       var box = canvas.getBoundingClientRect(), mx = ev.clientX - box.left, my = ev.clientY - box.top;
       var f = Math.exp(-ev.deltaY * 0.0015), k = Math.max(0.03, Math.min(4, S.k * f));
       S.tx = mx - (mx - S.tx) * k / S.k; S.ty = my - (my - S.ty) * k / S.k; S.k = k;
       applyTransform();
     }, { passive: false });
-    canvas.addEventListener("mousedown", function (ev) { drag = { x: ev.clientX, y: ev.clientY, tx: S.tx, ty: S.ty, moved: false }; });
+    canvas.addEventListener("mousedown", function (ev) { userMoved = true; drag = { x: ev.clientX, y: ev.clientY, tx: S.tx, ty: S.ty, moved: false }; });
     window.addEventListener("mousemove", function (ev) {
       if (!drag) return;
       var dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
