@@ -103,7 +103,7 @@ def decode(path: str, size: int = DEFAULT_SIZE) -> np.ndarray:
             # still >= size (a no-op for other formats).
             im.draft("RGB", (size, size))
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # (not in place: a copy, even when upright)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 # 16-bit grey: convert("L") would clip at 255 (all white).
                 wide = np.asarray(im).astype(np.int64)
@@ -298,19 +298,22 @@ class _Stats:
 
     @staticmethod
     def of(images: np.ndarray, good) -> tuple:
-        """Sums over ``images[good]`` (uint8 NHWC): (pixel_sum, rgb_sum, rgb_outer, count)."""
+        """Sums over ``images[good]`` (uint8 NHWC): (pixel_sum, rgb_sum, rgb_outer, count).
+        The per-pixel sum is exact (uint32: up to 16 million images per call);
+        the 3x3 ``sum x x^T`` is one float64 ``X X^T`` per image, X the three
+        colour planes as rows."""
         size = images.shape[1]
-        pixel_sum = np.zeros((size, size, 3), np.float64)
-        rgb_sum = np.zeros(3, np.float64)
+        acc = np.zeros((size, size, 3), np.uint32)
         rgb_outer = np.zeros((3, 3), np.float64)
+        planes = np.empty((3, size * size), np.float64)
         count = 0
         for j in np.flatnonzero(good):
-            x = images[j].reshape(-1, 3).astype(np.float64)
-            pixel_sum += images[j]
-            rgb_sum += x.sum(axis=0)
-            rgb_outer += x.T @ x
+            acc += images[j]
+            planes[...] = images[j].reshape(-1, 3).T
+            rgb_outer += planes @ planes.T
             count += 1
-        return pixel_sum, rgb_sum, rgb_outer, count
+        pixel_sum = acc.astype(np.float64)
+        return pixel_sum, pixel_sum.sum(axis=(0, 1)), rgb_outer, count
 
     def add(self, chunk: int, sums) -> None:
         if self.done[chunk]:
