@@ -299,3 +299,64 @@ def test_top_k_errors_match_a_naive_count():
     assert ms.top_k_errors(np.eye(3), [1, 2, 0], ks=(1, 2))[1] == 1.0
     with pytest.raises(ValueError, match="labels"):
         ms.top_k_errors(np.eye(3), [0, 1, 3])
+
+
+def small_step(classes):
+    """A convolution, a dense layer, softmax cross-entropy and an SGD update,
+    compiled for the CuPy backend: a training step in miniature."""
+    import graphdiff as gd
+
+    rng = np.random.default_rng(0)
+    x = gd.placeholder((None, 3, CROP, CROP), name="x")
+    t = gd.placeholder((None,), dtype="int64", name="labels")
+    w = gd.variable(rng.standard_normal((4, 3, 8, 8)).astype(np.float32) * 0.1, name="w")
+    side = (CROP - 8) // 8 + 1
+    v = gd.variable(rng.standard_normal((4 * side * side, classes)).astype(np.float32) * 0.1,
+                    name="v")
+    h = gd.reshape(gd.relu(gd.conv2d(x, w, stride=8)), (-1, 4 * side * side))
+    loss = gd.softmax_cross_entropy(gd.matmul(h, v), t)
+    gw, gv = gd.grad(loss, [w, v])
+    return gd.compile([loss], inputs=[x, t], updates=[(w, w - 0.01 * gw), (v, v - 0.01 * gv)],
+                      backend="cupy")
+
+
+def test_cupy_upload_adds_no_synchronization_to_the_step(pk, cupy_standin_module):
+    import cupy_standin
+
+    cupy = cupy_standin_module
+    step = small_step(len(pk.class_names))
+    tr = pk.split("train")
+    aug = ms.Augment(crop=CROP)
+    host = collect(ms.BatchStream(tr, 4, seed=3, epoch=0, augment=aug))
+    step(*host[0])  # the first step allocates; count the others
+    ledger = cupy_standin.ledger()
+    ledger.reset()
+    for x, y in host:  # the baseline: batches fed from host memory
+        step(x, y)
+    baseline = ledger.sites_of("sync")
+    ledger.reset()
+    seen = []
+    with ms.BatchStream(tr, 4, seed=3, epoch=0, augment=aug, workers=2, prefetch=2,
+                        backend_upload="cupy") as s:
+        assert len(s.backend_upload._slots) == 4
+        for x, y in s:
+            assert isinstance(x, cupy.ndarray) and isinstance(y, np.ndarray)
+            step(x, y)
+            ledger.enabled = False  # the test's own read-back is not the step's
+            seen.append(x.get())
+            ledger.enabled = True
+    assert len(seen) == 15
+    for got, (want, _) in zip(seen, host):
+        assert (got == want).all()
+    syncs = ledger.sites_of("sync")
+    # the step waits exactly as before; the only new waits are the workers'
+    # (a slot reused once the GPU has read it)
+    theirs = {k: c for k, c in syncs.items() if not k.startswith("models/stream.py")}
+    assert theirs == dict(baseline)
+    assert all(k.endswith("(__call__)") for k in syncs if k not in theirs)  # in the workers
+    assert sum(syncs.values()) > sum(baseline.values())
+    uploads = [(site, a["bytes"]) for kind, site, a in ledger.events if kind == "h2d"]
+    images = [u for u in uploads if u[0].startswith("models/stream.py")]
+    assert len(images) == 15 and all(b == host[0][0].nbytes for _, b in images)
+    assert [b for site, b in uploads if not site.startswith("models/stream.py")] == \
+        [host[0][1].nbytes] * 15  # the labels, uploaded by the step as before
