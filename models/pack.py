@@ -606,10 +606,18 @@ def _finish(out_path: str, plan: dict, done: dict, stats: _Stats) -> dict:
             finally:
                 os.close(fd)
             lab = lab[:count]
-            images = np.memmap(path, np.uint8, "r", shape=(n, size, size, 3))
-            digests[s] = [hashlib.sha256(images[lo:min(count, lo + chunk)]).hexdigest()
-                          for lo in range(0, count, chunk)]
-            del images
+            # New checksums for the chunks that changed: those with a filled
+            # slot, and the last one (now shorter); the split may also have
+            # lost whole chunks at its end.
+            n_chunks = -(-count // chunk)
+            changed = {h // chunk for h in holes} | ({n_chunks - 1} if count else set())
+            digests[s] = digests[s][:n_chunks]
+            if count:
+                images = np.memmap(path, np.uint8, "r", shape=(n, size, size, 3))
+                for k in sorted(changed):
+                    digests[s][k] = hashlib.sha256(
+                        images[k * chunk:min(count, (k + 1) * chunk)]).hexdigest()
+                del images
         labels[s] = lab
     mean, eigval, eigvec = stats.finish()
     meta = _npz_bytes(train_labels=labels["train"], val_labels=labels["val"],
