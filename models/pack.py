@@ -500,6 +500,12 @@ def pack(src_dir, out_path, size: int = DEFAULT_SIZE, workers: Optional[int] = N
             raise PackError(f"{out_path}: holds an unfinished pack of {plan.get('source')} at "
                             f"size {plan.get('size')}; choose another --out or remove it")
         chunk = int(plan["chunk"])
+        for s in SPLITS:
+            file = os.path.join(out_path, f"{s}.u8")
+            need = len(plan["splits"][s]["paths"]) * size * size * 3
+            if not os.path.isfile(file) or os.path.getsize(file) != need:
+                raise PackError(f"{out_path}: unfinished pack whose {s}.u8 is missing or of the "
+                                "wrong size; remove the folder and pack again")
     else:
         if os.path.isdir(out_path) and os.listdir(out_path):
             raise PackError(f"{out_path}: a folder that is not a pack is in the way")
@@ -876,8 +882,12 @@ def main(argv=None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the pack's folder: no space left, no permission, ...
+        print(f"error: {a.out}: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"error: interrupted; run the same command again to continue", file=sys.stderr)
+        print("error: interrupted; run the same command again to continue", file=sys.stderr)
         return 2
     line = (f"{s['path']}: {s['train']:,} training and {s['val']:,} validation images, "
             f"{s['classes']} classes")

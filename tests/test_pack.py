@@ -340,9 +340,28 @@ def test_kill_9_mid_pack_then_rerun_finishes_the_same_pack(tmp_path):
     assert sorted(os.listdir(out)) == ["manifest.json", "meta.npz", "train.u8", "val.u8"]
 
 
+def test_a_damaged_unfinished_pack_is_refused(tmp_path):
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=2, val_per_class=1,
+                     around=(40, 30), quirks=False, faults=["zero"])
+    out = str(tmp_path / "p")
+    with pytest.raises(mp.PackError, match="empty"):  # stops: an unfinished pack
+        mp.pack(tree.root, out, size=32, workers=1, progress=False)
+    os.remove(os.path.join(out, "val.u8"))
+    r = run_cli(tree.root, "--out", out, "--size", "32", "--workers", "1", "--skip-bad")
+    assert r.returncode == 2 and "val.u8 is missing" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_cli_errors_are_one_line(tmp_path):
     r = run_cli(str(tmp_path / "nowhere"), "--out", str(tmp_path / "p"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a directory" in r.stderr
     r = run_cli(str(tmp_path), "--out", str(tmp_path / "p"), "--size", "abc")
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    assert len(r.stderr.strip().splitlines()) == 1
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=1, val_per_class=1,
+                     around=(40, 30), quirks=False)
+    (tmp_path / "file").write_text("a file, not a folder")
+    r = run_cli(tree.root, "--out", str(tmp_path / "file" / "p"), "--workers", "1", "--quiet")
+    assert "Not a directory" in r.stderr  # an OSError: one line too
     assert r.returncode == 2 and r.stderr.startswith("error: ")
     assert len(r.stderr.strip().splitlines()) == 1
