@@ -365,3 +365,18 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Not a directory" in r.stderr  # an OSError: one line too
     assert r.returncode == 2 and r.stderr.startswith("error: ")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_tree_generator_command(tmp_path, capsys):
+    from models import imagenet_tree
+
+    assert imagenet_tree.main([str(tmp_path / "t"), "--classes", "5", "--train", "2", "--val",
+                               "1", "--layout", "ilsvrc-folders"]) == 0
+    assert "10 training and 5 validation images, 5 classes" in capsys.readouterr().out
+    found = mp.scan(str(tmp_path / "t"))
+    assert len(found["train"]) == 10 and len(found["val"]) == 5
+    sizes = [Image.open(p).size for p, _ in found["train"] + found["val"]]
+    assert len(set(sizes)) > 5 and 300 < np.mean([w for w, _ in sizes]) < 700  # around 500x375
+    with pytest.raises(SystemExit) as stop:
+        imagenet_tree.main([str(tmp_path / "u"), "--classes", "2"])
+    assert stop.value.code == 2 and "quirks need" in capsys.readouterr().err
