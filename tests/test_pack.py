@@ -375,7 +375,10 @@ def test_the_tree_generator_command(tmp_path, capsys):
     assert "10 training and 5 validation images, 5 classes" in capsys.readouterr().out
     found = mp.scan(str(tmp_path / "t"))
     assert len(found["train"]) == 10 and len(found["val"]) == 5
-    sizes = [Image.open(p).size for p, _ in found["train"] + found["val"]]
+    sizes = []
+    for path, _ in found["train"] + found["val"]:
+        with Image.open(path) as im:
+            sizes.append(im.size)
     assert len(set(sizes)) > 5 and 300 < np.mean([w for w, _ in sizes]) < 700  # around 500x375
     with pytest.raises(SystemExit) as stop:
         imagenet_tree.main([str(tmp_path / "u"), "--classes", "2"])
