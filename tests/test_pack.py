@@ -173,6 +173,14 @@ def test_layouts_give_the_right_labels(tmp_path, layout):
     assert sorted(found["val"]) == sorted(tree.val)
 
 
+def test_kaggle_layout_finds_the_csv_three_levels_up(tmp_path):
+    tree = make_tree(str(tmp_path / "ILSVRC" / "Data" / "CLS-LOC"), classes=3,
+                     train_per_class=1, val_per_class=2, around=(40, 30), quirks=False)
+    os.replace(os.path.join(tree.root, "LOC_val_solution.csv"),
+               str(tmp_path / "LOC_val_solution.csv"))
+    assert sorted(mp.scan(tree.root)["val"]) == sorted(tree.val)
+
+
 def test_layout_errors(tmp_path):
     tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=1, val_per_class=1,
                      around=(40, 30), quirks=False)
