@@ -391,3 +391,15 @@ def test_the_tree_generator_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         imagenet_tree.main([str(tmp_path / "u"), "--classes", "2"])
     assert stop.value.code == 2 and "quirks need" in capsys.readouterr().err
+
+
+def test_a_tree_without_val_packs_an_empty_validation_split(tmp_path):
+    import shutil
+
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=2, val_per_class=1,
+                     around=(40, 30), quirks=False, layout="folders")
+    shutil.rmtree(os.path.join(tree.root, "val"))
+    s = mp.pack(tree.root, str(tmp_path / "p"), size=16, workers=1, progress=False)
+    assert (s["train"], s["val"]) == (4, 0)
+    p = mp.open_pack(str(tmp_path / "p"))
+    assert len(p.split("val")) == 0 and p.split("val").images.shape == (0, 16, 16, 3)
