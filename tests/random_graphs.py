@@ -504,7 +504,8 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
     for _ in range(draw(st.integers(min_steps, max_steps))):
         # mostly the newest values (deep chains), sometimes older ones (fan-out, diamonds)
         k = len(pool) - 1 - draw(st.integers(0, len(pool) - 1)) if draw(st.booleans()) else len(pool) - 1
-        fits = [n for n in names if GENERATORS[n].applies(pool[k])] or ["unary_tanh"]
+        fits = [n for n in names if GENERATORS[n].applies(pool[k])] or ["expand_dims" if len(pool[k]) <= 3
+                                                                         else "unary_tanh"]
         cnn = [n for n in fits if n in CNN_OPS]
         name = draw(st.sampled_from(cnn if cnn and not draw(st.integers(0, 2)) else fits))
         gen = GENERATORS[name]
