@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from .backends import get_backend
-from .errors import CompileArgumentError, GraphdiffError, InputError, OutOfMemoryError, ShapeError
+from .errors import CompileArgumentError, CompilerError, GraphdiffError, InputError, OutOfMemoryError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
 from .kernels import choice as kernel_choice, parallel
@@ -127,6 +127,7 @@ class Program:
             fused = fuse_elementwise(order, roots, share_columns=share)
             roots = [fused[id(r)] for r in roots]
             order = _schedule(roots)
+            _check_order(order, "fusion")
             self.passes.append(("fusion", order))
         self.nodes = order  # the scheduled graph, for inspection and diagrams
         self._input_checks = _input_checks(order, self.inputs)
@@ -505,6 +506,19 @@ def _schedule(roots):
     if not early:
         return order
     return toposort(sorted(early, key=lambda n: n.op.schedule_early) + list(roots))
+
+
+def _check_order(order, after):
+    """Every node's inputs run before it (what a rewrite that made a cycle would
+    break): one pass over the edges; a CompilerError naming the node otherwise."""
+    done = set()
+    for node in order:
+        late = next((i for i in node.inputs if id(i) not in done), None)
+        if late is not None:
+            raise CompilerError(f"after {after}: {node.op.name} {node.name!r} is scheduled before its input "
+                                f"{late.op.name} {late.name!r} (a bug in graphdiff; compile with fuse=False "
+                                f"to work around it)")
+        done.add(id(node))
 
 
 def _allocate(xp, nbytes, node):
