@@ -78,10 +78,11 @@ def write_conv1_kernels(weights, path, title="conv1 kernels"):
     grid = kernel_grid(weights)
     height, width = grid.shape[:2]
     fig = plt.figure(figsize=(min(12, max(4, width / 12)), min(8, max(2, height / 12)) + 0.4))
-    ax = fig.add_axes([0.01, 0.01, 0.98, 0.9])
+    ax = fig.add_axes([0.01, 0.01, 0.98, 0.8])
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    fig.suptitle(f"{title}: {len(weights)} of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}")
+    fig.suptitle(f"{title}\n{len(weights)} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}",
+                 fontsize=9)
     _save(fig, path)
 
 

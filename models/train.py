@@ -288,7 +288,7 @@ def write_figures(model, predict, dataset, out_dir, log=print):
     if kernels is not None:
         path = os.path.join(out_dir, "conv1_kernels.png")
         try:
-            figures.write_conv1_kernels(to_host_array(kernels.value), path, f"{model.name}: first convolution's kernels")
+            figures.write_conv1_kernels(to_host_array(kernels.value), path, f"{model.name}: conv1")
             written.append(path)
         except Exception as exc:  # noqa: BLE001 - any problem only costs the picture
             warnings.warn(f"conv1_kernels.png not written: {type(exc).__name__}: {exc}")
@@ -830,6 +830,8 @@ def main(argv=None, parallel=None):
                       reduce_gradients=parallel.gradient_reducer())
     parallel.check_same_setup(model, config)  # before rank 0 writes anything
     data = dataset if args.streamed else parallel.shard(dataset)  # this rank's part of every batch
+    if args.streamed and parallel.reducer is not None:
+        parallel.reducer.scale = 1 / parallel.size  # every rank trains on batch-size images of each step
     predict = model.compile_eval(args.backend)
     shuffle_rng = np.random.default_rng([args.seed, 1])
     history, best_val, stale = [], None, 0
