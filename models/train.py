@@ -607,6 +607,8 @@ def _config(args, num_classes):
             "batch_size", "lr", "momentum", "weight_decay", "seed", "lr_drop_patience", "backend")
     config = {k: getattr(args, k) for k in keys}
     config["num_classes"] = num_classes
+    if getattr(args, "streamed", False):  # what the evaluation of the trained model must subtract and scale alike
+        config.update(mean=args.mean, resize=args.resize)
     return config
 
 

@@ -15,7 +15,9 @@ import pytest
 
 import models.train as train
 from graphdiff.checkpoint import load_checkpoint
+from models.evaluate import cli as evaluate_cli
 from models.evaluate import log_softmax, top_k_wrong
+from models.evaluate import main as evaluate_main
 from models.imagenet_tree import make_tree
 from models.pack import open_pack, pack
 
@@ -99,6 +101,13 @@ def test_pack_training_reports_the_papers_errors_as_computed_directly(packed, tm
     assert last["val_top5_error_10crop"] == pytest.approx(top_k_wrong(probs, labels, 5) / n, abs=1.5 / n)
     for name in ("conv1_kernels.png", "predictions.png", "curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    # the evaluation command reads the run back and finds the same figures
+    (out / "predictions.png").unlink()
+    again = evaluate_main([str(out), "--ten-crop", "--figures", "--workers", "0", "--batch-size", "8"])
+    assert again["epoch"] == 2 and again["images"] == n
+    for key in ("val_loss", "val_error", "val_top5_error", *train.TEN_CROP_KEYS):
+        assert again[key] == last[key], key
+    assert (out / "predictions.png").read_bytes()[:4] == b"\x89PNG"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "board"))
@@ -274,12 +283,27 @@ def test_streamed_data_mistakes_are_one_line(extra, message, packed, tmp_path, c
     assert message in line
 
 
+def test_the_evaluation_command_on_in_memory_data_and_its_mistakes(tmp_path, capsys):
+    out = tmp_path / "run"
+    result = train.main(SMALL + ["--data", "synthetic", "--image-size", "16", "--batch-size", "32", "--epochs", "1",
+                                 "--out", str(out)])
+    got = evaluate_main([str(out)])
+    assert {k: got[k] for k in ("val_loss", "val_error", "val_top5_error")} == \
+        {k: result["history"][-1][k] for k in ("val_loss", "val_error", "val_top5_error")}
+    assert "top-5" in capsys.readouterr().out
+    for argv, message in (([str(tmp_path)], "no checkpoint.npz"),
+                          ([str(out), "--ten-crop"], "--ten-crop is for streamed data")):
+        assert evaluate_cli(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ") and message in line, line
+
+
 def test_two_ranks_read_their_share_and_train_as_one_process(packed, tmp_path):
     """mpiexec -n 2 at --batch-size 4 trains as one process at 8 (dropout off): each rank's
     stream yields its half of every global batch, augmentation included."""
     from test_distributed import mpirun
 
-    argv = STREAM + ["--data", f"pack:{packed}", "--dropout", "0", "--epochs", "2"]
+    argv = STREAM + ["--data", f"pack:{packed}", "--dropout", "0", "--epochs", "2", "--checkpoint-every", "4"]
     code, output, _ = mpirun("-m", "models.train", *argv, "--batch-size", "4", "--out", str(tmp_path / "two"))
     assert code == 0, output
     train.main(argv + ["--out", str(tmp_path / "one")])
