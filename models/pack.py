@@ -64,7 +64,7 @@ import numpy as np
 
 from models.data import DataError, IMAGE_EXTENSIONS, _class_dirs, _list_images
 
-__all__ = ["PackError", "Pack", "PackSplit", "open_pack", "pack", "scan", "decode",
+__all__ = ["PackError", "Pack", "PackSplit", "open_pack", "pack", "scan", "decode", "decode_array",
            "DEFAULT_SIZE", "DEFAULT_CHUNK"]
 
 DEFAULT_SIZE = 256
@@ -103,21 +103,14 @@ def decode(path: str, size: int = DEFAULT_SIZE) -> np.ndarray:
             # still >= size (a no-op for other formats).
             im.draft("RGB", (size, size))
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # (not in place: a copy, even when upright)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 # 16-bit grey: convert("L") would clip at 255 (all white).
-                wide = np.asarray(im, dtype=np.uint32)
+                wide = np.asarray(im).astype(np.int64)
                 im = Image.fromarray(((wide + 128) // 257).clip(0, 255).astype(np.uint8))
             if im.mode != "RGB":
                 im = im.convert("RGB")
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) / 2, (h - side) / 2
-            # Rescale the shorter side to `size` and keep the central square:
-            # one resample of just that square.
-            out = im.resize((size, size), Image.Resampling.BILINEAR,
-                            box=(left, top, left + side, top + side))
-            arr = np.asarray(out, dtype=np.uint8)
+            arr = _central_square(im, size)
     except PackError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
@@ -125,6 +118,27 @@ def decode(path: str, size: int = DEFAULT_SIZE) -> np.ndarray:
     if arr.shape != (size, size, 3):
         raise PackError(f"{path}: decoded to shape {arr.shape}, not ({size}, {size}, 3)")
     return arr
+
+
+def _central_square(im, size: int) -> np.ndarray:
+    """Rescale the shorter side of the RGB PIL image ``im`` to ``size`` and
+    keep the central square: one (antialiased bilinear) resample of just
+    that square of the source."""
+    from PIL import Image
+
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    out = im.resize((size, size), Image.Resampling.BILINEAR,
+                    box=(left, top, left + side, top + side))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode_array(rgb: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """What :func:`decode` makes of an image already in memory (uint8 HWC RGB)."""
+    from PIL import Image
+
+    return _central_square(Image.fromarray(np.asarray(rgb, np.uint8)), size)
 
 
 # --------------------------------------------------------------------------
@@ -284,19 +298,22 @@ class _Stats:
 
     @staticmethod
     def of(images: np.ndarray, good) -> tuple:
-        """Sums over ``images[good]`` (uint8 NHWC): (pixel_sum, rgb_sum, rgb_outer, count)."""
+        """Sums over ``images[good]`` (uint8 NHWC): (pixel_sum, rgb_sum, rgb_outer, count).
+        The per-pixel sum is exact (uint32: up to 16 million images per call);
+        the 3x3 ``sum x x^T`` is one float64 ``X X^T`` per image, X the three
+        colour planes as rows."""
         size = images.shape[1]
-        pixel_sum = np.zeros((size, size, 3), np.float64)
-        rgb_sum = np.zeros(3, np.float64)
+        acc = np.zeros((size, size, 3), np.uint32)
         rgb_outer = np.zeros((3, 3), np.float64)
+        planes = np.empty((3, size * size), np.float64)
         count = 0
         for j in np.flatnonzero(good):
-            x = images[j].reshape(-1, 3).astype(np.float64)
-            pixel_sum += images[j]
-            rgb_sum += x.sum(axis=0)
-            rgb_outer += x.T @ x
+            acc += images[j]
+            planes[...] = images[j].reshape(-1, 3).T
+            rgb_outer += planes @ planes.T
             count += 1
-        return pixel_sum, rgb_sum, rgb_outer, count
+        pixel_sum = acc.astype(np.float64)
+        return pixel_sum, pixel_sum.sum(axis=(0, 1)), rgb_outer, count
 
     def add(self, chunk: int, sums) -> None:
         if self.done[chunk]:
@@ -836,6 +853,8 @@ def main(argv=None) -> int:
             f"{s['classes']} classes")
     if s["skipped"]:
         line += f"; {s['skipped']} unreadable file(s) skipped"
+    if s["chunks_done_before"]:
+        line += f"; continued an unfinished pack ({s['chunks_done_before']} chunks were done)"
     if s["packed"]:
         line += f"; {s['packed']:,} images packed in {s['seconds']:.1f} s ({s['images_per_s']:.0f}/s)"
     print(line)

@@ -56,7 +56,8 @@ import numpy as np
 from models.data import DataError
 from models.pack import DEFAULT_SIZE, PackError, _Stats, decode, scan
 
-__all__ = ["Augment", "Source", "FolderSource", "folder_source", "BatchStream", "ten_crops",
+__all__ = ["Augment", "Source", "FolderSource", "folder_source", "BatchStream", "DeviceUpload",
+           "ten_crops",
            "top_k_errors", "image_randoms", "epoch_order"]
 
 
@@ -209,6 +210,96 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
+# Upload to the GPU behind the step
+# --------------------------------------------------------------------------
+
+
+class _Slot:
+    __slots__ = ("host", "device", "ready", "released", "busy")
+
+    def __init__(self, host, device):
+        self.host, self.device = host, device
+        self.ready = self.released = None
+        self.busy = False
+
+
+class _Staged:
+    __slots__ = ("slot", "n", "labels")
+
+    def __init__(self, slot, n, labels):
+        self.slot, self.n, self.labels = slot, n, labels
+
+
+class DeviceUpload:
+    """Uploads each batch to the GPU (CuPy) from pinned host memory on a
+    second CUDA stream while the step runs, as cuda-convnet's loader thread
+    did, adding no synchronization to the step.
+
+    A ring of ``slots`` pairs of buffers (page-locked host, device) of one
+    batch each is allocated once, here. In a worker thread, :meth:`__call__`
+    takes a free slot, waits (in the worker) until the GPU has finished
+    reading it the last time, copies the batch into the pinned buffer and
+    queues the host-to-device copy on the upload stream, then records an event
+    there. In the consuming thread, :meth:`hand_over` makes the consumer's
+    current stream wait for that event (a device-side wait: the host does not
+    block) and returns the device array; :meth:`release`, called when the
+    consumer asks for the next batch, records on the consumer's stream the
+    point after which the slot may be overwritten. So a batch's device array
+    is valid until the next batch is requested (copy it to keep it). Labels
+    stay on the host: the program checks their range there before uploading
+    them (reading them back from the GPU would stall the step).
+
+    ``slots`` must exceed the batches that can be staged and not yet released
+    at once (``prefetch + 1`` with :class:`BatchStream`, which passes
+    ``prefetch + 2``)."""
+
+    def __init__(self, batch_shape, slots: int, xp=None):
+        if xp is None:
+            import cupy as xp
+        import cupyx
+
+        self.xp = xp
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self._slots = [_Slot(cupyx.empty_pinned(batch_shape, np.float32),
+                             xp.empty(batch_shape, np.float32)) for _ in range(int(slots))]
+        self._cond = threading.Condition()
+        self._last = -1
+
+    def __call__(self, x, labels):  # in a worker thread
+        n = len(x)
+        with self._cond:
+            while True:
+                free = [k for k in range(len(self._slots)) if not self._slots[k].busy]
+                if free:
+                    k = next((f for f in free if f > self._last), free[0])
+                    break
+                self._cond.wait()
+            self._last = k
+            slot = self._slots[k]
+            slot.busy = True
+            released, slot.released = slot.released, None
+        if released is not None:
+            released.synchronize()  # waits in this worker thread, never in the step
+        np.copyto(slot.host[:n], x)
+        slot.device[:n].set(slot.host[:n], stream=self.stream)  # asynchronous: pinned source
+        slot.ready = self.stream.record()
+        return _Staged(slot, n, labels)
+
+    def hand_over(self, staged):
+        """In the consuming thread: ``(device array, labels)`` of a staged batch."""
+        self.xp.cuda.get_current_stream().wait_event(staged.slot.ready)
+        return staged.slot.device[:staged.n], staged.labels
+
+    def release(self, staged) -> None:
+        """In the consuming thread, after the work that reads the batch was queued."""
+        event = self.xp.cuda.get_current_stream().record()
+        with self._cond:
+            staged.slot.released = event
+            staged.slot.busy = False
+            self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------
 # The stream
 # --------------------------------------------------------------------------
 
@@ -219,10 +310,12 @@ class BatchStream:
     determinism and ranks). ``workers`` threads assemble batches (0: in the
     consuming thread); at most ``prefetch`` are ready or in progress ahead of
     the consumer. An error in a worker (a corrupt file) is raised from the
-    iteration, naming the file. ``backend_upload(x, labels)``, when given, is
-    applied in the worker to each finished batch (e.g. a copy to the device
-    on a second stream) and its result yielded. Use as a context manager, or
-    call :meth:`close`, to stop the workers."""
+    iteration, naming the file. ``backend_upload="cupy"`` uploads each batch
+    to the GPU in the worker, from pinned memory on a second stream
+    (:class:`DeviceUpload`; ``x`` is then a CuPy array, valid until the next
+    batch is requested); any other callable ``f(x, labels)`` is applied in the
+    worker to each finished batch and its result yielded. Use as a context
+    manager, or call :meth:`close`, to stop the workers."""
 
     def __init__(self, source, batch_size: int, *, seed: int, epoch: int,
                  augment: Augment = Augment(), train: bool = True, workers: int = 2,
@@ -241,7 +334,13 @@ class BatchStream:
         self.source, self.batch_size, self.seed, self.epoch = source, batch_size, seed, epoch
         self.augment, self.train, self.workers, self.prefetch = augment, train, workers, prefetch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        if isinstance(backend_upload, str):
+            if backend_upload != "cupy":
+                raise ValueError(f"backend_upload must be 'cupy', a callable or None, "
+                                 f"not {backend_upload!r}")
+            backend_upload = DeviceUpload((batch_size, 3, crop, crop), prefetch + 2)
         self.backend_upload = backend_upload
+        self._staged = hasattr(backend_upload, "hand_over")
         n = len(source)
         order = epoch_order(n, seed, epoch) if train else np.arange(n)
         per_step = batch_size * world_size
@@ -346,7 +445,7 @@ class BatchStream:
         todo = range(self.start_batch, len(self._batches))
         if self.workers == 0:
             for b in todo:
-                yield self._make(b)
+                yield from self._deliver(self._make(b))
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="batch-stream")
@@ -362,10 +461,26 @@ class BatchStream:
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(self._pool.submit(self._make, nxt))
-                yield batch
+                yield from self._deliver(batch)
         finally:
             for f in pending:
                 f.cancel()
+            if self._staged:  # batches staged but never handed over: free their slots
+                for f in pending:
+                    f.add_done_callback(self._release_unused)
+
+    def _release_unused(self, future):
+        if not future.cancelled() and future.exception() is None:
+            self.backend_upload.release(future.result())
+
+    def _deliver(self, batch):
+        if not self._staged:
+            yield batch
+            return
+        try:
+            yield self.backend_upload.hand_over(batch)
+        finally:
+            self.backend_upload.release(batch)
 
     def close(self) -> None:
         """Stop the workers (waits for the batches being assembled, at most
