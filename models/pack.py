@@ -187,17 +187,21 @@ def _scan_classes(root: str, class_names) -> list:
     return items
 
 
-def scan(src_dir: str) -> dict:
+def scan(src_dir: str, val_fraction: Optional[float] = None, seed: int = 0) -> dict:
     """The images of a source tree: ``{"class_names": [...], "train": [(path,
     label), ...], "val": [...]}``, labels in the order of the sorted class
     folder names of ``train/`` (ILSVRC's wnids sorted: the usual class
     indices). ``val/`` is class folders, or flat with ``LOC_val_solution.csv``
     beside ``train/`` and ``val/`` (or inside ``val/``), or absent (an empty
-    validation split)."""
+    validation split). With ``val_fraction``, a folder of class folders
+    without ``train/`` is accepted too and split per class (seeded by
+    ``seed``, as ``models.data``'s ``folder:`` loader splits it)."""
     try:
         if not os.path.isdir(src_dir):
             raise PackError(f"{src_dir}: not a directory")
         train_dir, val_dir = os.path.join(src_dir, "train"), os.path.join(src_dir, "val")
+        if not os.path.isdir(train_dir) and val_fraction is not None and _class_dirs(src_dir):
+            return _split_flat(src_dir, val_fraction, seed)
         if not os.path.isdir(train_dir):
             raise PackError(f"{src_dir}: no train/ folder (expected train/<class>/ images, "
                             "and val/)")
@@ -232,6 +236,19 @@ def scan(src_dir: str) -> dict:
     except OSError as exc:
         raise PackError(f"{src_dir}: cannot read ({exc.strerror or exc})") from None
     return {"class_names": class_names, "train": train, "val": val}
+
+
+def _split_flat(root: str, val_fraction: float, seed: int) -> dict:
+    from models.data import _stratified_split
+
+    class_names = _class_dirs(root)
+    items = _scan_classes(root, class_names)
+    if not items:
+        raise PackError(f"{root}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+    labels = np.array([lab for _, lab in items])
+    train_idx, val_idx = _stratified_split(labels, val_fraction, np.random.default_rng(seed))
+    return {"class_names": class_names, "train": [items[i] for i in sorted(train_idx)],
+            "val": [items[i] for i in sorted(val_idx)]}
 
 
 # --------------------------------------------------------------------------
@@ -589,10 +606,18 @@ def _finish(out_path: str, plan: dict, done: dict, stats: _Stats) -> dict:
             finally:
                 os.close(fd)
             lab = lab[:count]
-            images = np.memmap(path, np.uint8, "r", shape=(n, size, size, 3))
-            digests[s] = [hashlib.sha256(images[lo:min(count, lo + chunk)]).hexdigest()
-                          for lo in range(0, count, chunk)]
-            del images
+            # New checksums for the chunks that changed: those with a filled
+            # slot, and the last one (now shorter); the split may also have
+            # lost whole chunks at its end.
+            n_chunks = -(-count // chunk)
+            changed = {h // chunk for h in holes} | ({n_chunks - 1} if count else set())
+            digests[s] = digests[s][:n_chunks]
+            if count:
+                images = np.memmap(path, np.uint8, "r", shape=(n, size, size, 3))
+                for k in sorted(changed):
+                    digests[s][k] = hashlib.sha256(
+                        images[k * chunk:min(count, (k + 1) * chunk)]).hexdigest()
+                del images
         labels[s] = lab
     mean, eigval, eigvec = stats.finish()
     meta = _npz_bytes(train_labels=labels["train"], val_labels=labels["val"],

@@ -104,13 +104,16 @@ class FolderSource:
     ``stats_sample`` training images spread evenly over the (sorted) training
     list, computed on first use: an exact mean over 1.2 million JPEGs would
     cost a full decoding pass; with a few hundred images the mean image is
-    within a few grey levels of it, which the training does not notice."""
+    within a few grey levels of it, which the training does not notice.
+
+    A tree without ``train/`` (class folders at the top) needs
+    ``val_fraction``: each class is split, seeded by ``seed``."""
 
     def __init__(self, root: str, split: str = "train", size: int = DEFAULT_SIZE,
-                 stats_sample: int = 500):
+                 stats_sample: int = 500, val_fraction: Optional[float] = None, seed: int = 0):
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', not {split!r}")
-        found = scan(root)
+        found = scan(root, val_fraction, seed)
         self.root, self.split, self.size = root, split, int(size)
         self.class_names = found["class_names"]
         self._train_paths = [p for p, _ in found["train"]]
@@ -155,9 +158,11 @@ class FolderSource:
 
 
 def folder_source(root: str, split: str = "train", size: int = DEFAULT_SIZE,
-                  stats_sample: int = 500) -> FolderSource:
-    """The ``split`` of the image tree at ``root`` as a stream source."""
-    return FolderSource(root, split, size, stats_sample)
+                  stats_sample: int = 500, val_fraction: Optional[float] = None,
+                  seed: int = 0) -> FolderSource:
+    """The ``split`` of the image tree at ``root`` as a stream source (see
+    :class:`FolderSource`)."""
+    return FolderSource(root, split, size, stats_sample, val_fraction, seed)
 
 
 # --------------------------------------------------------------------------
@@ -280,15 +285,19 @@ class DeviceUpload:
             released, slot.released = slot.released, None
         if released is not None:
             released.synchronize()  # waits in this worker thread, never in the step
-        np.copyto(slot.host[:n], x)
-        slot.device[:n].set(slot.host[:n], stream=self.stream)  # asynchronous: pinned source
+        full = n == len(slot.host)  # (a short last batch uses the front of the slot)
+        host = slot.host if full else slot.host[:n]
+        np.copyto(host, x)
+        device = slot.device if full else slot.device[:n]
+        device.set(host, stream=self.stream)  # asynchronous: the source is pinned
         slot.ready = self.stream.record()
         return _Staged(slot, n, labels)
 
     def hand_over(self, staged):
         """In the consuming thread: ``(device array, labels)`` of a staged batch."""
         self.xp.cuda.get_current_stream().wait_event(staged.slot.ready)
-        return staged.slot.device[:staged.n], staged.labels
+        device = staged.slot.device
+        return (device if staged.n == len(device) else device[:staged.n]), staged.labels
 
     def release(self, staged) -> None:
         """In the consuming thread, after the work that reads the batch was queued."""

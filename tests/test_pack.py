@@ -126,6 +126,9 @@ def test_bad_file_is_one_line_naming_it(tmp_path, fault):
         assert "empty" in str(err.value)
     with pytest.raises(mp.PackError, match=bad):
         mp.pack(tree.root, str(tmp_path / "p"), size=32, workers=1, progress=False)
+    if fault == "truncated":  # raised in a worker process, re-raised here
+        with pytest.raises(mp.PackError, match=bad):
+            mp.pack(tree.root, str(tmp_path / "p2"), size=32, workers=2, progress=False, chunk=2)
     r = run_cli(tree.root, "--out", str(tmp_path / "q"), "--size", "32", "--workers", "1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and bad in r.stderr

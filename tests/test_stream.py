@@ -170,6 +170,19 @@ def test_folder_source_streams_what_the_pack_holds(tree, pk):
     assert len(small) == 20 and np.abs(small.mean_image - pk.mean_image).mean() < 40
 
 
+def test_folder_of_class_folders_is_split_when_asked(tmp_path):
+    tree = make_tree(str(tmp_path / "t"), classes=3, train_per_class=5, val_per_class=0,
+                     around=(48, 36), quirks=False, layout="folders")
+    flat = str(tmp_path / "t" / "train")  # class folders at the top, no train/ in it
+    with pytest.raises(DataError, match="no train/"):
+        ms.folder_source(flat, "train", size=32)
+    tr = ms.folder_source(flat, "train", size=32, val_fraction=0.4, seed=1)
+    va = ms.folder_source(flat, "val", size=32, val_fraction=0.4, seed=1)
+    assert len(tr) == 9 and len(va) == 6 and not set(tr.paths) & set(va.paths)
+    assert sorted(tr.paths + va.paths) == sorted(p for p, _ in tree.train)
+    assert sorted(np.bincount(va.labels)) == [2, 2, 2]
+
+
 def test_a_bad_file_in_a_worker_names_it(tmp_path):
     tree = make_tree(str(tmp_path / "t"), classes=3, train_per_class=4, val_per_class=1,
                      around=(64, 48), quirks=False, faults=["truncated"])
@@ -360,3 +373,18 @@ def test_cupy_upload_adds_no_synchronization_to_the_step(pk, cupy_standin_module
     assert len(images) == 15 and all(b == host[0][0].nbytes for _, b in images)
     assert [b for site, b in uploads if not site.startswith("models/stream.py")] == \
         [host[0][1].nbytes] * 15  # the labels, uploaded by the step as before
+
+
+def test_cupy_upload_of_a_short_last_batch(pk, cupy_standin_module):
+    va = pk.split("val")
+    aug = ms.Augment(crop=CROP)
+    host = collect(ms.BatchStream(va, 6, seed=0, epoch=0, train=False, augment=aug,
+                                  drop_last=False))
+    with ms.BatchStream(va, 6, seed=0, epoch=0, train=False, augment=aug, drop_last=False,
+                        backend_upload="cupy", workers=1, prefetch=1) as s:
+        got = [(x.get(), y) for x, y in s]
+    assert [len(y) for _, y in got] == [6, 6, 6, 2]
+    for (a, ya), (b, yb) in zip(got, host):
+        assert (a == b).all() and (ya == yb).all()
+    with pytest.raises(ValueError, match="backend_upload"):
+        ms.BatchStream(va, 6, seed=0, epoch=0, augment=aug, backend_upload="numpy")
