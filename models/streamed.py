@@ -27,7 +27,7 @@ class StreamedData:
     ``class_names``, ``train_labels``, ``val_labels``, ``input_shape``,
     ``val_batches``) mean the same."""
 
-    def __init__(self, name, train, val, augment, seed, workers, rank=0, world_size=1):
+    def __init__(self, name, train, val, augment, seed, workers, rank=0, world_size=1, upload=None):
         from models.stream import Augment
 
         if not isinstance(augment, Augment):
@@ -40,6 +40,7 @@ class StreamedData:
         self.name, self.train, self.val = name, train, val
         self.augment, self.seed, self.workers = augment, seed, workers
         self.rank, self.world_size = rank, world_size
+        self.upload = upload  # "cupy": training batches reach the GPU from pinned memory on a second stream
         self.class_names = list(train.class_names)
         self.num_classes = len(self.class_names)
         self.train_labels, self.val_labels = train.labels, val.labels
@@ -53,12 +54,14 @@ class StreamedData:
     def train_batches(self, batch_size, rng=None, *, epoch, start_batch=0):
         """The :class:`models.stream.BatchStream` of ``epoch`` (from batch
         ``start_batch`` on), this rank's part; ``rng`` is not used (the
-        order and the augmentation follow from the seed and the epoch)."""
+        order and the augmentation follow from the seed and the epoch). With
+        ``upload="cupy"`` the images come as device arrays, uploaded while the
+        previous step runs (:class:`models.stream.DeviceUpload`)."""
         from models.stream import BatchStream
 
         return BatchStream(self.train, batch_size, seed=self.seed, epoch=epoch, augment=self.augment, train=True,
                            workers=self.workers, start_batch=start_batch, rank=self.rank,
-                           world_size=self.world_size, drop_last=True)
+                           world_size=self.world_size, drop_last=True, backend_upload=self.upload)
 
     def epoch_batches(self, batch_size):
         """Training steps per epoch (full global batches of ``world_size x batch_size``)."""
@@ -162,6 +165,7 @@ def open_streamed(args, rank=0, world_size=1):
     augment = Augment(crop=args.image_size, flip=not args.no_flip, pca_lighting=not args.no_pca_lighting,
                       mean=None if args.mean == "none" else args.mean)
     name = f"{kind}:{os.path.basename(os.path.normpath(where))}"
-    data = StreamedData(name, train, val, augment, args.seed, args.workers, rank, world_size)
+    upload = "cupy" if getattr(args, "backend", "numpy") == "cupy" else None
+    data = StreamedData(name, train, val, augment, args.seed, args.workers, rank, world_size, upload)
     data.check_batch_size(args.batch_size)
     return data

@@ -314,3 +314,26 @@ def test_two_ranks_read_their_share_and_train_as_one_process(packed, tmp_path):
     w2, _ = load_checkpoint(tmp_path / "two" / "checkpoint.npz")
     for k in w1:
         np.testing.assert_allclose(w2[k], w1[k], rtol=1e-5, atol=1e-6 * np.abs(w1[k]).max(), err_msg=k)
+
+
+@pytest.mark.gpu
+def test_on_cupy_the_stream_uploads_the_batches_and_training_matches_numpy(packed, tmp_path):
+    """--backend cupy: each training batch reaches the device from the stream's pinned
+    buffers on its second stream (one upload per step, from models/stream.py), and the
+    run's figures are NumPy's."""
+    import cupy_standin
+
+    argv = STREAM + ["--data", f"pack:{packed}", "--epochs", "2", "--dropout", "0"]
+    on_numpy = train.main(argv + ["--out", str(tmp_path / "numpy")])["history"]
+    standin = not cupy_standin.real_cupy_importable()
+    if standin:
+        ledger = cupy_standin.ledger()
+        ledger.reset()
+    on_cupy = train.main(argv + ["--backend", "cupy", "--out", str(tmp_path / "cupy")])["history"]
+    for a, b in zip(on_numpy, on_cupy):
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    if standin:
+        uploads = [a["bytes"] for kind, site, a in ledger.events if kind == "h2d"
+                   and site.startswith("models/stream.py")]
+        assert uploads == [8 * 3 * 27 * 27 * 4] * 12  # 6 steps an epoch, 2 epochs
