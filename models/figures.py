@@ -40,11 +40,12 @@ def kernel_tiles(weights):
 
 def kernel_grid(weights, columns=None, gap=1):
     """The :func:`kernel_tiles` of ``weights`` laid out in a grid (row after
-    row, ``columns`` per row, default about twice as wide as high as the
-    paper's 6 x 16; ``gap`` white pixels between tiles): ``(H, W, 3)``."""
+    row, ``columns`` per row, default ``ceil(sqrt(8 n / 3))``: the paper's 6
+    rows of 16 for AlexNet's 96; ``gap`` white pixels between tiles):
+    ``(H, W, 3)``."""
     tiles = kernel_tiles(weights)
     n, k = tiles.shape[:2]
-    columns = columns or max(1, math.ceil(math.sqrt(2 * n)))
+    columns = columns or max(1, math.ceil(math.sqrt(8 * n / 3)))
     rows = math.ceil(n / columns)
     grid = np.ones((rows * (k + gap) - gap, columns * (k + gap) - gap, 3))
     for i, tile in enumerate(tiles):
@@ -77,8 +78,10 @@ def write_conv1_kernels(weights, path, title="conv1 kernels"):
     plt = _pyplot()
     grid = kernel_grid(weights)
     height, width = grid.shape[:2]
-    fig = plt.figure(figsize=(min(12, max(4, width / 12)), min(8, max(2, height / 12)) + 0.4))
-    ax = fig.add_axes([0.01, 0.01, 0.98, 0.8])
+    inches = min(12.0, max(3.0, width / 10))  # wide enough for the title, the grid's own aspect below it
+    title_inches = 0.6
+    fig = plt.figure(figsize=(inches, inches * height / width + title_inches))
+    ax = fig.add_axes([0.01, 0.01, 0.98, 1 - title_inches / (inches * height / width + title_inches) - 0.01])
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle(f"{title}\n{len(weights)} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}",
