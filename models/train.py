@@ -11,11 +11,14 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
 
 ``metrics.jsonl``
     one JSON object per epoch: ``epoch``, ``train_loss``, ``train_error``,
-    ``val_loss``, ``val_error``, ``val_accuracy``, ``lr``, ``seconds``,
-    ``images_per_second``. ``train_loss``/``train_error`` are averaged over
-    the epoch's mini-batches as they are trained (dropout on, as
-    cuda-convnet reported them); the validation figures use the weights at
-    the end of the epoch with dropout off.
+    ``val_loss``, ``val_error``, ``val_accuracy``, ``val_top5_error``, ``lr``,
+    ``seconds``, ``images_per_second`` (and, with ``--ten-crop``,
+    ``val_error_10crop``, ``val_top5_error_10crop``). ``train_loss``/``train_error``
+    are averaged over the epoch's mini-batches as they are trained (dropout
+    on, as cuda-convnet reported them); the validation figures use the
+    weights at the end of the epoch with dropout off: the top-1 and top-5
+    errors of the centre crop (:mod:`models.evaluate`) and, with
+    ``--ten-crop``, of ten crops, the softmax averaged.
 ``curves.png``
     loss and error per epoch.
 ``forward.svg``, ``backward.svg``
@@ -29,14 +32,26 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
     the interactive explorer of the forward and backward graphs with the
     values of one validation batch from the trained model (written at the
     end; skipped with ``--no-diagrams``, and with a warning if it fails).
+``conv1_kernels.png``, ``predictions.png``
+    at the end, the paper's Figure 3 (the first convolution's kernels) and
+    Figure 4, left (validation images and their top-5 predictions):
+    :mod:`models.figures`.
 ``checkpoint.npz``
-    written after every epoch (and before the first): parameters, momentum
+    written after every epoch (and before the first; with
+    ``--checkpoint-every N`` also every N training steps, with where the
+    epoch stands: ``--resume`` then continues at that step, bit for bit as
+    an uninterrupted run): parameters, momentum
     buffers, epoch, learning rate, the dropout and shuffle generators' states,
     the learning-rate schedule's state and which library (NumPy or oneDNN)
     each convolution was measured to run on. ``--resume`` continues from it
     exactly: the per-epoch losses of an interrupted and resumed run equal
     those of an uninterrupted one. Ctrl-C leaves the checkpoint of the last
     completed epoch and exits with a message (status 130).
+
+Data: the small sets of :mod:`models.data` are held in memory; ``--data
+pack:FILE`` (``python -m models.pack``) and ``--data folder:DIR`` with
+``train/`` and ``val/`` are streamed batch by batch with the paper's
+augmentation (:mod:`models.streamed`, :mod:`models.stream`).
 
 The learning rate is divided by 10 when the validation error has not improved
 for ``--lr-drop-patience`` epochs, as in the paper (0 turns this off). A data
