@@ -13,7 +13,8 @@ loader, and whether memory grows with the data set.
 (d) Peak RssAnon (anonymous memory: what the process itself holds; the map's
     pages are the kernel's page cache) of a fresh process streaming the same
     number of batches from a 2,000-image and a 50,000-image set, packed and
-    as a JPEG folder. Generating 50,000 JPEGs would take too long here, so:
+    as a JPEG folder, with a consumer slow enough (a stand-in for the step)
+    that the prefetch queue fills to its bound. Generating 50,000 JPEGs would take too long here, so:
     the 50,000-image pack holds the 2,000-image pack's images followed by a
     sparse hole of 48,000 images (zero pixels: the loader does the same work
     per image and the file takes no disk; opened with ``verify="quick"``), and
@@ -46,6 +47,8 @@ from models import stream as ms  # noqa: E402
 from models.imagenet_tree import make_tree  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Seconds the memory runs' consumer spends on each batch (a training step).
+STEP_S = 0.25
 
 
 def cores():
@@ -122,18 +125,28 @@ def link_tree(tree, out: str, n_train: int) -> str:
 
 
 def time_stream(source, batch, workers, batches, augment):
-    """Images/s of ``batches`` batches after one warm-up batch (fresh stream)."""
+    """``(images/s, images per CPU-second)`` of ``batches`` batches after one
+    warm-up batch (fresh stream; the consumer does nothing). The CPU time is
+    this process's (its worker threads included): what the work costs
+    whatever else the machine runs."""
     with ms.BatchStream(source, batch, seed=0, epoch=0, augment=augment, workers=workers,
                         prefetch=4) as s:
         it = iter(s)
         next(it)
         time.sleep(PAUSE_S)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = 0
         for _ in range(batches):
             x, y = next(it)
             n += len(y)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+def report(label, results):
+    wall = [r[0] for r in results]
+    cpu = [r[1] for r in results]
+    print(f"  {label}: best {max(wall):.0f} images/s (runs: {', '.join(f'{r:.0f}' for r in wall)}); "
+          f"{max(cpu):.0f} images per CPU-second")
 
 
 def rss_child(spec: str, batches: int, batch: int) -> None:
@@ -166,6 +179,7 @@ def rss_child(spec: str, batches: int, batch: int) -> None:
     t.start()
     with ms.BatchStream(source, batch, seed=0, epoch=0, workers=2, prefetch=4) as s:
         for k, _ in enumerate(s):
+            time.sleep(STEP_S)  # a training step: the queue fills up to its bound
             if k + 1 == batches:
                 break
     done.set()
@@ -184,8 +198,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
-    ap.add_argument("--batches", type=int, default=30, help=argparse.SUPPRESS)
-    ap.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--batches", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rss_child:
         rss_child(a.rss_child, a.batches, a.batch)
@@ -197,46 +211,56 @@ def main():
         t0 = time.perf_counter()
         tree = make_tree(os.path.join(work, "tree"), classes=24, train_per_class=10,
                          val_per_class=2, around=(500, 375), seed=1)
-        n_img = len(tree.train) + len(tree.val)
         print(f"\ntree: {len(tree.train)} + {len(tree.val)} JPEGs around 500x375, "
               f"{len(tree.class_names)} classes, with the quirks "
               f"({time.perf_counter() - t0:.1f} s to write)")
 
-        print("\n(a) packing to 256x256")
+        print("\n(a) packing to 256x256 (1,000 + 48 images: hard links to the tree's JPEGs; "
+              "the time includes starting the worker processes)")
+        linked = link_tree(tree, os.path.join(work, "f1000"), 1000)
         for w in (1, 2):
             out = os.path.join(work, f"pack{w}")
-            s = mp.pack(tree.root, out, workers=w, progress=False)
+            c0 = time.process_time()
+            s = mp.pack(linked, out, workers=w, progress=False)
+            cpu = time.process_time() - c0
+            extra = (f"; {s['packed'] / cpu:.0f} images per CPU-second" if w == 1 else
+                     " (the workers' CPU time is not this process's)")
             print(f"  {w} worker(s): {s['images_per_s']:.0f} images/s, "
-                  f"{s['images_per_s'] / w:.0f} per core ({n_img} images in {s['seconds']:.2f} s)")
+                  f"{s['images_per_s'] / w:.0f} per core ({s['packed']} images in "
+                  f"{s['seconds']:.2f} s){extra}")
         base = os.path.join(work, "pack1")
 
         print("\n(b) packed loader: 227 crops + flips + PCA lighting + mean image, float32 NCHW, batch 128")
         p2k = tile_pack(base, os.path.join(work, "p2000"), 2000)
         tr = mp.open_pack(p2k).split("train")
         for w in (1, 2):
-            rates = [time_stream(tr, 128, w, 8, ms.Augment()) for _ in range(3)]
-            print(f"  {w} worker(s): best {max(rates):.0f} images/s (runs: "
-                  f"{', '.join(f'{r:.0f}' for r in rates)}), {max(rates) / w:.0f} per worker")
+            report(f"{w} worker(s)", [time_stream(tr, 128, w, 8, ms.Augment()) for _ in range(3)])
 
         print("\n(c) JPEG folder loader (decoding 500x375 JPEGs on the fly), batch 32")
         fs = ms.folder_source(tree.root, "train", stats_sample=50)
         fs.mean_image
         for w in (1, 2):
-            rates = [time_stream(fs, 32, w, 5, ms.Augment()) for _ in range(2)]
-            print(f"  {w} worker(s): best {max(rates):.0f} images/s (runs: "
-                  f"{', '.join(f'{r:.0f}' for r in rates)}), {max(rates) / w:.0f} per worker")
+            report(f"{w} worker(s)", [time_stream(fs, 32, w, 5, ms.Augment()) for _ in range(2)])
 
-        print("\n(d) peak RssAnon of a fresh process streaming 30 batches of 64 (2 workers)")
+        print(f"\n(d) peak RssAnon of a fresh process streaming 16 batches of 32 (227 crops; 2 "
+              f"workers, prefetch 4; the consumer takes {STEP_S} s per batch, so the queue fills)")
         p50k = tile_pack(p2k, os.path.join(work, "p50000"), 50000, sparse=True)
         f2k = link_tree(tree, os.path.join(work, "f2000"), 2000)
         f50k = link_tree(tree, os.path.join(work, "f50000"), 50000)
         for label, small, big in (("packed", f"pack:{p2k}", f"pack:{p50k}"),
                                   ("JPEG folder", f"folder:{f2k}", f"folder:{f50k}")):
-            a2, a50 = rss(small, 30, 64), rss(big, 30, 64)
-            print(f"  {label}: {a2['n']:,} images: peak {a2['peak_kB'] / 1024:.1f} MiB "
-                  f"(before streaming {a2['before_kB'] / 1024:.1f}); {a50['n']:,} images: peak "
-                  f"{a50['peak_kB'] / 1024:.1f} MiB (before {a50['before_kB'] / 1024:.1f}); "
-                  f"difference {(a50['peak_kB'] - a2['peak_kB']) / 1024:+.1f} MiB")
+            runs = {small: [], big: []}
+            for _ in range(2):  # alternating, twice: the peak varies with the timing
+                for spec in (small, big):
+                    runs[spec].append(rss(spec, 16, 32))
+            peaks = {k: [r["peak_kB"] / 1024 for r in v] for k, v in runs.items()}
+            for spec in (small, big):
+                r = runs[spec][0]
+                print(f"  {label}, {r['n']:,} images: peak {min(peaks[spec]):.1f} / "
+                      f"{max(peaks[spec]):.1f} MiB (min / max of 2 runs; before streaming "
+                      f"{r['before_kB'] / 1024:.1f})")
+            print(f"  {label}: 50,000 - 2,000 images: {min(peaks[big]) - min(peaks[small]):+.1f} "
+                  f"MiB (minima), {max(peaks[big]) - max(peaks[small]):+.1f} MiB (maxima)")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

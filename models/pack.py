@@ -442,9 +442,14 @@ def _read_journal(path: str) -> dict:
 
 def _pool(workers: int):
     import multiprocessing as mp
-    # forkserver: safe where the caller has threads running (fork is not).
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers)
+    # forkserver: safe where the caller has threads running (fork is not);
+    # the server imports this module once and each worker starts as its fork.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["models.pack"])
+    else:
+        ctx = mp.get_context("spawn")
+    return ctx.Pool(workers)
 
 
 def _default_workers() -> int:

@@ -306,7 +306,7 @@ def test_kill_9_mid_pack_then_rerun_finishes_the_same_pack(tmp_path):
                      around=(200, 150), seed=5)
     out = str(tmp_path / "p")
     cmd = [sys.executable, "-m", "models.pack", tree.root, "--out", out, "--size", "32",
-           "--workers", "1", "--chunk", "2", "--quiet"]
+           "--workers", "1", "--chunk", "1", "--quiet"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = os.path.join(out, "journal.log")
@@ -330,7 +330,7 @@ def test_kill_9_mid_pack_then_rerun_finishes_the_same_pack(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"continued an unfinished pack ({done} chunks were done)" in r.stdout
     p = mp.open_pack(out)
-    ref = mp.pack(tree.root, str(tmp_path / "ref"), size=32, workers=1, progress=False, chunk=2)
+    ref = mp.pack(tree.root, str(tmp_path / "ref"), size=32, workers=1, progress=False, chunk=1)
     assert ref["chunks_done_before"] == 0 and done >= 3
     q = mp.open_pack(str(tmp_path / "ref"))
     for s in ("train", "val"):

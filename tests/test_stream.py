@@ -14,6 +14,7 @@ from models import pack as mp
 from models import stream as ms
 from models.data import DataError
 from models.imagenet_tree import make_tree
+from cupy_standin import real_cupy_importable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CROP = 40, 32
@@ -333,6 +334,8 @@ def small_step(classes):
                       backend="cupy")
 
 
+@pytest.mark.skipif(real_cupy_importable(), reason="counts with the CuPy stand-in, used only "
+                    "where real CuPy does not import (the test below runs on a GPU)")
 def test_cupy_upload_adds_no_synchronization_to_the_step(pk, cupy_standin_module):
     import cupy_standin
 
@@ -375,14 +378,20 @@ def test_cupy_upload_adds_no_synchronization_to_the_step(pk, cupy_standin_module
         [host[0][1].nbytes] * 15  # the labels, uploaded by the step as before
 
 
-def test_cupy_upload_of_a_short_last_batch(pk, cupy_standin_module):
+@pytest.mark.gpu
+def test_cupy_upload_gives_the_host_batches_short_last_one_included(pk):
+    import cupy
+
     va = pk.split("val")
     aug = ms.Augment(crop=CROP)
     host = collect(ms.BatchStream(va, 6, seed=0, epoch=0, train=False, augment=aug,
                                   drop_last=False))
     with ms.BatchStream(va, 6, seed=0, epoch=0, train=False, augment=aug, drop_last=False,
                         backend_upload="cupy", workers=1, prefetch=1) as s:
-        got = [(x.get(), y) for x, y in s]
+        got = []
+        for x, y in s:
+            assert isinstance(x, cupy.ndarray)
+            got.append((x.get(), y))
     assert [len(y) for _, y in got] == [6, 6, 6, 2]
     for (a, ya), (b, yb) in zip(got, host):
         assert (a == b).all() and (ya == yb).all()
