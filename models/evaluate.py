@@ -125,7 +125,7 @@ def main(argv=None):
     spec = args.data or config["data"]
     streamed = train.is_streamed(spec)
     if args.ten_crop and not streamed:
-        raise train.UsageError(f"--ten-crop is for streamed data (pack:FILE, folder:DIR with train/ and val/), "
+        raise train.UsageError(f"--ten-crop is for streamed data (pack:FILE, folder:DIR), "
                                f"not {spec}")
     if streamed:
         from models.streamed import open_streamed

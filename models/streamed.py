@@ -1,6 +1,6 @@
 """Streamed data for the training command: ``--data pack:FILE`` (a data set
-packed by ``python -m models.pack``) and ``--data folder:DIR`` where DIR holds
-``train/`` and ``val/`` (decoded on the fly), read batch by batch by
+packed by ``python -m models.pack``) and ``--data folder:DIR`` (``train/`` and
+``val/``, or class folders alone split per class; decoded on the fly), read batch by batch by
 :class:`models.stream.BatchStream` workers, never held in memory.
 
 Training batches: the paper's augmentation (random ``crop`` patches, their
@@ -18,6 +18,9 @@ import os
 import numpy as np
 
 from models.data import DataError
+
+#: the validation share of a folder of class folders without train/ (models.data's default)
+VAL_FRACTION = 0.2
 
 
 class StreamedData:
@@ -159,9 +162,10 @@ def open_streamed(args, rank=0, world_size=1):
 
         pack = open_pack(where)
         train, val = pack.split("train"), pack.split("val")
-    else:
-        train = folder_source(where, "train", args.resize)
-        val = _TrainStatistics(folder_source(where, "val", args.resize), train)
+    else:  # class folders without train/ are split per class, as models.data splits them
+        split = dict(val_fraction=VAL_FRACTION, seed=args.seed)
+        train = folder_source(where, "train", args.resize, **split)
+        val = _TrainStatistics(folder_source(where, "val", args.resize, **split), train)
     augment = Augment(crop=args.image_size, flip=not args.no_flip, pca_lighting=not args.no_pca_lighting,
                       mean=None if args.mean == "none" else args.mean)
     name = f"{kind}:{os.path.basename(os.path.normpath(where))}"

@@ -49,8 +49,8 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
     completed epoch and exits with a message (status 130).
 
 Data: the small sets of :mod:`models.data` are held in memory; ``--data
-pack:FILE`` (``python -m models.pack``) and ``--data folder:DIR`` with
-``train/`` and ``val/`` are streamed batch by batch with the paper's
+pack:FILE`` (``python -m models.pack``) and ``--data folder:DIR`` (JPEGs
+decoded on the fly) are streamed batch by batch with the paper's
 augmentation (:mod:`models.streamed`, :mod:`models.stream`).
 
 The learning rate is divided by 10 when the validation error has not improved
@@ -412,7 +412,7 @@ def parse_args(argv=None):
                         "to train from its weights")
     p.add_argument("--data", default="digits",
                    help="digits, synthetic[:K], cifar10:DIR, folder:DIR or pack:FILE (a data set packed by "
-                        "python -m models.pack); pack:FILE and a folder:DIR with train/ and val/ are streamed")
+                        "python -m models.pack); pack:FILE and folder:DIR are streamed")
     p.add_argument("--epochs", type=int, default=10, help="train until this many epochs in total")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help=f"initial learning rate (default {DEFAULT_LR})")
@@ -446,7 +446,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also write checkpoint.npz every N training steps inside an epoch (--resume continues "
                         "from that step)")
-    streamed = p.add_argument_group("streamed data (pack:FILE, folder:DIR with train/ and val/)")
+    streamed = p.add_argument_group("streamed data (pack:FILE, folder:DIR)")
     streamed.add_argument("--crop", type=int, default=None,
                           help="side of the random training crops and the network input (the paper: 227, or 224; "
                                "default --image-size); at most the stored images' side")
@@ -459,8 +459,8 @@ def parse_args(argv=None):
     streamed.add_argument("--workers", type=int, default=None,
                           help=f"background workers assembling batches (default {DEFAULT_WORKERS})")
     streamed.add_argument("--resize", type=int, default=None, metavar="S",
-                          help="folder:DIR: images scaled so the shorter side is S, central SxS kept (default 256; "
-                               "a pack keeps the side it was packed with)")
+                          help="folder:DIR: images scaled so the shorter side is S, central SxS kept (default 256 "
+                               "for crops of 224 or more, else crop x 256/227; a pack keeps its own side)")
     streamed.add_argument("--ten-crop", action="store_true",
                           help="also evaluate on ten crops (corners, centre and their reflections; softmax averaged)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -532,11 +532,10 @@ def validate_args(args):
 
 
 def is_streamed(spec):
-    """``--data`` is read batch by batch rather than held in memory: ``pack:FILE``,
-    or ``folder:DIR`` where DIR has ``train/`` (and ``val/``) (a folder of class
-    sub-folders alone is small data, loaded and split in memory)."""
-    kind, _, arg = spec.partition(":")
-    return kind == "pack" or (kind == "folder" and os.path.isdir(os.path.join(arg, "train")))
+    """``--data`` is read batch by batch rather than held in memory: ``pack:FILE``
+    and ``folder:DIR`` (``train/`` and ``val/``, or class folders alone, split
+    per class as :mod:`models.data` splits them)."""
+    return spec.partition(":")[0] in ("pack", "folder")
 
 
 def _validate_streamed(args):
@@ -548,7 +547,7 @@ def _validate_streamed(args):
                                    ("--workers", args.workers is not None), ("--resize", args.resize is not None),
                                    ("--ten-crop", args.ten_crop)) if on]
     if given and not args.streamed:
-        raise UsageError(f"{given[0]} is for streamed data (pack:FILE, or folder:DIR with train/ and val/); "
+        raise UsageError(f"{given[0]} is for streamed data (pack:FILE or folder:DIR); "
                          f"--data {args.data} is held in memory at the network's input size")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError("--checkpoint-every must be a positive number of training steps")
@@ -557,18 +556,19 @@ def _validate_streamed(args):
     if args.crop is not None and args.image_size is not None and args.crop != args.image_size:
         raise UsageError(f"--crop {args.crop} and --image-size {args.image_size} differ: the crop is the network's "
                          "input; give one of them")
-    args.image_size = args.crop or args.image_size
+    args.image_size = args.crop or args.image_size or DEFAULT_IMAGE_SIZE[args.model]
     args.mean = args.mean or "image"
     args.workers = DEFAULT_WORKERS if args.workers is None else args.workers
     if args.workers < 0:
         raise UsageError("--workers must be 0 (batches assembled in the training process) or more")
     if args.resize is not None and args.data.startswith("pack:"):
         raise UsageError("--resize is for folder:DIR: a pack keeps the image side it was packed with")
-    args.resize = DEFAULT_RESIZE if args.resize is None else args.resize
+    if args.resize is None:  # the paper's 256 for its crops; smaller crops keep its proportion 256/227
+        args.resize = DEFAULT_RESIZE if args.image_size >= 224 else round(args.image_size * DEFAULT_RESIZE / 227)
     if args.resize < 1:
         raise UsageError("--resize must be positive")
     if args.channels != 3:
-        raise UsageError("streamed data is RGB: --channels 3")
+        raise UsageError(f"--data {args.data} is streamed as RGB (grey images are converted): --channels 3")
 
 
 def _installed(module):

@@ -337,3 +337,24 @@ def test_on_cupy_the_stream_uploads_the_batches_and_training_matches_numpy(packe
         uploads = [a["bytes"] for kind, site, a in ledger.events if kind == "h2d"
                    and site.startswith("models/stream.py")]
         assert uploads == [8 * 3 * 27 * 27 * 4] * 12  # 6 steps an epoch, 2 epochs
+
+
+def test_a_folder_of_class_folders_alone_is_streamed_and_split_per_class(tmp_path):
+    """No train/: each class gives 20% of its images to validation (as models.data splits
+    them), the crops come from images scaled to crop x 256/227 by default."""
+    root = tmp_path / "tree"
+    make_tree(str(root), classes=3, train_per_class=5, val_per_class=0, layout="folders", around=(48, 40),
+              quirks=False, seed=4)
+    flat = tmp_path / "flat"
+    (root / "train").rename(flat)
+    args = train.parse_args(SMALL + ["--data", f"folder:{flat}", "--crop", "27", "--batch-size", "4",
+                                     "--out", str(tmp_path / "r")])
+    assert args.streamed and args.resize == 30
+    from models.streamed import open_streamed
+
+    data = open_streamed(args)
+    assert (len(data.train_labels), len(data.val_labels)) == (12, 3)
+    assert sorted(data.val_labels) == [0, 1, 2] and data.train.size == 30
+    result = train.main(SMALL + ["--data", f"folder:{flat}", "--crop", "27", "--batch-size", "4", "--epochs", "1",
+                                 "--out", str(tmp_path / "run")])
+    assert result["status"] == "done" and result["history"][0]["val_error"] is not None
