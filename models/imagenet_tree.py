@@ -213,8 +213,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-quirks", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    t = make_tree(a.out, a.classes, a.train, a.val, layout=a.layout,
-                  quirks=not a.no_quirks, seed=a.seed)
+    try:
+        t = make_tree(a.out, a.classes, a.train, a.val, layout=a.layout,
+                      quirks=not a.no_quirks, seed=a.seed)
+    except (ValueError, OSError) as exc:
+        p.error(str(exc))
     print(f"{a.out}: {len(t.train)} training and {len(t.val)} validation images, "
           f"{len(t.class_names)} classes ({a.layout})")
     return 0

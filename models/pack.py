@@ -192,7 +192,8 @@ def scan(src_dir: str, val_fraction: Optional[float] = None, seed: int = 0) -> d
     label), ...], "val": [...]}``, labels in the order of the sorted class
     folder names of ``train/`` (ILSVRC's wnids sorted: the usual class
     indices). ``val/`` is class folders, or flat with ``LOC_val_solution.csv``
-    beside ``train/`` and ``val/`` (or inside ``val/``), or absent (an empty
+    beside ``train/`` and ``val/`` (or inside ``val/``, or up to three folders
+    above them, as in Kaggle's ``ILSVRC/Data/CLS-LOC/``), or absent (an empty
     validation split). With ``val_fraction``, a folder of class folders
     without ``train/`` is accepted too and split per class (seeded by
     ``seed``, as ``models.data``'s ``folder:`` loader splits it)."""
@@ -218,8 +219,11 @@ def scan(src_dir: str, val_fraction: Optional[float] = None, seed: int = 0) -> d
             else:
                 flat = _list_images(val_dir)
                 if flat:
-                    candidates = [os.path.join(src_dir, "LOC_val_solution.csv"),
-                                  os.path.join(val_dir, "LOC_val_solution.csv")]
+                    # beside train/ and val/, inside val/, or (Kaggle's download:
+                    # ILSVRC/Data/CLS-LOC/{train,val} under the csv) up to three levels up
+                    up = [os.path.join(os.path.abspath(src_dir), *[".."] * k) for k in (1, 2, 3)]
+                    candidates = [os.path.normpath(os.path.join(d, "LOC_val_solution.csv"))
+                                  for d in [src_dir, val_dir] + up]
                     csv_path = next((c for c in candidates if os.path.isfile(c)), None)
                     if csv_path is None:
                         raise PackError(f"{val_dir}: images without class folders, and no "
@@ -500,6 +504,12 @@ def pack(src_dir, out_path, size: int = DEFAULT_SIZE, workers: Optional[int] = N
             raise PackError(f"{out_path}: holds an unfinished pack of {plan.get('source')} at "
                             f"size {plan.get('size')}; choose another --out or remove it")
         chunk = int(plan["chunk"])
+        for s in SPLITS:
+            file = os.path.join(out_path, f"{s}.u8")
+            need = len(plan["splits"][s]["paths"]) * size * size * 3
+            if not os.path.isfile(file) or os.path.getsize(file) != need:
+                raise PackError(f"{out_path}: unfinished pack whose {s}.u8 is missing or of the "
+                                "wrong size; remove the folder and pack again")
     else:
         if os.path.isdir(out_path) and os.listdir(out_path):
             raise PackError(f"{out_path}: a folder that is not a pack is in the way")
@@ -876,8 +886,12 @@ def main(argv=None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the pack's folder: no space left, no permission, ...
+        print(f"error: {a.out}: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"error: interrupted; run the same command again to continue", file=sys.stderr)
+        print("error: interrupted; run the same command again to continue", file=sys.stderr)
         return 2
     line = (f"{s['path']}: {s['train']:,} training and {s['val']:,} validation images, "
             f"{s['classes']} classes")

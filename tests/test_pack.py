@@ -173,6 +173,14 @@ def test_layouts_give_the_right_labels(tmp_path, layout):
     assert sorted(found["val"]) == sorted(tree.val)
 
 
+def test_kaggle_layout_finds_the_csv_three_levels_up(tmp_path):
+    tree = make_tree(str(tmp_path / "ILSVRC" / "Data" / "CLS-LOC"), classes=3,
+                     train_per_class=1, val_per_class=2, around=(40, 30), quirks=False)
+    os.replace(os.path.join(tree.root, "LOC_val_solution.csv"),
+               str(tmp_path / "LOC_val_solution.csv"))
+    assert sorted(mp.scan(tree.root)["val"]) == sorted(tree.val)
+
+
 def test_layout_errors(tmp_path):
     tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=1, val_per_class=1,
                      around=(40, 30), quirks=False)
@@ -340,9 +348,58 @@ def test_kill_9_mid_pack_then_rerun_finishes_the_same_pack(tmp_path):
     assert sorted(os.listdir(out)) == ["manifest.json", "meta.npz", "train.u8", "val.u8"]
 
 
+def test_a_damaged_unfinished_pack_is_refused(tmp_path):
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=2, val_per_class=1,
+                     around=(40, 30), quirks=False, faults=["zero"])
+    out = str(tmp_path / "p")
+    with pytest.raises(mp.PackError, match="empty"):  # stops: an unfinished pack
+        mp.pack(tree.root, out, size=32, workers=1, progress=False)
+    os.remove(os.path.join(out, "val.u8"))
+    r = run_cli(tree.root, "--out", out, "--size", "32", "--workers", "1", "--skip-bad")
+    assert r.returncode == 2 and "val.u8 is missing" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_cli_errors_are_one_line(tmp_path):
     r = run_cli(str(tmp_path / "nowhere"), "--out", str(tmp_path / "p"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a directory" in r.stderr
     r = run_cli(str(tmp_path), "--out", str(tmp_path / "p"), "--size", "abc")
     assert r.returncode == 2 and r.stderr.startswith("error: ")
     assert len(r.stderr.strip().splitlines()) == 1
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=1, val_per_class=1,
+                     around=(40, 30), quirks=False)
+    (tmp_path / "file").write_text("a file, not a folder")
+    r = run_cli(tree.root, "--out", str(tmp_path / "file" / "p"), "--workers", "1", "--quiet")
+    assert "Not a directory" in r.stderr  # an OSError: one line too
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_tree_generator_command(tmp_path, capsys):
+    from models import imagenet_tree
+
+    assert imagenet_tree.main([str(tmp_path / "t"), "--classes", "5", "--train", "2", "--val",
+                               "1", "--layout", "ilsvrc-folders"]) == 0
+    assert "10 training and 5 validation images, 5 classes" in capsys.readouterr().out
+    found = mp.scan(str(tmp_path / "t"))
+    assert len(found["train"]) == 10 and len(found["val"]) == 5
+    sizes = []
+    for path, _ in found["train"] + found["val"]:
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    assert len(set(sizes)) > 5 and 300 < np.mean([w for w, _ in sizes]) < 700  # around 500x375
+    with pytest.raises(SystemExit) as stop:
+        imagenet_tree.main([str(tmp_path / "u"), "--classes", "2"])
+    assert stop.value.code == 2 and "quirks need" in capsys.readouterr().err
+
+
+def test_a_tree_without_val_packs_an_empty_validation_split(tmp_path):
+    import shutil
+
+    tree = make_tree(str(tmp_path / "t"), classes=2, train_per_class=2, val_per_class=1,
+                     around=(40, 30), quirks=False, layout="folders")
+    shutil.rmtree(os.path.join(tree.root, "val"))
+    s = mp.pack(tree.root, str(tmp_path / "p"), size=16, workers=1, progress=False)
+    assert (s["train"], s["val"]) == (4, 0)
+    p = mp.open_pack(str(tmp_path / "p"))
+    assert len(p.split("val")) == 0 and p.split("val").images.shape == (0, 16, 16, 3)

@@ -14,7 +14,6 @@ from models import pack as mp
 from models import stream as ms
 from models.data import DataError
 from models.imagenet_tree import make_tree
-from cupy_standin import real_cupy_importable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CROP = 40, 32
@@ -334,8 +333,6 @@ def small_step(classes):
                       backend="cupy")
 
 
-@pytest.mark.skipif(real_cupy_importable(), reason="counts with the CuPy stand-in, used only "
-                    "where real CuPy does not import (the test below runs on a GPU)")
 def test_cupy_upload_adds_no_synchronization_to_the_step(pk, cupy_standin_module):
     import cupy_standin
 
