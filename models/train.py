@@ -695,6 +695,11 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise fail(f"metadata 'steps' is {steps!r}")
     meta["position"] = _checked_position(meta.get("position"), meta.get("ranks", 1), steps, fail)
+    moved = [f"--{k.replace('_', '-')} {saved.get(k)} (now {config[k]})" for k in ("batch_size", "seed")
+             if meta["position"] is not None and saved.get(k) != config[k]]
+    if moved:  # the epoch's remaining batches would be others
+        raise CheckpointError(f"checkpoint {path} was written inside an epoch with " + " and ".join(moved)
+                              + ": resume it with the same")
     try:  # the convolution libraries the run measured (older checkpoints: none, measure again)
         kernel_choice.adopt(meta.get("kernel_choices", []))
     except ValueError as exc:

@@ -216,6 +216,11 @@ def test_a_checkpoint_written_inside_an_epoch_by_other_ranks_is_refused(tmp_path
     line = one_error_line(capsys, argv + ["--epochs", "2", "--resume"])
     assert line == "error: the checkpoint was written inside an epoch by 2 rank(s): resume it with as many " \
                    "(this run has 1)"
+    meta.update(ranks=1, dropout_rngs=[meta["dropout_rng"]], position=dict(batches=2, sums=[[1.0, 2, 64]],
+                                                                         seconds=0.5))
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, meta)
+    line = one_error_line(capsys, argv + ["--epochs", "2", "--resume", "--batch-size", "16"])
+    assert line.endswith("was written inside an epoch with --batch-size 32 (now 16): resume it with the same")
     meta["position"] = dict(batches="two", sums=[], seconds=0)
     save_checkpoint(tmp_path / "checkpoint.npz", arrays, meta)
     line = one_error_line(capsys, argv + ["--epochs", "2", "--resume"])
