@@ -11,7 +11,8 @@ stands for ``.venv/bin/python`` and ``python``, this checkout is on
 
 * ``run``: as written (diagrams, the explorer, the lecture's notebooks, the
   stand-in's count of a GPU step, AlexNet's towers on two ranks, reading the
-  TensorBoard files back);
+  TensorBoard files back, generating and packing an ImageNet-like tree,
+  evaluating a run);
 * ``short``: as written with ``--epochs 1`` (training and the ReLU/tanh
   experiment take minutes as written; one epoch goes through every part: data,
   model, checkpoints, diagrams, the explorer page, TensorBoard files);
@@ -49,6 +50,7 @@ RULES = [
     (r"^python3 -m venv \.venv$", "venv"),
     (r"pip install", "extras"),
     (r"-m models\.(train|relu_vs_tanh)\b", "short"),
+    (r"-m models\.(imagenet_tree|pack|evaluate)\b", "run"),
     (r"-m visualize\b", "run"),
     (r"-m notebooks\.build\b", "run"),
     (r"benchmarks/gpu_cost\.py", "run"),
