@@ -44,8 +44,7 @@ def listing(program, run_args=None):
     for the memory plan (updates included)."""
     names = _Names()
     slot = {id(n): k for k, n in enumerate(program.nodes)}
-    lines = [f"passes: {', '.join(name for name, _ in program.passes)}",
-             f"nodes: {len(program.nodes)}"]
+    lines = [f"nodes: {len(program.nodes)}"]
     for k, node in enumerate(program.nodes):
         if node.op.name in ("placeholder", "variable", "constant"):
             lines.append(f"{k:4d} {node.op.name} {names(node.name)} {node.shape} {node.dtype}")
