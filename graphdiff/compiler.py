@@ -31,6 +31,7 @@ from .backends import get_backend
 from .errors import CompileArgumentError, GraphdiffError, InputError, OutOfMemoryError, ShapeError
 from .feed import as_input, exportable
 from .fusion import fuse_elementwise
+from .rewrite import apply_rules
 from .kernels import choice as kernel_choice, parallel
 from .graph import (ConstantOp, Part, PlaceholderOp, Tensor, Variable, VariableOp, constant, fmt_shape, gc_paused,
                     toposort)
@@ -93,6 +94,24 @@ def _update_pairs(updates):
     return pairs
 
 
+class PassRecord(tuple):
+    """One entry of ``Program.passes``: ``(name, nodes)`` (the schedule after the
+    pass), with ``rules``: ``{rule name: firings}`` for the ``rewrite`` pass, else {}."""
+
+    def __new__(cls, name, nodes, rules=None):
+        record = super().__new__(cls, (name, nodes))
+        record.rules = dict(rules or {})
+        return record
+
+    @property
+    def name(self):
+        return self[0]
+
+    @property
+    def nodes(self):
+        return self[1]
+
+
 class Program:
     """A compiled graph. Call it with the input arrays; it returns the outputs
     (a single array for a single output tensor, else a list)."""
@@ -119,12 +138,15 @@ class Program:
         roots = [canon[id(r)] for r in roots]
         order = _schedule(roots)
         if optimize:
-            self.passes.append(("cse + constant folding", order))
+            self.passes.append(("simplify", order))
         if fuse:
-            # Columns shared between a convolution and its weight gradient are a
-            # NumPy-only layout: where oneDNN may run them, each op keeps its input.
-            share = not kernel_choice.onednn_in_play(self.kernel_mode, self.backend.name)
-            fused = fuse_elementwise(order, roots, share_columns=share)
+            # The rules of the op families; a layout rule applies only where every
+            # kernel library in play offers it (see kernels.choice.offers).
+            canon, fired = apply_rules(order, roots, kernel_choice.offers(self.kernel_mode, self.backend.name))
+            roots = [canon[id(r)] for r in roots]
+            order = _schedule(roots)
+            self.passes.append(PassRecord("rewrite", order, fired))
+            fused = fuse_elementwise(order, roots)
             roots = [fused[id(r)] for r in roots]
             order = _schedule(roots)
             self.passes.append(("fusion", order))

@@ -508,6 +508,8 @@ def _program_data(program, records, feed):
             if t.id not in records:
                 records[t.id] = _node_record(t)
         entry = {"name": name, "nodes": [t.id for t in order]}
+        if name == "rewrite":  # how often each rewrite rule fired, by rule name
+            entry["rules"] = dict(getattr(passes[len(out["passes"])], "rules", {}))
         if previous is not None:
             # A pass rebuilds every node downstream of one it replaces (same name, same op):
             # "new" are the nodes it made (a fused op, a folded constant), "removed" those it dropped.

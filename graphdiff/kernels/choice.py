@@ -78,6 +78,13 @@ def onednn_in_play(mode, backend_name):
     return backend_name == "numpy" and mode != "numpy" and onednn.available()
 
 
+def offers(mode, backend_name):
+    """The layouts every kernel library a program in ``mode`` on ``backend_name`` may
+    run offers (see :mod:`graphdiff.rewrite`'s ``ctx.offers``): NumPy's convolutions
+    read shared ``"im2col_columns"``; oneDNN's and the GPU's read their own inputs."""
+    return frozenset() if onednn_in_play(mode, backend_name) else frozenset({"im2col_columns"})
+
+
 def status_line():
     """One line for benchmark output: which convolution kernels are available."""
     if onednn.available():

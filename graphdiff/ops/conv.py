@@ -221,7 +221,7 @@ class Conv2dReLU(Conv2d):
     """``max(conv2d(x, w, b), 0)`` in one kernel: the ReLU rides along with the
     bias add and the copy of the GEMM's output to NCHW (one pass over the
     activations fewer). Built only by the compiler's fusion
-    (:func:`graphdiff.fusion.fuse_elementwise`), in place of a ReLU whose input is
+    (the ``conv2d_relu`` rule of :mod:`graphdiff.ops.conv_rewrites`), in place of a ReLU whose input is
     a convolution nothing else reads; gradients are taken on the user's graph
     before that, so this op has no VJP of its own."""
 
