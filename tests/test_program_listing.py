@@ -151,3 +151,22 @@ def test_listing_names_do_not_depend_on_earlier_graphs(optimize):
     first = listing(build())
     gd.tanh(gd.placeholder((3,)))  # more automatic names in between
     assert listing(build()) == first
+
+
+def test_kernel_choices_are_a_public_engine_call():
+    """Checkpoints save ``gd.kernel_choices()`` and resume with ``gd.adopt_kernel_choices``
+    (the same records as the internal ``kernels.choice`` calls, which keep working)."""
+    from graphdiff.kernels import choice
+
+    saved = gd.kernel_choices()
+    try:
+        gd.clear_kernel_choices()
+        record = dict(direction="forward", x=[2, 3, 8, 8], w=[4, 3, 3, 3], stride=[1, 1], padding=[1, 1],
+                      groups=1, library="numpy")
+        gd.adopt_kernel_choices([record])
+        assert gd.kernel_choices() == choice.decisions() == [record]
+        with pytest.raises(ValueError, match="kernel choice 0 is malformed"):
+            gd.adopt_kernel_choices([{"direction": "forward"}])
+    finally:
+        gd.clear_kernel_choices()
+        gd.adopt_kernel_choices(saved)
