@@ -77,7 +77,7 @@ class Context:
         self.position = {id(n): k for k, n in enumerate(order)}
         self._uses = collections.Counter(id(i) for n in order for i in n.inputs)
         self._rooted = {id(r) for r in roots}
-        self._offers = frozenset(offers)
+        self._offers = offers  # a container: "feature in offers"
         self.heads = {}       # id(original node) -> its replacement
         self.absorbed = set()  # ids of nodes folded into a replacement
         self.memo = {}        # per-rule scratch (e.g. an index built once per pass)

@@ -5,7 +5,7 @@ small CNN with pooling and LRN, against golden files in ``tests/data/listings``.
 A listing names, per instruction: the op and its attributes, the node (its
 automatic number replaced by its order of appearance, so the listing does not
 depend on what was built before), shape, dtype, input and freed slots, and
-which kernel runs it (the op's own, or a chosen one: ``ConvolutionKernel``);
+which kernel runs it (the op's own, or one chosen by measurement: ``measured``);
 then the memory plan of one run (planned buffer of each output, buffer sizes)
 and the variables updated in place. A refactoring of the compiler must leave
 them unchanged. After an intended change, regenerate with
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
-from graphdiff.kernels import onednn
+from graphdiff.kernels import choice, onednn
 from graphdiff.optim import sgd_momentum
 from models.alexnet import alexnet
 
@@ -49,7 +49,7 @@ def listing(program, run_args=None):
         if node.op.name in ("placeholder", "variable", "constant"):
             lines.append(f"{k:4d} {node.op.name} {names(node.name)} {node.shape} {node.dtype}")
     for kernel, ins, out, frees, node in program._instrs:
-        library = type(kernel).__name__ if type(kernel).__name__ not in ("partial", "function") else "own"
+        library = "measured" if isinstance(kernel, choice.MeasuredKernel) else "own"
         lines.append(f"{out:4d} {names(node.op.describe())} {names(node.name)} {node.shape} {node.dtype} "
                      f"in={list(ins)} free={sorted(frees)} kernel={library}")
     if run_args is not None:
@@ -156,8 +156,6 @@ def test_listing_names_do_not_depend_on_earlier_graphs(optimize):
 def test_kernel_choices_are_a_public_engine_call():
     """Checkpoints save ``gd.kernel_choices()`` and resume with ``gd.adopt_kernel_choices``
     (the same records as the internal ``kernels.choice`` calls, which keep working)."""
-    from graphdiff.kernels import choice
-
     saved = gd.kernel_choices()
     try:
         gd.clear_kernel_choices()
