@@ -14,8 +14,7 @@ from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, 
 from .feed import from_dlpack
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
 # The measured kernel choices, for checkpoints: records to save, and to adopt when resuming.
-from .kernels.choice import adopt as adopt_kernel_choices, clear_decisions as clear_kernel_choices  # noqa: F401
-from .kernels.choice import decisions as kernel_choices  # noqa: F401
+from .profiling import adopt_kernel_choices, clear_kernel_choices, kernel_choices  # noqa: F401
 from .nx import to_networkx, graph_stats
 from .ops import *  # noqa: F401,F403 - the op functions are the public API
 from .ops import abs, max, pow, sum  # noqa: A004 - NumPy's names, as in the DESIGN contract

@@ -25,3 +25,22 @@ class Profiling:
         :mod:`graphdiff.kernels.choice`)."""
         return {node.name: library for node, library in
                 kernel_choice.program_kernels(self._instrs, self.backend.name).items()}
+
+
+# ---------------------------------------------------------------------- kernel choices (public)
+def kernel_choices():
+    """The kernel libraries measured so far in this process, as JSON-able records
+    (one per op direction and geometry; see :func:`graphdiff.kernels.choice.decisions`):
+    what a training checkpoint saves, so that a resumed run computes with the same kernels."""
+    return kernel_choice.decisions()
+
+
+def adopt_kernel_choices(records):
+    """Take ``records`` (from :func:`kernel_choices`, e.g. a checkpoint's) as this
+    process's choices; ``ValueError`` naming the first malformed record, nothing taken."""
+    return kernel_choice.adopt(records)
+
+
+def clear_kernel_choices():
+    """Forget every measured choice (the next run of each program measures again)."""
+    kernel_choice.clear_decisions()

@@ -10,7 +10,7 @@ convolutions, as the rest of this text tells:
 
 A compiled program on NumPy gives each convolution instruction (``conv2d``,
 ``conv2d_relu``, ``conv2d_grad_input``, ``conv2d_grad_weight`` and the fused
-``conv2d_backward``: each direction of each layer) a :class:`ConvolutionKernel`.
+``conv2d_backward``: each direction of each layer) a :class:`MeasuredKernel`.
 The first time it runs with given input shapes it times both libraries on the
 real operands (each once to warm up: oneDNN builds its primitive, NumPy its
 scratch buffers; then twice each, alternating) and keeps the faster for those
