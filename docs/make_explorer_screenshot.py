@@ -1,11 +1,14 @@
-"""Take the explorer screenshot shown in the README (docs/explorer.png).
+"""Take the explorer screenshots shown in the docs (docs/explorer.png, docs/explorer_update.png).
 
     .venv/bin/python docs/make_explorer_screenshot.py
 
-alexnet-small on one validation batch of the bundled digits: every layer
-collapsed but conv3, conv1/w's gradient path lit, and the step through the backward pass at
-conv2's input gradient (case 2, the inversion of indexes), hovering one
-``dX_ij``. Needs Playwright and Debian's chromium (``/usr/bin/chromium``).
+alexnet-small on one validation batch of the bundled digits. ``explorer.png``:
+the layers collapsed, each forward box with its feature maps, every backward box
+with its gradient check, conv1/w's gradient path lit, and the step through the
+backward pass at conv3's input gradient (case 2, the inversion of indexes,
+typeset), hovering one ``dX_ij`` (the formula with its numbers).
+``explorer_update.png``: *take one step*, one SGD step for every parameter.
+Needs Playwright and Debian's chromium (``/usr/bin/chromium``).
 """
 import os
 import sys
@@ -33,22 +36,28 @@ def main(out=os.path.join(HERE, "explorer.png")):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        tab = browser.new_page(viewport={"width": 1500, "height": 860})
+        tab = browser.new_page(viewport={"width": 1500, "height": 1000})
         tab.goto("file://" + page_path)
         tab.wait_for_selector("body[data-ready='1']")
         tab.select_option("#gd-param", "conv1/w")
         index = tab.evaluate(f"gdExplorer.schedule.indexOf({grad_input['id']})")
         tab.evaluate(f"gdExplorer.step({index + 1})")
-        tab.click("#gd-fit")
+        tab.evaluate("gdExplorer.collapse('conv3')")
+        tab.evaluate("gdExplorer.initialView()")
         tab.hover("table[data-grid='dX'] td[data-i='2'][data-j='1']")
+        tab.evaluate("document.getElementById('gd-panel').scrollTop = 1e6")  # the formula below the grids
         tab.screenshot(path=out + ".tmp.png")
+        tab.click("#gd-update-btn")
+        update = os.path.join(os.path.dirname(out), "explorer_update.png")
+        tab.screenshot(path=update + ".tmp.png")
         browser.close()
     os.remove(page_path)
     from PIL import Image
 
-    Image.open(out + ".tmp.png").convert("RGB").quantize(colors=128).save(out, optimize=True)
-    os.remove(out + ".tmp.png")
-    print(f"wrote {out} ({os.path.getsize(out):,} bytes)")
+    for path in (out, update):
+        Image.open(path + ".tmp.png").convert("RGB").quantize(colors=128).save(path, optimize=True)
+        os.remove(path + ".tmp.png")
+        print(f"wrote {path} ({os.path.getsize(path):,} bytes)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .execution import Execution
 from .graph import PlaceholderOp, Tensor, Variable, fmt_shape, gc_paused
 from .kernels import choice as kernel_choice
 from .memory import MemoryPlan
-from .passes import PassRecord, run_passes  # noqa: F401 - PassRecord: the entries of Program.passes
+from .passes import PassRecord, _check_order, run_passes  # noqa: F401 - the entries of Program.passes; the check
 from .planning import Planning, _input_checks
 from .profiling import Profiling
 

@@ -15,6 +15,7 @@ then plans its instructions and memory (:mod:`graphdiff.planning`,
 import numpy as np
 
 from .fusion import fuse_elementwise
+from .errors import CompilerError
 from .graph import ConstantOp, PlaceholderOp, Tensor, VariableOp, constant, toposort
 from .rewrite import apply_rules
 
@@ -54,6 +55,7 @@ def run_passes(roots, optimize=True, fuse=True, offers=frozenset()):
             canon, fired = rewrite(order, roots)
             roots = [canon[id(r)] for r in roots]
             order = schedule(roots)
+            _check_order(order, name)
             passes.append(PassRecord(name, order, fired))
     return passes, order, roots
 
@@ -70,6 +72,19 @@ def schedule(roots):
     if not early:
         return order
     return toposort(sorted(early, key=lambda n: n.op.schedule_early) + list(roots))
+
+
+def _check_order(order, after):
+    """Every node's inputs run before it (what a rewrite that made a cycle would
+    break): one pass over the edges; a CompilerError naming the node otherwise."""
+    done = set()
+    for node in order:
+        late = next((i for i in node.inputs if id(i) not in done), None)
+        if late is not None:
+            raise CompilerError(f"after {after}: {node.op.name} {node.name!r} is scheduled before its input "
+                                f"{late.op.name} {late.name!r} (a bug in graphdiff; compile with fuse=False "
+                                f"to work around it)")
+        done.add(id(node))
 
 
 def simplify(roots):

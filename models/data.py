@@ -223,6 +223,9 @@ def load_dataset(spec: str, image_size: int, channels: int = 3, seed: int = 0,
                                synthetic_size, arg)
     if kind == "cifar10":
         return _load_cifar10(arg, image_size, channels)
+    if kind == "pack":
+        raise DataError(f"{spec}: a packed data set is streamed, not loaded into memory "
+                        "(python -m models.train --data pack:FILE reads it batch by batch)")
     if resize_to is None:
         resize_to = round(image_size * 256 / 227)
     return _load_folder(arg, image_size, channels, seed, val_fraction,
@@ -230,7 +233,7 @@ def load_dataset(spec: str, image_size: int, channels: int = 3, seed: int = 0,
 
 
 #: The forms :func:`load_dataset` understands, for error messages.
-SPEC_FORMS = "'digits', 'synthetic', 'synthetic:K', 'cifar10:DIR' or 'folder:DIR'"
+SPEC_FORMS = "'digits', 'synthetic', 'synthetic:K', 'cifar10:DIR', 'folder:DIR' or 'pack:FILE'"
 
 
 def parse_spec(spec: str) -> tuple:
@@ -258,6 +261,10 @@ def parse_spec(spec: str) -> tuple:
     if kind in ("cifar10", "folder"):
         if not arg:
             raise DataError(f"data set spec {spec!r} names no folder: give {kind}:DIR")
+        return kind, arg
+    if kind == "pack":
+        if not arg:
+            raise DataError(f"data set spec {spec!r} names no file: give pack:FILE (made by python -m models.pack)")
         return kind, arg
     raise DataError(f"unknown data set spec {spec!r}; expected {SPEC_FORMS}")
 

@@ -11,6 +11,9 @@ tag                         metrics.jsonl key
 ``loss/validation``         ``val_loss`` (absent without validation)
 ``error/train``             ``train_error``
 ``error/validation``        ``val_error``
+``error_top5/validation``   ``val_top5_error``
+``error/validation_10crop`` ``val_error_10crop`` (with ``--ten-crop``)
+``error_top5/validation_10crop`` ``val_top5_error_10crop`` (with ``--ten-crop``)
 ``learning_rate``           ``lr``
 ``images_per_second``       ``images_per_second``
 ==========================  ======================================
@@ -54,8 +57,14 @@ SCALARS = {
     "loss/validation": "val_loss",
     "error/train": "train_error",
     "error/validation": "val_error",
+    "error_top5/validation": "val_top5_error",
     "learning_rate": "lr",
     "images_per_second": "images_per_second",
+}
+#: the same for the keys only ``--ten-crop`` writes
+TEN_CROP_SCALARS = {
+    "error/validation_10crop": "val_error_10crop",
+    "error_top5/validation_10crop": "val_top5_error_10crop",
 }
 
 _DTYPES = {"float16": types_pb2.DT_HALF, "float32": types_pb2.DT_FLOAT, "float64": types_pb2.DT_DOUBLE,
@@ -72,9 +81,10 @@ class TensorBoardLog:
         self._writer = EventFileWriter(logdir)
 
     def add_epoch(self, record):
-        """The :data:`SCALARS` of one ``metrics.jsonl`` record, at step ``epoch``."""
+        """The :data:`SCALARS` (and :data:`TEN_CROP_SCALARS`) of one ``metrics.jsonl``
+        record that it has, at step ``epoch``."""
         values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(record[key]))
-                  for tag, key in SCALARS.items() if record.get(key) is not None]
+                  for tag, key in {**SCALARS, **TEN_CROP_SCALARS}.items() if record.get(key) is not None]
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(record["epoch"]),
                                                summary=summary_pb2.Summary(value=values)))
         self._writer.flush()

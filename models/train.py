@@ -11,11 +11,14 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
 
 ``metrics.jsonl``
     one JSON object per epoch: ``epoch``, ``train_loss``, ``train_error``,
-    ``val_loss``, ``val_error``, ``val_accuracy``, ``lr``, ``seconds``,
-    ``images_per_second``. ``train_loss``/``train_error`` are averaged over
-    the epoch's mini-batches as they are trained (dropout on, as
-    cuda-convnet reported them); the validation figures use the weights at
-    the end of the epoch with dropout off.
+    ``val_loss``, ``val_error``, ``val_accuracy``, ``val_top5_error``, ``lr``,
+    ``seconds``, ``images_per_second`` (and, with ``--ten-crop``,
+    ``val_error_10crop``, ``val_top5_error_10crop``). ``train_loss``/``train_error``
+    are averaged over the epoch's mini-batches as they are trained (dropout
+    on, as cuda-convnet reported them); the validation figures use the
+    weights at the end of the epoch with dropout off: the top-1 and top-5
+    errors of the centre crop (:mod:`models.evaluate`) and, with
+    ``--ten-crop``, of ten crops, the softmax averaged.
 ``curves.png``
     loss and error per epoch.
 ``forward.svg``, ``backward.svg``
@@ -29,14 +32,26 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
     the interactive explorer of the forward and backward graphs with the
     values of one validation batch from the trained model (written at the
     end; skipped with ``--no-diagrams``, and with a warning if it fails).
+``conv1_kernels.png``, ``predictions.png``
+    at the end, the paper's Figure 3 (the first convolution's kernels) and
+    Figure 4, left (validation images and their top-5 predictions):
+    :mod:`models.figures`.
 ``checkpoint.npz``
-    written after every epoch (and before the first): parameters, momentum
+    written after every epoch (and before the first; with
+    ``--checkpoint-every N`` also every N training steps, with where the
+    epoch stands: ``--resume`` then continues at that step, bit for bit as
+    an uninterrupted run): parameters, momentum
     buffers, epoch, learning rate, the dropout and shuffle generators' states,
     the learning-rate schedule's state and which library (NumPy or oneDNN)
     each convolution was measured to run on. ``--resume`` continues from it
     exactly: the per-epoch losses of an interrupted and resumed run equal
     those of an uninterrupted one. Ctrl-C leaves the checkpoint of the last
     completed epoch and exits with a message (status 130).
+
+Data: the small sets of :mod:`models.data` are held in memory; ``--data
+pack:FILE`` (``python -m models.pack``) and ``--data folder:DIR`` (JPEGs
+decoded on the fly) are streamed batch by batch with the paper's
+augmentation (:mod:`models.streamed`, :mod:`models.stream`).
 
 The learning rate is divided by 10 when the validation error has not improved
 for ``--lr-drop-patience`` epochs, as in the paper (0 turns this off). A data
@@ -52,8 +67,10 @@ Under ``mpiexec -n N`` the command trains data-parallel (:mod:`models.distribute
 batch, only rank 0 writing; a rank that fails ends every rank.
 """
 import argparse
+import contextlib
 import functools
 import importlib.util
+import itertools
 import json
 import math
 import numbers
@@ -67,6 +84,7 @@ import numpy as np
 
 import graphdiff as gd
 from graphdiff.atomic import atomic_write
+from graphdiff.backends import to_host_array
 from graphdiff.checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
 from graphdiff.distributed import launched_rank
 from graphdiff.kernels import choice as kernel_choice
@@ -75,17 +93,26 @@ from models.cli import ArgumentParser
 from models.cnn import cnn4
 from models.data import DataError, load_dataset, parse_spec
 from models.distributed import AgreedInterrupt, DistributedError, detect
+from models.evaluate import describe, log_softmax, ten_crop_errors, top_k_wrong
 from models.imported import check_classifier, onnx_classifier
 
 MODELS = ("alexnet", "alexnet-small", "cnn4")
 DEFAULT_IMAGE_SIZE = {"alexnet": 227, "alexnet-small": 32, "cnn4": 32}
 DEFAULT_LR = 0.01
+MEAN_KINDS = ("image", "channel", "none")
+DEFAULT_WORKERS = 2
+DEFAULT_RESIZE = 256  # folder:DIR streamed: the paper's shorter side
 
 #: the keys of a metrics.jsonl line, in the order they are written
-METRIC_KEYS = ("epoch", "train_loss", "train_error", "val_loss", "val_error", "val_accuracy", "lr", "seconds",
-               "images_per_second")
+METRIC_KEYS = ("epoch", "train_loss", "train_error", "val_loss", "val_error", "val_accuracy", "val_top5_error", "lr",
+               "seconds", "images_per_second")
+#: the keys every epoch of a checkpoint's history has (older runs lack ``val_top5_error``)
+HISTORY_KEYS = tuple(k for k in METRIC_KEYS if k != "val_top5_error")
+#: the keys ``--ten-crop`` adds to a metrics.jsonl line
+TEN_CROP_KEYS = ("val_error_10crop", "val_top5_error_10crop")
 #: files of a run in ``--out``; one of the first two there means the folder holds a run
-RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg", "explorer.html")
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "curves.png", "forward.svg", "backward.svg", "explorer.html",
+             "conv1_kernels.png", "predictions.png")
 TENSORBOARD_DIR = "tensorboard"  # inside --out, where the event files go by default
 INTEROP_INSTALL = "pip install -e '.[interop]'"
 
@@ -125,54 +152,100 @@ def build_model(name, num_classes, image_size, channels=3, groups=2, activation=
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None, stop=None):
+def train_epoch(step, dataset, batch_size, rng, progress=None, parallel=None, stop=None, epoch=None, position=None,
+                on_step=None):
     """One pass over the shuffled training set. Returns ``(mean loss, error
     rate, images per second)``, averaged over the mini-batches as trained.
     ``progress`` is a tqdm bar (or None); ``parallel`` (data-parallel
     training, :mod:`models.distributed`) sums the figures over the ranks;
     ``stop`` (an :class:`models.distributed.AgreedStop`) is asked after every
-    step whether the ranks stop there."""
-    total_loss, wrong, seen = 0.0, 0, 0
-    start = time.perf_counter()
-    for images, labels in dataset.train_batches(batch_size, rng):
-        loss = step(images, labels)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss} after {seen} images: lower the learning rate")
-        n = len(labels)
-        total_loss += loss * n
-        wrong += int(np.count_nonzero(np.argmax(step.last_logits, axis=1) != labels))
-        seen += n
-        if progress is not None:
-            progress.update(n)
-            progress.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself shows img/s
-        if stop is not None:
-            stop.after_step()
+    step whether the ranks stop there. ``epoch`` (streamed data: the epoch's
+    order and augmentation follow from the seed and the epoch) is passed on to
+    ``dataset.train_batches``. ``position``, an :class:`EpochPosition`, is the
+    part of the epoch already trained (a mid-epoch checkpoint): its batches
+    are skipped and its sums carried on. ``on_step(position)`` is called
+    after every step with where the epoch stands (mid-epoch checkpoints)."""
+    done, (total_loss, wrong, seen), spent = position or EpochPosition()
+    start = time.perf_counter() - spent
+    with _epoch_batches(dataset, batch_size, rng, epoch, done) as batches:
+        for images, labels in batches:
+            loss = step(images, labels)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} after {seen} images: lower the learning rate")
+            n = len(labels)
+            total_loss += loss * n
+            wrong += int(np.count_nonzero(np.argmax(step.last_logits, axis=1) != labels))
+            seen += n
+            done += 1
+            if progress is not None:
+                progress.update(n)
+                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself shows img/s
+            if on_step is not None:
+                on_step(EpochPosition(done, (total_loss, wrong, seen), time.perf_counter() - start))
+            if stop is not None:
+                stop.after_step()
     seconds = time.perf_counter() - start
     if parallel is not None:
         total_loss, wrong, seen = parallel.sum([total_loss, wrong, seen])
     return total_loss / seen, wrong / seen, seen / seconds
 
 
+class EpochPosition(tuple):
+    """Where a rank stands in an epoch: ``(batches trained, (loss sum, wrong,
+    images), seconds)``; the sums are this rank's."""
+
+    def __new__(cls, batches=0, sums=(0.0, 0, 0), seconds=0.0):
+        return super().__new__(cls, (int(batches), tuple(sums), float(seconds)))
+
+    @property
+    def batches(self):
+        return self[0]
+
+
+def _batch_count(dataset, batch_size):
+    """The training steps of one epoch of in-memory data (the batches
+    :meth:`models.data.Dataset.train_batches` or a rank's
+    :meth:`models.distributed.ShardedDataset.train_batches` yields)."""
+    parallel = getattr(dataset, "_parallel", None)
+    if parallel is None:
+        return -(-len(dataset.train_labels) // batch_size)
+    n, step = len(dataset._dataset.train_labels), batch_size * parallel.size
+    return n // step + (0 < n % step and n % step >= parallel.size)
+
+
+def _epoch_batches(dataset, batch_size, rng, epoch, skip):
+    """The epoch's training batches from the ``skip``-th on, as a context
+    manager (a streamed data set's workers stop when it closes). In-memory
+    data draws its order (and augmentation) from ``rng``, which must be in its
+    state at the start of the epoch: the skipped batches are drawn and
+    dropped, so ``rng`` ends where an uninterrupted epoch leaves it."""
+    if epoch is not None:
+        return dataset.train_batches(batch_size, rng, epoch=epoch, start_batch=skip)
+    return contextlib.nullcontext(itertools.islice(dataset.train_batches(batch_size, rng), skip, None))
+
+
 def evaluate(predict, dataset, batch_size, parallel=None):
-    """``(mean loss, error rate)`` of the evaluation program ``predict``
-    (images -> logits, dropout off) on the validation split (this rank's
-    part of it, summed over the ranks by ``parallel``); ``(None, None)``
-    when the split is empty."""
-    total_loss, wrong, seen = 0.0, 0, 0
+    """``(mean loss, top-1 error, top-5 error)`` of the evaluation program
+    ``predict`` (images -> logits, dropout off) on the validation split's
+    centre crops (this rank's part of it, summed over the ranks by
+    ``parallel``); ``(None, None, None)`` when the split is empty. The top-k
+    error: the fraction of images whose class is not among the ``k`` highest
+    logits (:func:`models.evaluate.top_k_wrong`)."""
+    total_loss, wrong, wrong5, seen = 0.0, 0, 0, 0
     for images, labels in dataset.val_batches(batch_size):
         logits = np.asarray(predict(images), dtype=np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        logp = log_softmax(logits)
         total_loss += -logp[np.arange(len(labels)), labels].sum()
         wrong += int(np.count_nonzero(np.argmax(logits, axis=1) != labels))
+        wrong5 += top_k_wrong(logits, labels, 5)
         seen += len(labels)
     if parallel is not None:
-        total_loss, wrong, seen = parallel.sum([total_loss, wrong, seen])
+        total_loss, wrong, wrong5, seen = parallel.sum([total_loss, wrong, wrong5, seen])
     if seen == 0:
-        return None, None
+        return None, None, None
     if not math.isfinite(total_loss):
         raise FloatingPointError(f"the validation loss became {total_loss / seen}: lower the learning rate")
-    return total_loss / seen, wrong / seen
+    return total_loss / seen, wrong / seen, wrong5 / seen
 
 
 def render_diagrams(model, step, out_dir, log=print):
@@ -218,6 +291,52 @@ def write_explorer(model, dataset, out_dir, batch_size, log=print):
     return path
 
 
+def write_figures(model, predict, dataset, out_dir, log=print):
+    """The paper's Figure 3 (``conv1_kernels.png``: the first convolution's
+    learned kernels) and Figure 4 left (``predictions.png``: validation
+    images with their top-5 predictions), :mod:`models.figures`. Failure
+    warns: training matters more."""
+    from models import figures
+
+    written = []
+    kernels = next((p for k, p in model.params.items() if len(p.shape) == 4), None)  # conv1 comes first
+    if kernels is not None:
+        path = os.path.join(out_dir, "conv1_kernels.png")
+        try:
+            figures.write_conv1_kernels(to_host_array(kernels.value), path, f"{model.name}: conv1")
+            written.append(path)
+        except Exception as exc:  # noqa: BLE001 - any problem only costs the picture
+            warnings.warn(f"conv1_kernels.png not written: {type(exc).__name__}: {exc}")
+    if len(dataset.val_labels):
+        path = os.path.join(out_dir, "predictions.png")
+        try:
+            shown, inputs, labels = _figure_batch(dataset, figures.spread(len(dataset.val_labels)))
+            probabilities = np.exp(log_softmax(predict(inputs)))
+            figures.write_predictions(shown, probabilities, labels, dataset.class_names, path,
+                                      title=f"{model.name} on {dataset.name}")
+            written.append(path)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"predictions.png not written: {type(exc).__name__}: {exc}")
+    if written:
+        log(f"figures: {', '.join(written)}")
+    return written
+
+
+def _figure_batch(dataset, indices):
+    """``(images to show in [0, 1] (N, H, W[, 3]), network inputs, labels)`` of
+    the validation images ``indices``. In-memory images get their mean back
+    and are stretched to [0, 1] each (they were scaled per data set)."""
+    if hasattr(dataset, "figure_batch"):  # streamed: the centre crops as stored
+        return dataset.figure_batch(indices)
+    inputs = np.ascontiguousarray(dataset.val_images[indices])
+    shown = inputs + np.asarray(dataset.mean, np.float32).reshape(1, -1, 1, 1)
+    lo = shown.min(axis=(1, 2, 3), keepdims=True)
+    shown = (shown - lo) / np.maximum(shown.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)
+    shown = shown.transpose(0, 2, 3, 1)
+    shown = shown[..., 0] if shown.shape[-1] != 3 else shown
+    return shown, inputs, dataset.val_labels[indices]
+
+
 def export_onnx(model, path, log=print):
     """The trained network, images -> logits (dropout as the identity), as an
     ONNX file that ONNX Runtime, PyTorch or ``gd.onnx.load`` read back."""
@@ -249,6 +368,12 @@ def plot_curves(history, path, title=""):
     if validated:
         ax_err.plot([h["epoch"] for h in validated], [100 * h["val_error"] for h in validated], "s--",
                     label="validation")
+    for key, style, label in (("val_top5_error", "v:", "validation top-5"),
+                              ("val_error_10crop", "D--", "validation, 10 crops"),
+                              ("val_top5_error_10crop", "^:", "validation top-5, 10 crops")):
+        shown = [h for h in history if h.get(key) is not None]
+        if shown:
+            ax_err.plot([h["epoch"] for h in shown], [100 * h[key] for h in shown], style, label=label)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error rate (%)")
     ax_err.legend()
@@ -285,7 +410,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="alexnet-small",
                    help=f"{', '.join(MODELS)}, or an ONNX image classifier FILE.onnx (e.g. from torch.onnx.export) "
                         "to train from its weights")
-    p.add_argument("--data", default="digits", help="digits, synthetic[:K], cifar10:DIR or folder:DIR")
+    p.add_argument("--data", default="digits",
+                   help="digits, synthetic[:K], cifar10:DIR, folder:DIR or pack:FILE (a data set packed by "
+                        "python -m models.pack); pack:FILE and folder:DIR are streamed")
     p.add_argument("--epochs", type=int, default=10, help="train until this many epochs in total")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help=f"initial learning rate (default {DEFAULT_LR})")
@@ -316,6 +443,26 @@ def parse_args(argv=None):
                             f"when the tensorboard package is installed: {INTEROP_INSTALL})")
     board.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     p.add_argument("--no-diagrams", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also write checkpoint.npz every N training steps inside an epoch (--resume continues "
+                        "from that step)")
+    streamed = p.add_argument_group("streamed data (pack:FILE, folder:DIR)")
+    streamed.add_argument("--crop", type=int, default=None,
+                          help="side of the random training crops and the network input (the paper: 227, or 224; "
+                               "default --image-size); at most the stored images' side")
+    streamed.add_argument("--no-flip", action="store_true", help="no random horizontal reflections")
+    streamed.add_argument("--no-pca-lighting", action="store_true",
+                          help="no PCA colour augmentation (the paper's a_i ~ N(0, 0.1) along the RGB eigenvectors)")
+    streamed.add_argument("--mean", choices=MEAN_KINDS, default=None,
+                          help="subtract the training set's mean image (default, the paper's), its per-channel "
+                               "mean, or nothing")
+    streamed.add_argument("--workers", type=int, default=None,
+                          help=f"background workers assembling batches (default {DEFAULT_WORKERS})")
+    streamed.add_argument("--resize", type=int, default=None, metavar="S",
+                          help="folder:DIR: images scaled so the shorter side is S, central SxS kept (default 256 "
+                               "for crops of 224 or more, else crop x 256/227; a pack keeps its own side)")
+    streamed.add_argument("--ten-crop", action="store_true",
+                          help="also evaluate on ten crops (corners, centre and their reflections; softmax averaged)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     validate_args(args)
@@ -335,6 +482,7 @@ def validate_args(args):
         args.image_size = args.image_size or args.onnx_model.images.shape[2]
         if args.image_size is None:
             raise UsageError(f"--model {args.model}: its image size is known only at run time: give --image-size")
+    _validate_streamed(args)
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.model]
     args.lr_given = args.lr is not None
@@ -381,6 +529,46 @@ def validate_args(args):
         folder = os.path.dirname(os.path.abspath(args.export_onnx))
         if not os.path.isdir(folder):
             raise UsageError(f"--export-onnx {args.export_onnx}: no folder {folder} to write it in")
+
+
+def is_streamed(spec):
+    """``--data`` is read batch by batch rather than held in memory: ``pack:FILE``
+    and ``folder:DIR`` (``train/`` and ``val/``, or class folders alone, split
+    per class as :mod:`models.data` splits them)."""
+    return spec.partition(":")[0] in ("pack", "folder")
+
+
+def _validate_streamed(args):
+    """The streamed-data flags: refused with data held in memory; ``--crop`` is
+    the input side (``--image-size`` may say the same); the defaults filled in."""
+    args.streamed = isinstance(args.data, str) and is_streamed(args.data)
+    given = [flag for flag, on in (("--crop", args.crop is not None), ("--no-flip", args.no_flip),
+                                   ("--no-pca-lighting", args.no_pca_lighting), ("--mean", args.mean is not None),
+                                   ("--workers", args.workers is not None), ("--resize", args.resize is not None),
+                                   ("--ten-crop", args.ten_crop)) if on]
+    if given and not args.streamed:
+        raise UsageError(f"{given[0]} is for streamed data (pack:FILE or folder:DIR); "
+                         f"--data {args.data} is held in memory at the network's input size")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise UsageError("--checkpoint-every must be a positive number of training steps")
+    if not args.streamed:
+        return
+    if args.crop is not None and args.image_size is not None and args.crop != args.image_size:
+        raise UsageError(f"--crop {args.crop} and --image-size {args.image_size} differ: the crop is the network's "
+                         "input; give one of them")
+    args.image_size = args.crop or args.image_size or DEFAULT_IMAGE_SIZE[args.model]
+    args.mean = args.mean or "image"
+    args.workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    if args.workers < 0:
+        raise UsageError("--workers must be 0 (batches assembled in the training process) or more")
+    if args.resize is not None and args.data.startswith("pack:"):
+        raise UsageError("--resize is for folder:DIR: a pack keeps the image side it was packed with")
+    if args.resize is None:  # the paper's 256 for its crops; smaller crops keep its proportion 256/227
+        args.resize = DEFAULT_RESIZE if args.image_size >= 224 else round(args.image_size * DEFAULT_RESIZE / 227)
+    if args.resize < 1:
+        raise UsageError("--resize must be positive")
+    if args.channels != 3:
+        raise UsageError(f"--data {args.data} is streamed as RGB (grey images are converted): --channels 3")
 
 
 def _installed(module):
@@ -436,6 +624,8 @@ def _config(args, num_classes):
             "batch_size", "lr", "momentum", "weight_decay", "seed", "lr_drop_patience", "backend")
     config = {k: getattr(args, k) for k in keys}
     config["num_classes"] = num_classes
+    if getattr(args, "streamed", False):  # what the evaluation of the trained model must subtract and scale alike
+        config.update(mean=args.mean, resize=args.resize)
     return config
 
 
@@ -485,7 +675,7 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
         raise fail(f"metadata 'history' must be a list of {epoch} epochs, got {type(history).__name__}"
                    + (f" of {len(history)}" if isinstance(history, list) else ""))
     for i, h in enumerate(history, 1):
-        if not isinstance(h, dict) or h.get("epoch") != i or not set(METRIC_KEYS) <= set(h):
+        if not isinstance(h, dict) or h.get("epoch") != i or not set(HISTORY_KEYS) <= set(h):
             raise fail(f"metadata 'history' entry {i} is not the record of epoch {i}")
 
     expected = step.state_arrays()
@@ -503,6 +693,15 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
         dropout_state = restore_generator(meta.get("dropout_rng")).bit_generator.state
     except Exception as exc:  # noqa: BLE001 - any malformed state: KeyError, TypeError, ValueError
         raise fail(f"bad random generator state ({type(exc).__name__}: {exc})") from None
+    steps = meta.get("steps", 0)  # older checkpoints: none counted
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise fail(f"metadata 'steps' is {steps!r}")
+    meta["position"] = _checked_position(meta.get("position"), meta.get("ranks", 1), steps, fail)
+    moved = [f"--{k.replace('_', '-')} {saved.get(k)} (now {config[k]})" for k in ("batch_size", "seed")
+             if meta["position"] is not None and saved.get(k) != config[k]]
+    if moved:  # the epoch's remaining batches would be others
+        raise CheckpointError(f"checkpoint {path} was written inside an epoch with " + " and ".join(moved)
+                              + ": resume it with the same")
     try:  # the convolution libraries the run measured (older checkpoints: none, measure again)
         kernel_choice.adopt(meta.get("kernel_choices", []))
     except ValueError as exc:
@@ -515,6 +714,35 @@ def _restore(step, shuffle_rng, arrays, meta, config, path):
     return history, best_val, stale
 
 
+def _checked_position(position, ranks, steps, fail):
+    """A mid-epoch checkpoint's ``position`` metadata (None at an epoch's end),
+    checked: ``batches`` (at most ``steps``), ``sums`` (per rank: loss sum,
+    wrong, images) and ``seconds``."""
+    if position is None:
+        return None
+    ok = (isinstance(position, dict) and isinstance(position.get("batches"), int)
+          and 0 < position["batches"] <= steps and isinstance(position.get("sums"), list)
+          and len(position["sums"]) == ranks
+          and all(isinstance(s, list) and len(s) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                             for v in s) for s in position["sums"])
+          and isinstance(position.get("seconds"), (int, float)) and position["seconds"] >= 0)
+    if not ok:
+        raise fail(f"metadata 'position' (where the epoch in progress stands) is malformed: {position!r}"[:300])
+    return position
+
+
+def _rank_position(position, parallel):
+    """This rank's :class:`EpochPosition` from a checkpoint's ``position``
+    (None: none); refused when another number of ranks wrote it (the batches
+    would be others)."""
+    if position is None:
+        return None
+    if len(position["sums"]) != parallel.size:
+        raise CheckpointError(f"the checkpoint was written inside an epoch by {len(position['sums'])} rank(s): "
+                              f"resume it with as many (this run has {parallel.size})")
+    return EpochPosition(position["batches"], position["sums"][parallel.rank], position["seconds"])
+
+
 def _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
     """``--resume``: load the checkpoint into ``step`` and ``shuffle_rng``
     (see :func:`_restore`), rewrite ``metrics.jsonl`` to its epochs and keep
@@ -523,7 +751,9 @@ def _resume(args, step, shuffle_rng, config, ckpt_path, metrics_path, log):
     arrays, meta = load_checkpoint(ckpt_path)
     history, best_val, stale = _restore(step, shuffle_rng, arrays, meta, config, ckpt_path)
     _write_metrics(metrics_path, history)  # drop lines of epochs after the checkpoint
-    log(f"resumed from {ckpt_path} after epoch {len(history)} (lr {step.lr:g})")
+    inside = meta["position"]
+    log(f"resumed from {ckpt_path} after epoch {len(history)}"
+        + (f" and {inside['batches']} steps of epoch {len(history) + 1}" if inside else "") + f" (lr {step.lr:g})")
     initial = meta["config"].get("lr", step.lr)  # the run's --lr (older checkpoints: the current rate)
     config["lr"] = initial  # what the run started with, whatever this resume says
     if args.lr_given and args.lr != initial:
@@ -537,7 +767,9 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
     the others receive its state (the parameters and momentum buffers follow
     in the start-up broadcast), and each rank takes its own dropout generator:
     the checkpoint's if it was written by as many ranks, else a fresh one
-    (see :mod:`models.distributed`). Returns ``(history, best_val_error, stale_epochs)``."""
+    (see :mod:`models.distributed`). Returns ``(history, best_val_error, stale_epochs,
+    position, steps)``: where the epoch in progress stands (an :class:`EpochPosition`, None
+    at an epoch's end) and the training steps before that epoch."""
     state, failure = None, None
     if parallel.is_root:
         try:
@@ -545,7 +777,8 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
             state = dict(history=history, best_val=best_val, stale=stale, lr=step.lr, run_lr=config["lr"],
                          shuffle=shuffle_rng.bit_generator.state, epoch=len(history),
                          rngs=meta.get("dropout_rngs", [meta["dropout_rng"]]),
-                         kernel_choices=kernel_choice.decisions())
+                         kernel_choices=kernel_choice.decisions(), position=meta["position"],
+                         steps=meta.get("steps", 0))
         except (CheckpointError, OSError) as exc:
             if parallel.size == 1:
                 raise
@@ -557,6 +790,8 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
         step.lr, config["lr"] = state["lr"], state["run_lr"]
         shuffle_rng.bit_generator.state = state["shuffle"]
         kernel_choice.adopt(state["kernel_choices"])  # rank 0's: every rank runs the same libraries
+    position = _rank_position(state["position"], parallel)
+    steps = state["steps"] - (position.batches if position else 0)
     if len(state["rngs"]) == parallel.size:
         if not parallel.is_root:  # rank 0's was restored with the rest
             step.set_rng_state(restore_generator(state["rngs"][parallel.rank]).bit_generator.state)
@@ -565,7 +800,7 @@ def _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path, metrics_
         step.set_rng_state(fresh.bit_generator.state)
         log(f"the checkpoint was written by {len(state['rngs'])} rank(s), this run has {parallel.size}: "
             "dropout continues with fresh generators")
-    return state["history"], state["best_val"], state["stale"]
+    return state["history"], state["best_val"], state["stale"], position, steps
 
 
 def _prepare_out(args):
@@ -597,7 +832,12 @@ def main(argv=None, parallel=None):
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     curves_path = os.path.join(args.out, "curves.png")
 
-    dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
+    if args.streamed:  # read batch by batch by background workers, this rank's share only
+        from models.streamed import open_streamed
+
+        dataset = open_streamed(args, rank=parallel.rank, world_size=parallel.size)
+    else:
+        dataset = load_dataset(args.data, args.image_size, channels=args.channels, seed=args.seed)
     validated = len(dataset.val_labels) > 0
     config = _config(args, dataset.num_classes)
     if is_onnx(args.model):  # from its weights, read by validate_args
@@ -613,35 +853,51 @@ def main(argv=None, parallel=None):
                       backend=args.backend, seed=parallel.dropout_seed(args.seed),
                       reduce_gradients=parallel.gradient_reducer())
     parallel.check_same_setup(model, config)  # before rank 0 writes anything
-    data = parallel.shard(dataset)  # this rank's part of every batch
+    data = dataset if args.streamed else parallel.shard(dataset)  # this rank's part of every batch
+    if args.streamed and parallel.reducer is not None:
+        parallel.reducer.scale = 1 / parallel.size  # every rank trains on batch-size images of each step
     predict = model.compile_eval(args.backend)
     shuffle_rng = np.random.default_rng([args.seed, 1])
     history, best_val, stale = [], None, 0
+    position, steps = None, 0  # where a resumed epoch stands; training steps before it
     if root:
         _prepare_out(args)
 
     resumed = args.resume and parallel.share(os.path.exists(ckpt_path))
     if resumed:
-        history, best_val, stale = _resume_ranks(parallel, args, step, shuffle_rng, config, ckpt_path,
-                                                 metrics_path, log)
+        history, best_val, stale, position, steps = _resume_ranks(parallel, args, step, shuffle_rng, config,
+                                                                  ckpt_path, metrics_path, log)
     elif args.resume:
         log(f"no checkpoint at {ckpt_path}: starting from scratch")
     parallel.broadcast_state(step)  # every rank starts from rank 0's parameters
 
-    def save(epoch, every_rank=True):
-        """Rank 0 writes; ``every_rank`` gathers each rank's dropout generator first (a collective)."""
+    epoch_start_rng = None  # the shuffling generator's state when the epoch in progress began
+    held = [len(history), position.batches if position else 0]  # what checkpoint.npz holds: epochs, steps
+
+    def held_text():
+        return f"epoch {held[0]}" + (f" and {held[1]} steps of epoch {held[0] + 1}" if held[1] else "")
+
+    def save(epoch, every_rank=True, inside=None):
+        """Rank 0 writes; ``every_rank`` gathers each rank's dropout generator first (a collective).
+        ``inside`` (an :class:`EpochPosition`): a mid-epoch checkpoint, ``epoch`` epochs and this
+        much of the next trained; it gathers every rank's sums (a collective)."""
         rngs = parallel.gather(step.get_rng_state()) if every_rank else [step.get_rng_state()]
         meta = dict(epoch=epoch, lr=step.lr, dropout_rng=rngs[0], kernel_choices=kernel_choice.decisions(),
                     shuffle_rng=generator_state(shuffle_rng), best_val_error=best_val, stale_epochs=stale,
-                    history=history, config=config)
+                    history=history, config=config, steps=steps + (inside.batches if inside else 0))
+        if inside is not None:  # the shuffling generator as the epoch began: its order is drawn again
+            meta.update(shuffle_rng=epoch_start_rng,
+                        position=dict(batches=inside.batches, sums=parallel.gather(list(inside[1])),
+                                      seconds=inside[2]))
         if parallel.size > 1:
             meta.update(dropout_rngs=rngs, ranks=parallel.size)
         if not root:
             return
         try:
             save_checkpoint(ckpt_path, step.state_arrays(), meta)
+            held[:] = [epoch, inside.batches if inside else 0]
         except OSError as exc:
-            kept = f"it still holds epoch {epoch - 1}" if os.path.exists(ckpt_path) else "nothing was saved"
+            kept = f"it still holds {held_text()}" if os.path.exists(ckpt_path) else "nothing was saved"
             raise OutputError(f"cannot write {ckpt_path}: {exc.strerror or exc}; {kept}") from exc
 
     def write_metrics():
@@ -683,16 +939,37 @@ def main(argv=None, parallel=None):
                     log(f"stopping before epoch {epoch}: it would end past --max-minutes {args.max_minutes:g}")
                     status = "stopped"
                     break
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - (position[2] if position else 0.0)
             lr = step.lr
-            with tqdm(total=len(dataset.train_labels), unit="img", desc=f"epoch {epoch}/{args.epochs}",
-                      disable=args.quiet or not root, leave=False, dynamic_ncols=True) as bar:
+            epoch_start_rng = generator_state(shuffle_rng)
+            more = {}  # only what is in use (tests stand in for train_epoch with the basic arguments)
+            if args.streamed:
+                more["epoch"] = epoch
+            if position is not None:
+                more["position"] = position
+            if args.checkpoint_every:
+                def every_n_steps(where, before=steps):
+                    if (before + where.batches) % args.checkpoint_every == 0:
+                        save(len(history), inside=where)
+
+                more["on_step"] = every_n_steps
+            total = data.epoch_images(args.batch_size) if args.streamed else len(data.train_labels)
+            with tqdm(total=total, initial=min(total, position[1][2]) if position else 0, unit="img",
+                      desc=f"epoch {epoch}/{args.epochs}", disable=args.quiet or not root, leave=False,
+                      dynamic_ncols=True) as bar:
                 train_loss, train_error, speed = train_epoch(step, data, args.batch_size, shuffle_rng, bar,
-                                                             **_across(parallel, stop=stop))
-            val_loss, val_error = evaluate(predict, data, args.batch_size, **_across(parallel))
+                                                             **_across(parallel, stop=stop), **more)
+            steps += data.epoch_batches(args.batch_size) if args.streamed else _batch_count(data, args.batch_size)
+            position = None
+            val_loss, val_error, *top5 = evaluate(predict, data, args.batch_size, **_across(parallel))
             record = dict(epoch=epoch, train_loss=train_loss, train_error=train_error, val_loss=val_loss,
-                          val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error, lr=lr,
-                          seconds=time.perf_counter() - t0, images_per_second=speed)
+                          val_error=val_error, val_accuracy=None if val_error is None else 1.0 - val_error,
+                          val_top5_error=top5[0] if top5 else None, lr=lr)
+            if args.ten_crop:
+                record.update(zip(TEN_CROP_KEYS, ten_crop_errors(
+                    predict, data.val_images_uint8(args.batch_size), args.image_size, data.crop_mean,
+                    **_across(parallel))))
+            record.update(seconds=time.perf_counter() - t0, images_per_second=speed)
             parallel.check_in_sync(step)
             record = parallel.share(record)  # every rank takes rank 0's figures (the same up to timings)
             history.append(record)
@@ -711,10 +988,8 @@ def main(argv=None, parallel=None):
             save(epoch)
             pending_save = False
             write_metrics()
-            val_text = "val -" if val_error is None else (f"val error {100 * val_error:5.2f}%  "
-                                                            f"val acc {100 * (1 - val_error):5.2f}%")
             log(f"epoch {epoch:3d}  loss {train_loss:.4f}  train error {100 * train_error:5.2f}%  "
-                f"{val_text}  lr {lr:g}  {record['seconds']:.1f}s  {speed:.0f} img/s")
+                f"{describe(record)}  lr {lr:g}  {record['seconds']:.1f}s  {speed:.0f} img/s")
             if dropped and epoch < args.epochs:  # after the last epoch there is no next one to use it
                 log(f"validation error has not improved for {args.lr_drop_patience} epochs: lr -> {step.lr:g}")
             if board is not None:
@@ -734,7 +1009,8 @@ def main(argv=None, parallel=None):
             save(len(history), every_rank=False)  # the other ranks may be stopped anywhere
             write_metrics()
         status = "interrupted"
-        log(f"\ninterrupted: {ckpt_path} holds epoch {len(history)}; continue with the same command plus --resume")
+        log(f"\ninterrupted: {ckpt_path} holds {held_text()}; continue with the "
+            "same command plus --resume")
     finally:
         if stop is not None:
             stop.uninstall(finish=agreed)
@@ -742,6 +1018,8 @@ def main(argv=None, parallel=None):
             board.close()
     if root and not args.no_diagrams and status != "interrupted":
         write_explorer(model, dataset, args.out, args.batch_size, log)
+    if root and status != "interrupted" and history:
+        write_figures(model, predict, dataset, args.out, log)
     if root and args.export_onnx is not None and status != "interrupted":
         export_onnx(model, args.export_onnx, log)
     if history:

@@ -237,6 +237,7 @@ BINARY = {
     "maximum": (gd.maximum, lambda a, c: torch.where(a >= c, a, c)),
     "minimum": (gd.minimum, lambda a, c: torch.where(a <= c, a, c)),
     "where": (lambda a, c: gd.where(a > c, a * 2.0, c), lambda a, c: torch.where(a > c, a * 2.0, c)),
+    "pow": (lambda a, c: (a * a + 0.5) ** gd.tanh(c), lambda a, c: (a * a + 0.5) ** torch.tanh(c)),
 }
 
 
@@ -369,6 +370,23 @@ def _split_torch(b, args, p):
     return list(torch.split(x, [p["at"], x.shape[p["axis"]] - p["at"]], dim=p["axis"]))
 
 
+def _index_draw(draw, shapes, pool):
+    s = shapes[0]
+    axis = draw(st.integers(1, len(s)))
+    return (), {"axis": axis, "index": draw(st.integers(-s[axis - 1], s[axis - 1] - 1))}
+
+
+def _index_key(p):
+    return (slice(None),) * p["axis"] + (p["index"],)
+
+
+def _squeeze_draw(draw, shapes, pool):
+    ones = [i + 1 for i, d in enumerate(shapes[0]) if d == 1]
+    if not ones:
+        return None
+    return (), {"axes": tuple(sorted(draw(st.lists(st.sampled_from(ones), min_size=1, unique=True))))}
+
+
 def _reduce_draw(draw, shapes, pool):
     n = len(shapes[0])
     axes = draw(st.lists(st.integers(1, n), min_size=1, max_size=n, unique=True))
@@ -441,6 +459,18 @@ GENERATORS = {
                          lambda b, args, p: torch.cat(list(args), dim=p["axis"])),
     "getitem": OpGen(lambda s: len(s) >= 1 and min(s) >= 1, _slice_draw, _slice_shape,
                      lambda b, args, p: args[0][_slice_key(p)], lambda b, args, p: args[0][_slice_key(p)]),
+    "getitem_index": OpGen(lambda s: len(s) >= 2, _index_draw,
+                           lambda shapes, p: tuple(d for i, d in enumerate(shapes[0]) if i != p["axis"] - 1),
+                           lambda b, args, p: args[0][_index_key(p)], lambda b, args, p: args[0][_index_key(p)]),
+    "expand_dims": OpGen(lambda s: len(s) <= 3, lambda draw, shapes, pool: ((), {"axis": draw(st.integers(
+                             1, len(shapes[0]) + 1))}),
+                         lambda shapes, p: shapes[0][:p["axis"] - 1] + (1,) + shapes[0][p["axis"] - 1:],
+                         lambda b, args, p: gd.expand_dims(args[0], p["axis"]),
+                         lambda b, args, p: args[0].unsqueeze(p["axis"])),
+    "squeeze": OpGen(lambda s: 1 in s, _squeeze_draw,
+                     lambda shapes, p: tuple(d for i, d in enumerate(shapes[0]) if i + 1 not in p["axes"]),
+                     lambda b, args, p: gd.squeeze(args[0], p["axes"]),
+                     lambda b, args, p: args[0].squeeze(p["axes"])),
     "split": OpGen(lambda s: len(s) >= 1, _split_draw, _split_shape, _split_gd, _split_torch, outputs=2),
     "sum": OpGen(lambda s: len(s) >= 1, _reduce_draw, _reduce_shape,
                  lambda b, args, p: gd.sum(args[0], p["axes"], p["keepdims"]),
@@ -455,6 +485,10 @@ GENERATORS = {
                      lambda b, args, p: (F.log_softmax if p["log"] else F.softmax)(args[0], dim=p["axis"])),
 }
 
+# drawn first a third of the time where they apply (else the many elementwise ops
+# would crowd them out)
+CNN_OPS = {"conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "lrn", "lrn_within"}
+
 MAX_ELEMENTS = 600  # per example, without the batch: keeps an example to milliseconds
 
 
@@ -462,7 +496,7 @@ MAX_ELEMENTS = 600  # per example, without the batch: keeps an example to millis
 def specs(draw, min_steps=1, max_steps=12, ops=None):
     """A random valid graph spec (see the module's docstring)."""
     names = sorted(GENERATORS) if ops is None else list(ops)
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)):  # mostly images: the convolution, pooling and LRN ops apply
         shape = (draw(st.integers(1, 4)), draw(st.integers(3, 7)), draw(st.integers(3, 7)))
     else:
         shape = (draw(st.integers(1, 8)),)
@@ -470,7 +504,10 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
     for _ in range(draw(st.integers(min_steps, max_steps))):
         # mostly the newest values (deep chains), sometimes older ones (fan-out, diamonds)
         k = len(pool) - 1 - draw(st.integers(0, len(pool) - 1)) if draw(st.booleans()) else len(pool) - 1
-        name = draw(st.sampled_from([n for n in names if GENERATORS[n].applies(pool[k])] or ["unary_tanh"]))
+        fits = [n for n in names if GENERATORS[n].applies(pool[k])] or ["expand_dims" if len(pool[k]) <= 3
+                                                                         else "unary_tanh"]
+        cnn = [n for n in fits if n in CNN_OPS]
+        name = draw(st.sampled_from(cnn if cnn and not draw(st.integers(0, 2)) else fits))
         gen = GENERATORS[name]
         drawn = gen.draw(draw, [pool[k]], pool)
         if drawn is None:

@@ -9,8 +9,10 @@ stands for ``.venv/bin/python`` and ``python``, this checkout is on
 ``PYTHONPATH``, ``benchmarks/`` is this checkout's and ``mpiexec`` the one the
 ``mpi`` extra installs. Each command falls under one rule of :data:`RULES`:
 
-* ``run``: as written (diagrams, the explorer, the stand-in's count of a GPU
-  step, AlexNet's towers on two ranks, reading the TensorBoard files back);
+* ``run``: as written (diagrams, the explorer, the lecture's notebooks, the
+  stand-in's count of a GPU step, AlexNet's towers on two ranks, reading the
+  TensorBoard files back, generating and packing an ImageNet-like tree,
+  evaluating a run);
 * ``short``: as written with ``--epochs 1`` (training and the ReLU/tanh
   experiment take minutes as written; one epoch goes through every part: data,
   model, checkpoints, diagrams, the explorer page, TensorBoard files);
@@ -48,7 +50,9 @@ RULES = [
     (r"^python3 -m venv \.venv$", "venv"),
     (r"pip install", "extras"),
     (r"-m models\.(train|relu_vs_tanh)\b", "short"),
+    (r"-m models\.(imagenet_tree|pack|evaluate)\b", "run"),
     (r"-m visualize\b", "run"),
+    (r"-m notebooks\.build\b", "run"),
     (r"benchmarks/gpu_cost\.py", "run"),
     (r"python3? -c ", "run"),
     (r"benchmarks/gpu_session\.sh", "syntax"),

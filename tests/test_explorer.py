@@ -305,8 +305,11 @@ def test_assets_are_package_data():
     patterns = config["tool"]["setuptools"]["package-data"]["visualize"]
     import fnmatch
 
-    assets = os.listdir(os.path.join(os.path.dirname(vz.__file__), "explorer_assets"))
-    assert assets and all(any(fnmatch.fnmatch("explorer_assets/" + a, p) for p in patterns) for a in assets)
+    root = os.path.dirname(vz.__file__)
+    assets = [os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+              for d, _, files in os.walk(os.path.join(root, "explorer_assets")) for f in files]
+    assert "explorer_assets/katex/katex.min.js" in assets and "explorer_assets/katex/LICENSE" in assets
+    assert all(any(fnmatch.fnmatch(a, p) for p in patterns) for a in assets)
 
 
 def test_command_line_explore(tmp_path):
@@ -485,3 +488,201 @@ def test_a_parameter_built_outside_scopes_is_shown_in_the_layer_that_reads_it():
     nodes = {n["name"]: n for n in build_data([y])["nodes"]}
     assert nodes["fc.weight"]["scope"] == "fc" and w.scope == ""  # shown in its layer, the tensor unchanged
     assert nodes["shared"]["scope"] == ""  # read by two layers: stays outside both
+
+
+# --------------------------------------------------------------------------- formulas, gradient checks, the SGD step
+def test_every_vjp_rule_of_alexnet_has_a_tex_formula_and_katex_is_inlined(cnn, tmp_path):
+    from models.alexnet import alexnet_small
+    from visualize.formulas import FORMULAS
+
+    model = alexnet_small(10, 24, width=8, hidden=32)
+    nodes = gd.toposort([model.loss, *gd.grad(model.loss, list(model.params.values()))])
+    used = {provenance(n)[0].op.name for n in nodes if provenance(n)[0] is not None}
+    used |= {n.op.name for n in nodes if n.op.kind == "gradient"}
+    assert {"conv2d", "relu", "max_pool2d", "lrn_normalize", "matmul", "softmax_cross_entropy"} <= used
+    missing = used - set(FORMULAS) - {"dropout_mask"}
+    assert not missing, missing
+    for name, f in FORMULAS.items():  # balanced braces: a typo would show as a KaTeX error box
+        for tex in f.values():
+            depth = 0
+            for ch in tex.replace(r"\{", "").replace(r"\}", ""):
+                depth += {"{": 1, "}": -1}.get(ch, 0)
+                assert depth >= 0, (name, tex)
+            assert depth == 0, (name, tex)
+    assert "inversion of indexes" in FORMULAS["conv2d_grad_input"]["forward"]
+    assert "X_{(i+l)(j+k)}" in FORMULAS["conv2d_grad_weight"]["forward"]
+    data = build_data(cnn["outputs"], feed=cnn["feed"])
+    assert set(data["formulas"]) == {n.op.name for n in gd.toposort(cnn["outputs"])} & set(FORMULAS)
+    page = vz.explore(cnn["outputs"], feed=cnn["feed"], path=tmp_path / "p.html")
+    assets = os.path.join(os.path.dirname(vz.__file__), "explorer_assets", "katex")
+    with open(os.path.join(assets, "katex.min.js"), encoding="utf-8") as f:
+        assert f.read() in page.html  # inlined, nothing fetched
+    fonts = re.findall(r"src:url\(data:font/woff2;base64,", page.html)
+    assert len(fonts) >= 8 and "url(fonts/" not in page.html
+
+
+def _broken_conv_vjp(monkeypatch):
+    """conv2d's VJP with the input gradient doubled: a wrong rule."""
+    from graphdiff.ops.conv import Conv2d
+
+    right = Conv2d.vjp
+
+    def wrong(self, node, g, wrt):
+        out = right(self, node, g, wrt)
+        return [out[0] * 2.0 if out[0] is not None else None, *out[1:]]
+
+    monkeypatch.setattr(Conv2d, "vjp", wrong)
+
+
+def test_a_gradient_check_on_every_vjp_rule_and_a_wrong_rule_fails(cnn, monkeypatch):
+    data = build_data(cnn["outputs"], feed=cnn["feed"])
+    nodes = gd.toposort(cnn["outputs"])
+    rules = {provenance(n)[0].id: provenance(n)[0] for n in nodes if provenance(n)[0] is not None}
+    assert set(data["checks"]) == {str(i) for i in rules}
+    for i, r in data["checks"].items():
+        assert r["ok"] and r["error"] < 1e-4, (rules[int(i)].name, r)
+        assert r["analytic"] == pytest.approx(r["numeric"], rel=1e-4)
+    assert {rules[int(i)].op.name for i in data["checks"]} >= {"conv2d", "relu", "max_pool2d", "matmul",
+                                                                "softmax_cross_entropy", "reshape"}
+    # the time budget: past it, nodes are marked as not computed
+    late = build_data(cnn["outputs"], feed=cnn["feed"], check_seconds=1e-9)["checks"]
+    assert any("time budget" in r.get("skipped", "") for r in late.values())
+    assert build_data(cnn["outputs"], feed=cnn["feed"], check_seconds=0)["checks"] == {}
+    # a wrong rule: conv2d's input gradient doubled (in the graph and in the check alike) fails, only there
+    _broken_conv_vjp(monkeypatch)
+    broken = small_cnn()
+    checks = build_data(broken["outputs"], feed=broken["feed"])["checks"]
+    ops = {n.id: n.op.name for n in gd.toposort(broken["outputs"])}
+    failed = {ops[int(i)] for i, r in checks.items() if not r.get("ok")}
+    assert failed == {"conv2d"}
+    # both convolutions: the rule is checked with respect to every float input (conv1's images too)
+    # (each input on its own: the doubled input gradient is off by exactly a half, the weights' rule passes)
+    convs = [n for n in gd.toposort(broken["outputs"]) if n.op.name == "conv2d"]
+    assert len(convs) == 2
+    for n in convs:
+        errors = {i["input"]: i["error"] for i in checks[str(n.id)]["inputs"]}
+        assert errors[n.inputs[0].name] == pytest.approx(0.5, rel=1e-5)
+        assert errors[n.inputs[1].name] < 1e-4
+        assert checks[str(n.id)]["error"] == errors[n.inputs[0].name]
+
+
+def test_a_check_rebuilds_lrn_scale_inside_the_checked_function():
+    from visualize.gradcheck import check_node
+
+    rng = np.random.default_rng(1)
+    x = gd.placeholder((2, 6, 4, 4), name="x")
+    y = gd.lrn(x, size=3, alpha=0.1, beta=0.75, k=1.0)
+    values = {id(x): rng.standard_normal((2, 6, 4, 4)).astype(np.float32)}
+    values[id(y.inputs[1])] = gd.compile(y.inputs[1], inputs=[x])(values[id(x)])
+    r = check_node(y, values)
+    assert r["ok"] and r["error"] < 1e-4 and r["wrt"] == ["x"]
+
+
+def test_the_update_step_equals_one_compiled_sgd_step():
+    from graphdiff.optim import sgd_momentum
+
+    cnn = small_cnn(seed=3)
+    params = cnn["params"]
+    settings = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}
+    updates, state = sgd_momentum(cnn["loss"], params, **settings)
+    step = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]], updates=updates)
+    feed = cnn["feed"]
+
+    def check(data, before):
+        rows = {r["name"]: r for r in data["update"]["params"]}
+        assert set(rows) == set(params)
+        loss = step(*feed.values())  # the real step, on the same batch
+        assert float(loss) == pytest.approx(data["update"]["loss_before"], rel=1e-5)
+        for name, p in params.items():
+            r, w, v = rows[name], p.value.astype(np.float64), state.velocities[name].value.astype(np.float64)
+            for key, a in (("before", before[name]), ("after", w), ("v", v)):
+                assert r[key]["mean"] == pytest.approx(a.mean(), rel=1e-4, abs=1e-9), (name, key)
+                assert r[key]["norm"] == pytest.approx(np.linalg.norm(a), rel=1e-4), (name, key)
+                assert r[key]["max"] == pytest.approx(a.max(), rel=1e-4, abs=1e-9), (name, key)
+            assert r["ratio"] == pytest.approx(np.linalg.norm(v) / np.linalg.norm(before[name]), rel=1e-4)
+            nonzero = (before[name] != 0) & (v != 0)
+            if nonzero.any():
+                logs = np.log10(np.abs(v[nonzero]) / np.abs(before[name][nonzero]))
+                assert r["log_ratio"]["mean"] == pytest.approx(logs.mean(), rel=1e-4, abs=1e-5), name
+                assert sum(r["log_ratio"]["hist"]) == logs.size
+        after = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]])(*feed.values())
+        assert data["update"]["loss_after"] == pytest.approx(float(after), rel=1e-5)
+
+    # a first step: zero momentum buffers
+    before = {n: p.value.astype(np.float64) for n, p in params.items()}
+    data = build_data(cnn["outputs"], feed=feed, params=params, sgd=settings)
+    assert (data["update"]["lr"], data["update"]["momentum"], data["update"]["weight_decay"]) == (0.05, 0.9, 1e-3)
+    assert all(p.value is not None for p in params.values())
+    np.testing.assert_array_equal(params["conv1/w"].value, before["conv1/w"])  # the explorer restored them
+    check(data, before)
+    # a second step from the optimizer's state: its momentum buffers carry the first step
+    before = {n: p.value.astype(np.float64) for n, p in params.items()}
+    data = build_data(cnn["outputs"], feed=feed, params=params, sgd=state)
+    assert data["update"]["source"] == "the training step's optimizer"
+    assert all(r["momentum_buffer"] for r in data["update"]["params"])
+    check(data, before)
+    conv = next(r for r in data["update"]["params"] if r["name"] == "conv1/w")
+    assert {"thumbs_before", "thumbs_after", "thumbs_v"} <= set(conv)
+    with pytest.raises(ValueError, match="lr, momentum and weight_decay"):
+        build_data(cnn["outputs"], feed=feed, sgd={"rate": 0.1})
+
+
+def test_the_update_step_defaults_to_the_training_commands_settings(cnn):
+    from models.train import parse_args
+
+    data = build_data(cnn["outputs"], feed=cnn["feed"], params=cnn["params"])
+    defaults = parse_args(["--out", "x"])
+    assert data["update"]["lr"] == defaults.lr
+    assert (data["update"]["momentum"], data["update"]["weight_decay"]) == (defaults.momentum, defaults.weight_decay)
+
+
+def test_the_lrn_picture_holds_the_refactored_gradient_with_real_numbers():
+    rng = np.random.default_rng(2)
+    x = gd.placeholder((None, 7, 3, 3), name="x")
+    w = gd.variable(np.float32(1.5), name="w")
+    with gd.scope("norm"):
+        y = gd.lrn(x * w, size=3, alpha=0.5, beta=0.75, k=1.0)
+    loss = gd.sum(y * y)
+    (gw,) = gd.grad(loss, [w])
+    feed = {x: rng.standard_normal((2, 7, 3, 3)).astype(np.float32)}
+    data = build_data([loss, gw], feed=feed)
+    node = next(n for n in gd.toposort([loss, gw]) if n.op.name == "lrn_normalize")
+    pic = data["pictures"][str(node.id)]
+    assert pic["kind"] == "lrn" and len(pic["x"]) == 7 and (pic["size"], pic["alpha"], pic["beta"], pic["k"]) == (3, 0.5, 0.75, 1.0)
+    xv = np.asarray(pic["x"])
+    np.testing.assert_allclose(xv, 1.5 * feed[x][0, :, 0, 0], rtol=1e-6)
+    # scale and y from the formula; dx from the refactored gradient, against the lrn_grad node's value
+    sq = np.pad(xv ** 2, 1)
+    np.testing.assert_allclose(pic["scale"], 1.0 + 0.5 * (sq[:-2] + sq[1:-1] + sq[2:]), rtol=1e-5)
+    np.testing.assert_allclose(pic["y"], xv * np.asarray(pic["scale"]) ** -0.75, rtol=1e-5)
+    dy = 2 * np.asarray(pic["y"])  # d(sum y^2)/dy
+    np.testing.assert_allclose(pic["dy"], dy, rtol=1e-5)
+    t = np.pad(dy * np.asarray(pic["y"]) / np.asarray(pic["scale"]), 1)
+    st = t[:-2] + t[1:-1] + t[2:]
+    np.testing.assert_allclose(pic["st"], st, rtol=1e-5)
+    expect = dy * np.asarray(pic["scale"]) ** -0.75 - 2 * 0.5 * 0.75 * xv * st
+    np.testing.assert_allclose(pic["dx"], expect, rtol=1e-4, atol=1e-6)
+
+
+def test_vendoring_katex_inlines_the_kept_fonts(tmp_path):
+    import base64
+
+    from visualize.vendor_katex import vendor
+
+    pkg = tmp_path / "package"
+    (pkg / "dist" / "fonts").mkdir(parents=True)
+    (pkg / "package.json").write_text('{"version": "9.9.9"}')
+    (pkg / "LICENSE").write_text("MIT")
+    (pkg / "dist" / "katex.min.js").write_text("var katex={};")
+    for name in ("KaTeX_Main-Regular", "KaTeX_Script-Regular"):
+        (pkg / "dist" / "fonts" / f"{name}.woff2").write_bytes(name.encode())
+    face = ('@font-face{{font-family:{f};src:url(fonts/{n}.woff2) format("woff2"),url(fonts/{n}.woff) format("woff")}}')
+    (pkg / "dist" / "katex.min.css").write_text(face.format(f="KaTeX_Main", n="KaTeX_Main-Regular")
+                                                + face.format(f="KaTeX_Script", n="KaTeX_Script-Regular") + ".katex{x:1}")
+    out = tmp_path / "out"
+    assert vendor(str(pkg), str(out)) == "9.9.9"
+    css = (out / "katex.css").read_text()
+    data = base64.b64encode(b"KaTeX_Main-Regular").decode()
+    assert f'src:url(data:font/woff2;base64,{data}) format("woff2")' in css
+    assert "KaTeX_Script" not in css and "url(fonts/" not in css and ".katex{x:1}" in css
+    assert (out / "katex.min.js").read_text() == "var katex={};" and (out / "LICENSE").read_text() == "MIT"

@@ -403,3 +403,209 @@ def test_a_big_graph_without_scopes_opens_collapsed(browser, tmp_path):
     page.click("#gd-nodes g.scope[data-scope='nodes 1-100']")
     assert page.locator("#gd-nodes g.node").count() >= 90
     page.close()
+
+
+# --------------------------------------------------------------------------- typeset formulas, checks, the SGD step, strips
+def tex_number(src):
+    """The number after the last ``=`` of a formula as the page writes it
+    (``(-1.234)``, ``5.6\\times 10^{-4}``)."""
+    last = src.rsplit("=", 1)[1].strip().strip("()")
+    mantissa = last.split("\\times 10^{")
+    return float(mantissa[0]) * (10 ** int(mantissa[1].rstrip("}")) if len(mantissa) > 1 else 1)
+
+
+def test_formulas_are_typeset_with_the_selected_elements_numbers(cnn_page, shots):
+    cnn, page = cnn_page
+    # every formula of the page's table renders with KaTeX (an error would throw)
+    count = page.evaluate("""() => Object.entries(gdExplorer.data.formulas).map(([op, f]) =>
+        [katex.renderToString(f.forward, {throwOnError: true}), katex.renderToString(f.vjp, {throwOnError: true})]).length""")
+    assert count >= 8
+    nodes = gd.toposort(cnn["outputs"])
+    gi = next(n for n in nodes if n.op.name == "conv2d_grad_input")
+    schedule = page.evaluate("gdExplorer.schedule")
+    page.evaluate(f"gdExplorer.step({schedule.index(gi.id)} - gdExplorer.state.step)")
+    assert int(page.get_attribute("#gd-step-info [data-step-node]", "data-step-node")) == gi.id
+    # the step shows case 2 typeset (KaTeX's HTML, not the TeX source)
+    assert page.locator("#gd-step-info .gd-tex[data-tex-op='conv2d_grad_input'] .katex").count() == 1
+    assert "\\frac" not in page.inner_text("#gd-step-info")
+    assert page.locator("#gd-details .gd-tex[data-tex-op='conv2d'] .katex").count() >= 2  # forward and VJP
+    # hover dX_21 of conv2's picture: the formula with W and dE filled in, typeset
+    page.evaluate(f"gdExplorer.select({gi.id})")
+    page.hover("table[data-grid='dX'] td[data-i='2'][data-j='1']")
+    formula = page.locator("#gd-details .gd-formula")
+    src = formula.get_attribute("data-tex")
+    assert src.startswith("\\partial X_{21} = \\sum_{ab} W_{ab}") and "W_{00}\\,\\partial E_{21}" in src
+    assert formula.locator(".katex").count() == 1
+    pic = page.evaluate(f"gdExplorer.data.pictures[{provenance(gi)[0].id}]")
+    value = pic["dX"][2][1]
+    W, dE = np.array(pic["W"]), np.array(pic["dE"])
+    m, k = W.shape[0], dE.shape[0]
+    terms = [W[a, b] * dE[2 - a, 1 - b] for a in range(m) for b in range(m) if 0 <= 2 - a < k and 0 <= 1 - b < k]
+    assert value == pytest.approx(sum(terms), rel=1e-9, abs=1e-15)
+    assert tex_number(src) == pytest.approx(value, rel=1e-3)
+    page.screenshot(path=str(shots / "typeset.png"))
+    assert_not_blank(shots / "typeset.png")
+    # ReLU's switch with its numbers: hover element 0 of the picture
+    relu_grad = next(n for n in nodes if n.op.name == "relu_grad" and provenance(n)[0].scope == "conv1")
+    page.evaluate(f"gdExplorer.select({relu_grad.id})")
+    page.hover("table[data-grid='relu'] td[data-k='0']")
+    src = page.get_attribute("#gd-details .gd-formula", "data-tex")
+    pic = page.evaluate(f"gdExplorer.data.pictures[{provenance(relu_grad)[0].id}]")
+    assert src.startswith("y_{0} = \\max(0, ") and "\\operatorname{step}(y_{0})" in src
+    assert ("switch open" in src) == pic["switch"][0]
+    assert page.locator("#gd-details .gd-formula .katex").count() == 1
+
+
+def test_every_backward_node_shows_its_gradient_check(cnn_page):
+    cnn, page = cnn_page
+    page.evaluate("gdExplorer.expandAll()")
+    marks = page.eval_on_selector_all("#gd-nodes g.unit", """gs => gs.map(g => [+g.dataset.id,
+        (g.querySelector('g.gd-check') || {getAttribute: () => ''}).getAttribute('class')])""")
+    nodes = {n.id: n for n in gd.toposort(cnn["outputs"])}
+    for i, mark in marks:
+        n = nodes[i]
+        if n.backward and n.kind != "constant":
+            expect = "ok" if provenance(n)[0] is not None else "none"  # accumulations: no rule of their own
+            assert mark == f"gd-check {expect}", n.name
+        else:
+            assert not mark, n.name
+    gw = next(n for n in nodes.values() if n.op.name == "conv2d_grad_weight")
+    page.evaluate(f"gdExplorer.select({gw.id})")
+    box = page.locator("#gd-details .gd-checkbox[data-check='ok']")
+    assert box.count() == 1 and float(box.locator("[data-error]").get_attribute("data-error")) < 1e-4
+    assert box.locator(".katex").count() == 1
+
+
+def test_a_wrong_vjp_shows_red(browser, tmp_path, monkeypatch, shots):
+    from test_explorer import _broken_conv_vjp
+
+    _broken_conv_vjp(monkeypatch)
+    cnn = small_cnn()
+    path = tmp_path / "broken.html"
+    vz.explore(cnn["outputs"], feed=cnn["feed"], params=cnn["params"], path=path)
+    page = open_page(browser, path)
+    page.evaluate("gdExplorer.collapseAll()")
+    # collapsed: the backward boxes of both convolutions are red, the others green
+    red = set(page.eval_on_selector_all("#gd-nodes g.scope.bwd.check-fail", "gs => gs.map(g => g.dataset.scope)"))
+    green = set(page.eval_on_selector_all("#gd-nodes g.scope.bwd.check-ok", "gs => gs.map(g => g.dataset.scope)"))
+    assert red == {"conv1", "conv2"} and {"pool1", "fc", "loss"} <= green
+    page.evaluate("gdExplorer.expandAll()")
+    gi = next(n for n in gd.toposort(cnn["outputs"]) if n.op.name == "conv2d_grad_input")
+    assert page.locator(f"#gd-nodes g.node.check-fail[data-id='{gi.id}'] g.gd-check.fail").count() == 1
+    page.evaluate(f"gdExplorer.select({gi.id})")
+    assert "FAILED" in page.inner_text("#gd-details .gd-checkbox[data-check='fail']")
+    page.screenshot(path=str(shots / "wrong_vjp.png"))
+    assert_not_blank(shots / "wrong_vjp.png")
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_take_one_step_shows_every_parameter_before_and_after(cnn_page, shots):
+    cnn, page = cnn_page
+    page.click("#gd-update-btn")
+    rows = page.eval_on_selector_all("#gd-details tr[data-update]", "rs => rs.map(r => r.dataset.update)")
+    assert rows == list(cnn["params"])
+    update = page.evaluate("gdExplorer.data.update")
+    assert float(page.inner_text("[data-loss='before']")) == pytest.approx(update["loss_before"], rel=1e-3)
+    assert float(page.inner_text("[data-loss='after']")) == pytest.approx(update["loss_after"], rel=1e-3)
+    # the conv filters before, after and the step, as pictures
+    assert page.locator("tr[data-update='conv1/w'] img.gd-update-pic").count() == 3
+    page.screenshot(path=str(shots / "update_step.png"))
+    assert_not_blank(shots / "update_step.png")
+    page.click("tr[data-update='conv1/w'] [data-goto]")
+    part = page.locator("#gd-details .gd-update[data-param='conv1/w']")
+    assert part.count() == 1
+    for key in ("before", "after", "v"):
+        assert part.locator(f".gd-update-part[data-part='{key}'] img.gd-hist").count() == 1
+        assert part.locator(f".gd-update-part[data-part='{key}'] .gd-thumbs img").count() == 4  # conv1's 4 filters
+    assert part.locator(".gd-update-part[data-part='ratio'] img.gd-hist").count() == 1
+    w = cnn["params"]["conv1/w"].value.astype(np.float64)
+    row = next(r for r in update["params"] if r["name"] == "conv1/w")
+    assert row["before"]["norm"] == pytest.approx(np.linalg.norm(w), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_alexnet_page(browser, tmp_path_factory):
+    from models.alexnet import alexnet_small
+    from models.data import load_dataset
+
+    data = load_dataset("digits", 24, channels=3, seed=0)
+    model = alexnet_small(data.num_classes, 24, width=8, hidden=32)
+    images, labels = next(iter(data.val_batches(8)))
+    path = tmp_path_factory.mktemp("small") / "alexnet_small.html"
+    page_obj = vz.explore(model, feed={model.images: images, model.labels: labels}, path=path)
+    page = open_page(browser, path)  # 1400 x 900, as it opens
+    yield page_obj, page
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_collapsed_layers_carry_their_feature_maps_and_labels_are_legible(small_alexnet_page, shots):
+    import base64
+    import io
+
+    from PIL import Image
+
+    explorer, page = small_alexnet_page
+    # at the zoom the page opens with, a label is at least 11 px high on screen
+    heights = page.eval_on_selector_all("#gd-nodes g.unit text.label", "ts => ts.map(t => t.getBoundingClientRect().height)")
+    assert heights and min(heights) >= 11, min(heights)
+    page.screenshot(path=str(shots / "alexnet_small_open.png"))
+    assert_not_blank(shots / "alexnet_small_open.png")
+    # conv1's box holds a strip of example 0's first feature maps: the thumbnails of its ReLU output
+    strip = page.locator("#gd-nodes g.scope[data-scope='conv1'] g.gd-strip")
+    assert strip.count() == 1
+    node = next(n for n in explorer.data["nodes"] if n["id"] == int(strip.get_attribute("data-node")))
+    assert node["op"] == "relu" and node["scope"] == "conv1"
+    hrefs = strip.locator("image").evaluate_all("es => es.map(e => e.getAttribute('href'))")
+    assert len(hrefs) == 6
+    th = node["thumbs"]
+    for k, href in enumerate(hrefs):
+        png = Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1]))).convert("L")
+        expect = np.frombuffer(base64.b64decode(th["maps"][k]), np.uint8).reshape(th["h"], th["w"])
+        np.testing.assert_array_equal(np.asarray(png), expect)
+    # every forward layer with 4-D values has one; the backward boxes none
+    strips = set(page.eval_on_selector_all("#gd-nodes g.scope:has(g.gd-strip)", "gs => gs.map(g => g.getAttribute('data-unit'))"))
+    assert {"S:conv1|f", "S:pool1|f", "S:conv5|f"} <= strips and not any(s.endswith("|b") for s in strips)
+
+
+def test_lrns_refactored_gradient_typeset_with_a_channels_numbers(small_alexnet_page):
+    explorer, page = small_alexnet_page
+    grad = next(n for n in explorer.data["nodes"] if n["op"] == "lrn_grad" and n["scope"] == "norm1")
+    page.evaluate(f"gdExplorer.reveal({grad['id']}); gdExplorer.select({grad['id']})")
+    assert page.locator("#gd-details .gd-picture[data-kind='lrn']").count() == 1
+    assert page.locator("#gd-step-info .gd-tex, #gd-details .gd-tex[data-tex-op='lrn_grad'] .katex").count() >= 1
+    page.hover("table[data-grid='lrn'] td[data-k='2']")
+    src = page.get_attribute("#gd-details .gd-formula", "data-tex")
+    assert "S^{\\top}" in src and "x_{2}" in src
+    assert page.locator("#gd-details .gd-formula .katex").count() == 1
+    pic = page.evaluate(f"gdExplorer.data.pictures[{grad['vjp_of']}]")
+    assert src.endswith(" \\end{gathered}")
+    assert tex_number(src[:-len(" \\end{gathered}")]) == pytest.approx(pic["dx"][2], rel=1e-3)
+
+
+def test_a_page_shown_after_loading_hidden_takes_its_initial_view(browser, tmp_path):
+    """A page in a frame that has no size when it loads (a notebook's output rendered
+    hidden, then shown: nbconvert's pages) fits once it is shown, not at the smallest zoom."""
+    cnn = small_cnn()
+    frame_html = vz.explore(cnn["outputs"], feed=cnn["feed"], params=cnn["params"])._repr_html_()
+    (tmp_path / "host.html").write_text(f'<!DOCTYPE html><html><body><div id="box" style="display:none">{frame_html}'
+                                        '</div></body></html>')
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto("file://" + str(tmp_path / "host.html"))
+    frame = page.frame_locator("iframe")
+    frame.locator("body[data-ready='1']").wait_for(state="attached", timeout=30000)
+    page.evaluate("document.getElementById('box').style.display = 'block'")
+
+    seen = """() => { const c = document.getElementById('gd-canvas').getBoundingClientRect();
+        return [...document.querySelectorAll('#gd-nodes g.unit')].filter(g => { const r = g.getBoundingClientRect();
+            return r.width > 0 && r.bottom > c.top && r.top < c.bottom && r.right > c.left && r.left < c.right; }).length; }"""
+    inner = next(f for f in page.frames if f != page.main_frame)
+    units = inner.evaluate("document.querySelectorAll('#gd-nodes g.unit').length")
+    deadline = time.perf_counter() + 10
+    while inner.evaluate(seen) < units and time.perf_counter() < deadline:
+        page.wait_for_timeout(50)
+    assert units > 3 and inner.evaluate(seen) == units  # every box in view
+    scale = float(frame.locator("#gd-viewport").get_attribute("transform").split("scale(")[1].rstrip(")"))
+    assert scale > 0.2
+    page.close()

@@ -10,8 +10,12 @@ fetched when the page is viewed). The page lays the graph out bottom-up as in
 the slides, scopes collapsed; it shows every node's values (statistics,
 histogram, feature-map and filter thumbnails), lights the gradient path of a
 chosen parameter, steps through the backward schedule with each VJP rule's
-formula (taken from the op's docstring) and the slides' element-level pictures
-filled with real numbers, and, given a compiled program, the graph after each
+formula (typeset from :mod:`visualize.formulas` by KaTeX, beside the op's
+docstring) and the slides' element-level pictures filled with real numbers,
+checks every VJP rule against a float64 finite difference
+(:mod:`visualize.gradcheck`), shows one SGD step on the batch
+(:mod:`visualize.update_step`), draws each collapsed layer with a strip of
+its feature maps, and, given a compiled program, the graph after each
 compiler pass, the memory plan and the profile.
 
 The values are those of a compiled program: every node of the graph is made an
@@ -35,6 +39,9 @@ from graphdiff.autodiff import provenance
 from graphdiff.backends import to_host_array
 
 from .dot import as_outputs, op_label, shape_label, shown_scopes
+from .formulas import FORMULAS
+from .gradcheck import FAIL_ABOVE, check_nodes
+from .update_step import loss_after, sgd_settings, sgd_step
 
 ASSETS = os.path.join(os.path.dirname(__file__), "explorer_assets")
 #: a graph with more visible units than this opens with every scope collapsed
@@ -45,6 +52,8 @@ STATS_BLOCK = 1 << 18  # elements per block of the statistics' float64 sums
 HIST_SAMPLE = 1 << 20  # histograms of bigger arrays take every k-th element
 THUMB_MAPS = 8      # feature maps / filters per 4-D value
 THUMB_SIDE = 32     # pixels (a bigger map is subsampled)
+#: seconds the gradient checks may take when the page is written (the rest are marked "not computed")
+CHECK_SECONDS = 3.0
 
 
 # --------------------------------------------------------------------------- values
@@ -300,6 +309,36 @@ def _pool_picture(node, values, grad_at):
     return pic
 
 
+def _lrn_picture(node, values, grad_at, made_by):
+    """LRN's refactored gradient on real numbers: example 0, pixel (0, 0), the
+    first channels: ``x``, ``scale = k + alpha S(x^2)``, ``y = x scale^-beta``
+    and, with the backward pass, ``dy``, ``S^T(dy y / scale)`` (summed here
+    over all the channels) and ``dx`` (the ``lrn_grad`` node's value), so that
+    ``dx_l = dy_l scale_l^-beta - 2 alpha beta x_l S^T(dy y / scale)_l`` can be
+    read off with its numbers."""
+    x, scale = node.inputs
+    if any(id(t) not in values for t in (x, scale, node)) or len(node.shape) != 4:
+        return None
+    op = node.op
+    X, SC, Y = (values[id(t)][0, :, 0, 0].astype(np.float64) for t in (x, scale, node))
+    channels = X.shape[0]
+    count = min(channels, 8)
+    pic = {"kind": "lrn", "size": int(op.size), "alpha": float(op.alpha), "beta": float(op.beta), "k": float(op.k),
+           "x": [float(v) for v in X[:count]], "scale": [float(v) for v in SC[:count]], "y": [float(v) for v in Y[:count]],
+           "caption": f"{node.name}: example 0, pixel (0, 0), channels 0-{count - 1} of {channels}; "
+                      f"scale_l = k + alpha sum_(q in Nbr(l)) x_q^2 (size {op.size})"}
+    g = grad_at.get(id(node))
+    out = next((b for b in made_by.get(id(node), ()) if b.op.name.endswith("_grad") and g is not None and g in b.inputs), None)
+    if g is not None and out is not None and id(g) in values and id(out) in values:
+        dY = np.broadcast_to(values[id(g)], values[id(node)].shape)[0, :, 0, 0].astype(np.float64)
+        t = dY * Y / SC
+        lo, hi = (op.size - 1) // 2, op.size // 2  # S^T sums the q whose window holds l
+        st = [float(t[max(0, c - lo):min(channels, c + hi + 1)].sum()) for c in range(count)]
+        pic.update(dy=[float(v) for v in dY[:count]], st=st,
+                   dx=[float(v) for v in values[id(out)][0, :count, 0, 0]], dx_node=out.name)
+    return pic
+
+
 # --------------------------------------------------------------------------- memory plan
 def _static_bytes(node, batch):
     n = 1
@@ -416,11 +455,16 @@ def _fused_members(node, previous):
     return members if len(members) > 1 else []
 
 
-def build_data(outputs, feed=None, params=None, program=None, title=None, training=False):
-    """The explorer's data (a JSON-able dict): nodes, values, rules, pictures,
-    parameters with their gradients, and the compiler's passes."""
+def build_data(outputs, feed=None, params=None, program=None, title=None, training=False,
+               check_seconds=CHECK_SECONDS, sgd=None):
+    """The explorer's data (a JSON-able dict): nodes, values, rules (text and
+    TeX), pictures, parameters with their gradients, the gradient checks, one
+    SGD step, and the compiler's passes."""
     outputs = as_outputs(outputs) if outputs is not None else []
+    param_names = {}
     if params is not None:
+        if isinstance(params, dict):
+            param_names = {id(p): name for name, p in params.items()}
         params = _params_list(params)
         have = {id(provenance(n)[1]) for n in gd.toposort(outputs) if provenance(n)[1] is not None}
         missing = [p for p in params if id(p) not in have]
@@ -468,6 +512,8 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
                 pic = _relu_picture(t, values, grad_at, made_by)
             elif t.op.name == "max_pool2d":
                 pic = _pool_picture(t, values, grad_at)
+            elif t.op.name == "lrn_normalize":
+                pic = _lrn_picture(t, values, grad_at, made_by)
             if pic is not None:
                 pictures[t.id] = pic
 
@@ -478,15 +524,94 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
         if id(p) in in_graph:
             param_recs.append({"name": p.name, "id": p.id, "grad": g.id if g is not None and id(g) in in_graph else None})
     backward = [t.id for t in nodes if t.backward and t.kind not in ("constant",)]
+    used_ops = {t.op.name for t in nodes}
+    formulas = {name: tex for name, tex in FORMULAS.items() if name in used_ops}
+
+    checks = {}
+    if values and check_seconds:
+        # the VJP rules the backward pass used, in the order it runs them (from the loss down)
+        checked = [t for t in reversed(nodes) if t.kind == "forward" and id(t) in made_by]
+        results = check_nodes(checked, values, budget_s=check_seconds)
+        for t in checked:
+            checks[str(t.id)] = _json_check(results[id(t)])
+    update = _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training,
+                          {i: r["stats"] for i, r in records.items() if "stats" in r}) if values else None
 
     program_data = _program_data(program, records, feed) if program is not None else None  # adds records
     data = {"title": title or "graphdiff explorer", "nodes": list(records.values()),
             "graph": [t.id for t in nodes], "outputs": [o.id for o in outputs], "rules": rules,
             "pictures": {str(k): v for k, v in pictures.items()}, "params": param_recs,
-            "backward_schedule": backward, "has_values": bool(values), "max_open_units": MAX_OPEN_UNITS}
+            "backward_schedule": backward, "has_values": bool(values), "max_open_units": MAX_OPEN_UNITS,
+            "formulas": formulas, "checks": checks, "check_fail_above": FAIL_ABOVE,
+            "check_seconds": check_seconds if values else 0}
+    if update is not None:
+        data["update"] = update
     if program_data is not None:
         data["program"] = program_data
     return data
+
+
+def _json_check(r):
+    """A check's result for the page: no infinities (JSON), numbers as floats."""
+    def clean(d):
+        d = dict(d)
+        for k in ("error", "analytic", "numeric", "seconds"):
+            if k in d and d[k] is not None and not np.isfinite(d[k]):
+                d[k] = None
+        return d
+
+    out = clean(r)
+    if "inputs" in out:
+        out["inputs"] = [clean(i) for i in out["inputs"]]
+    if "error" in out and out["error"] is None:
+        out["ok"] = False
+    return out
+
+
+def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training, records_stats):
+    """One SGD step on the batch shown (see :mod:`visualize.update_step`): per
+    parameter ``w``, ``w'`` and ``v`` with statistics, filter thumbnails and
+    the ratio ``||v|| / ||w||``; the loss before and after."""
+    lr, momentum, decay, velocities, source = sgd_settings(sgd)
+    rows, new_values = [], {}
+    for p in param_list:
+        g = grad_at.get(id(p))
+        if id(p) not in in_graph or g is None or id(g) not in values or id(p) not in values:
+            continue
+        name = param_names.get(id(p), p.name)
+        vel = velocities.get(name, velocities.get(p.name))
+        v_prev = None if vel is None else np.asarray(to_host_array(vel.value))
+        w = values[id(p)]
+        v, after = sgd_step(w, values[id(g)], v_prev, lr, momentum, decay)
+        new_values[p] = after
+        before_st = records_stats.get(p.id) or value_stats(w)  # the variable's own, already computed
+        after_st, v_st = value_stats(after), value_stats(v)
+        row = {"name": p.name, "id": p.id, "grad": g.id, "before": before_st, "after": after_st, "v": v_st,
+               "ratio": (v_st.get("norm", 0.0) / before_st["norm"]) if before_st.get("norm") else None,
+               "momentum_buffer": v_prev is not None}
+        # the ratio weight by weight, log10 |v| / |w| (every k-th weight of a big one, as the histograms)
+        step = max(1, -(-w.size // HIST_SAMPLE))
+        ws, vs = np.abs(w.reshape(-1)[::step]).astype(np.float64), np.abs(v.reshape(-1)[::step]).astype(np.float64)
+        keep = (ws > 0) & (vs > 0)
+        if keep.any():
+            row["log_ratio"] = value_stats(np.log10(vs[keep] / ws[keep]))
+            row["log_ratio"]["hist_step"] = step
+        for key, a in (("before", w), ("after", after), ("v", v)):
+            th = _thumbnails(a, True)
+            if th is not None:
+                row["thumbs_" + key] = th
+        rows.append(row)
+    out = {"lr": lr, "momentum": momentum, "weight_decay": decay, "source": source, "params": rows,
+           "training": bool(training)}
+    loss = outputs[0] if outputs else None
+    if (rows and loss is not None and loss.shape == () and loss.dtype.kind == "f" and id(loss) in values
+            and not any(type(p.value).__module__.startswith("cupy") for p in new_values)):
+        out["loss_before"] = float(values[id(loss)])
+        try:
+            out["loss_after"] = loss_after(loss, nodes, values, new_values, training=training)
+        except Exception:  # noqa: BLE001 - the loss after is a bonus; the step's numbers stand without it
+            pass
+    return out
 
 
 def _params_list(params):
@@ -555,12 +680,16 @@ def _asset(name):
 
 
 def page_html(data):
-    """The self-contained page: CSS, data and script inlined."""
+    """The self-contained page: CSS, data and scripts inlined (KaTeX, vendored
+    in ``explorer_assets/katex`` with its fonts as data URLs, typesets the
+    formulas: about 0.5 MB of the page)."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     title = html.escape(data.get("title", "graphdiff explorer"))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n"
+            f"<style>{_asset('katex/katex.css')}</style>\n"
             f"<style>{_asset('explorer.css')}</style></head>\n<body>\n{_asset('explorer.html')}\n"
             f"<script id=\"gd-data\" type=\"application/json\">{payload}</script>\n"
+            f"<script>{_asset('katex/katex.min.js')}</script>\n"
             f"<script>{_asset('explorer.js')}</script>\n</body></html>\n")
 
 
@@ -595,7 +724,8 @@ class Explorer:
             (f", written to {self.path}>" if self.path else ">")
 
 
-def explore(outputs, feed=None, params=None, program=None, path=None, *, title=None, training=False):
+def explore(outputs, feed=None, params=None, program=None, path=None, *, title=None, training=False,
+            check_seconds=CHECK_SECONDS, sgd=None):
     """Build the interactive explorer of the graph ``outputs`` depend on.
 
     * ``outputs``: a Tensor, a list (``[loss, *grads]`` for both passes), or a
@@ -612,6 +742,14 @@ def explore(outputs, feed=None, params=None, program=None, path=None, *, title=N
       ``program.profile(...)`` ran.
     * ``path``: write the page there (one self-contained HTML file).
     * ``training``: compile the values with dropout on (default off).
+    * ``check_seconds``: the time the gradient checks may take (one float64
+      finite-difference check of each VJP rule the backward pass uses, see
+      :mod:`visualize.gradcheck`; 0: none). Nodes past it are marked.
+    * ``sgd``: the settings of the update view's SGD step: a training step
+      (``models.alexnet.train_step(...)``: its rate, momentum, decay and
+      momentum buffers), an ``SGDState``, or a dict of ``lr``, ``momentum``,
+      ``weight_decay``; default ``sgd_momentum``'s (the training command's
+      defaults) with a zero momentum buffer.
 
     Returns an :class:`Explorer` (inline in Jupyter).
     """
@@ -623,7 +761,7 @@ def explore(outputs, feed=None, params=None, program=None, path=None, *, title=N
     if outputs is None or (isinstance(outputs, (list, tuple)) and not outputs):
         raise ValueError("explore: no outputs to show (give a tensor, a list of tensors, a model or program=)")
     page = Explorer(build_data(outputs, feed=feed, params=params, program=program, title=title,
-                               training=training))
+                               training=training, check_seconds=check_seconds, sgd=sgd))
     if path is not None:
         page.save(path)
     return page

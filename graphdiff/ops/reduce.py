@@ -227,9 +227,9 @@ def sum_to(g, x, *others):
     ones = tuple(lead + i for i, d in enumerate(x.shape) if d == 1 and g.shape[lead + i] != 1)
 
     def may_broadcast(i):  # axis i of x: None, and could be 1 against a larger g
-        gd_ = g.shape[lead + i]
-        if gd_ is not None:
-            return gd_ != 1
+        size = g.shape[lead + i]
+        if size is not None:
+            return size != 1
         if not others:
             return True
         k = i - x.ndim  # from the right, as broadcasting aligns

@@ -38,6 +38,47 @@
     return (a >= 1e4 || a < 1e-3) ? v.toExponential(3) : v.toPrecision(4).replace(/\.?0+$/, "");
   }
   function isBack(n) { return !!n.backward; }
+  // formulas typeset by KaTeX (inlined in the page); its TeX source as code where it is missing
+  function tex(src, display) {
+    if (window.katex) {
+      try { return window.katex.renderToString(src, { throwOnError: false, displayMode: !!display }); } catch (e) { /* below */ }
+    }
+    return "<code>" + esc(src) + "</code>";
+  }
+  function texNum(v) {
+    var t = num(v), m = /^(-?[\d.]+)e([+-]?\d+)$/.exec(t);
+    if (m) t = m[1] + "\\times 10^{" + (+m[2]) + "}";
+    return v < 0 ? "(" + t + ")" : t;
+  }
+  var THUMB_URL = {};
+  function thumbURL(th, k, key) {
+    var cacheKey = key !== undefined ? key + ":" + k : null;
+    if (cacheKey && THUMB_URL[cacheKey]) return THUMB_URL[cacheKey];
+    var raw = atob(th.maps[k]), c = document.createElement("canvas"), n = th.w * th.h;
+    c.width = th.w; c.height = th.h;
+    var ctx = c.getContext("2d"), img = ctx.createImageData(th.w, th.h);
+    for (var p = 0; p < n; p++) {
+      var r, g, b;
+      if (th.channels === 3) { r = raw.charCodeAt(3 * p); g = raw.charCodeAt(3 * p + 1); b = raw.charCodeAt(3 * p + 2); }
+      else { r = g = b = raw.charCodeAt(p); }
+      img.data[4 * p] = r; img.data[4 * p + 1] = g; img.data[4 * p + 2] = b; img.data[4 * p + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    var url = c.toDataURL();
+    if (cacheKey) THUMB_URL[cacheKey] = url;
+    return url;
+  }
+  // the gradient check of the VJP rule that built a backward node: "ok", "fail" or "none" (not computed);
+  // null where there is nothing to check (forward nodes, no values, checks off)
+  var CHECKS = D.checks || {};
+  function checkOf(n) {
+    if (!n.backward || n.kind === "constant" || !D.has_values || !D.check_seconds) return null;
+    var c = n.vjp_of !== undefined ? CHECKS[n.vjp_of] : undefined;
+    if (!c) return { status: "none", why: n.vjp_of !== undefined ? "not computed" : "sums the gradients reaching a node (no VJP rule of its own)" };
+    if (c.skipped) return { status: "none", why: "not computed: " + c.skipped, c: c };
+    return { status: c.ok ? "ok" : "fail", c: c };
+  }
+  api.checkOf = function (id) { return checkOf(NODE[id]); };
   // A graph with many nodes outside any scope opens with them grouped in runs of
   // CHUNK consecutive nodes (boxes like scopes), so that it opens collapsed.
   var CHUNK = 100;
@@ -121,7 +162,16 @@
   }
 
   /* ------------------------------------------------------------------ layout */
-  var CW = 6.4, NH = 38, SH = 44, GAP = 18, RANK = 78;
+  var CW = 7.5, NH = 42, SH = 48, GAP = 18, RANK = 84, STRIP = 6, STRIP_PX = 26;
+  // a collapsed forward layer shows the feature maps of its last 4-D value (example 0's first channels)
+  function stripOf(u) {
+    if (!u.scope || u.back) return null;
+    for (var k = u.members.length - 1; k >= 0; k--) {
+      var n = u.members[k];
+      if (n.thumbs && !LEAF[n.kind] && n.thumbs.what.indexOf("feature maps") === 0) return n;
+    }
+    return null;
+  }
   function unitText(u) {
     if (u.scope) {
       var ops = u.members.filter(function (n) { return !LEAF[n.kind]; }).length;
@@ -134,7 +184,14 @@
   }
   function layout(G) {
     var units = Array.from(G.units.values()), key = {};
-    units.forEach(function (u, k) { key[u.key] = k; u.idx = k; u.text = unitText(u); u.w = Math.max(70, CW * Math.max(u.text[0].length, u.text[1].length * 0.9) + 16); u.h = u.scope ? SH : NH; });
+    var tallest = 0;
+    units.forEach(function (u, k) {
+      key[u.key] = k; u.idx = k; u.text = unitText(u); u.w = Math.max(70, CW * Math.max(u.text[0].length, u.text[1].length * 0.85) + 16); u.h = u.scope ? SH : NH;
+      u.strip = stripOf(u);
+      if (u.strip) { var count = Math.min(STRIP, u.strip.thumbs.maps.length); u.h += STRIP_PX + 6; u.w = Math.max(u.w, count * (STRIP_PX + 3) + 14); }
+      tallest = Math.max(tallest, u.h);
+    });
+    var RANKH = Math.max(RANK, tallest + 36);
     var up = units.map(function () { return []; }), down = units.map(function () { return []; });  // forward: below -> above
     var bdown = units.map(function () { return []; }), bin = units.map(function () { return 0; });
     var fin = units.map(function () { return 0; });
@@ -212,10 +269,10 @@
       var xf = (bandF - wf) / 2, xb = bandF + (bandF ? 90 : 0) + (bandB - wb) / 2;
       row.forEach(function (u) {
         if (u.back) { u.x = xb + u.w / 2; xb += u.w + GAP; } else { u.x = xf + u.w / 2; xf += u.w + GAP; }
-        u.y = (maxRank - r) * RANK + 30;
+        u.y = (maxRank - r) * RANKH + 40;
       });
     });
-    return { units: units, byKey: key, width: bandF + (bandB ? bandB + 90 : 0), height: (maxRank + 1) * RANK + 40 };
+    return { units: units, byKey: key, width: bandF + (bandB ? bandB + 90 : 0), height: (maxRank + 1) * RANKH + 40 };
   }
 
   /* ------------------------------------------------------------------ drawing */
@@ -242,9 +299,24 @@
         fill = ' style="fill:' + heat(tsum) + '"';
         attrs += ' data-seconds="' + tsum + '"';
       }
+      var extra = "", subY = u.strip ? 36 : u.h - 10;
+      if (u.strip) {
+        var th = u.strip.thumbs, count = Math.min(STRIP, th.maps.length);
+        extra += '<g class="gd-strip" data-node="' + u.strip.id + '">';
+        for (var m = 0; m < count; m++) {
+          extra += '<image href="' + thumbURL(th, m, u.strip.id) + '" x="' + (8 + m * (STRIP_PX + 3)) + '" y="' + (u.h - STRIP_PX - 7) + '" width="' + STRIP_PX + '" height="' + STRIP_PX + '" preserveAspectRatio="none"></image>';
+        }
+        extra += "<title>" + esc(u.strip.name + ": " + th.what + ", channels 0-" + (count - 1)) + "</title></g>";
+      }
+      var chk = unitCheck(u);
+      if (chk) {
+        cls += " check-" + chk.status;
+        extra += '<g class="gd-check ' + chk.status + '" transform="translate(' + (u.w - 2).toFixed(1) + ',2)"><circle r="7"></circle><text text-anchor="middle" y="4">' +
+          (chk.status === "ok" ? "\u2713" : chk.status === "fail" ? "\u2717" : "?") + "</text><title>" + esc(chk.title) + "</title></g>";
+      }
       html.push('<g class="' + cls + '"' + attrs + ' transform="translate(' + (u.x - u.w / 2).toFixed(1) + "," + (u.y - u.h / 2).toFixed(1) + ')">' +
         '<rect width="' + u.w.toFixed(1) + '" height="' + u.h + '" rx="' + (u.scope ? 8 : 4) + '"' + fill + '></rect>' +
-        '<text x="8" y="15">' + esc(u.text[0]) + '</text><text class="sub" x="8" y="' + (u.h - 9) + '">' + esc(u.text[1]) + "</text>" +
+        '<text class="label" x="8" y="17">' + esc(u.text[0]) + '</text><text class="sub" x="8" y="' + subY + '">' + esc(u.text[1]) + "</text>" + extra +
         "<title>" + esc(u.scope ? u.scope + ": click to open" : u.node.name + " (" + u.node.op + ")") + "</title></g>");
     });
     $("gd-nodes").innerHTML = html.join("");
@@ -267,6 +339,20 @@
     applyTransform();
     api.lastRenderMs = performance.now() - t0;
     $("gd-status").textContent = (S.graph >= 0 ? passSummary() + " \u00b7 " : "") + G.visible.length + " nodes, " + L.units.length + " boxes shown";
+  }
+  // a box's check mark: red where a VJP rule in it failed its check, green where all it holds passed
+  function unitCheck(u) {
+    var fail = 0, ok = 0, none = 0;
+    u.members.forEach(function (n) {
+      var c = checkOf(n);
+      if (!c) return;
+      if (c.status === "fail") fail++; else if (c.status === "ok") ok++; else none++;
+    });
+    if (!fail && !ok && !none) return null;
+    if (fail) return { status: "fail", title: fail + " gradient check" + (fail > 1 ? "s" : "") + " failed (relative error above " + D.check_fail_above + ")" };
+    if (ok && !none) return { status: "ok", title: "gradient check passed" + (ok > 1 ? " (" + ok + " nodes)" : "") };
+    if (!u.scope) return { status: "none", title: "gradient check " + checkOf(u.node).why };
+    return { status: ok ? "ok" : "none", title: ok + " checked, " + none + " not (accumulations, time budget)" };
   }
   function renderScopes() {
     var open = Array.from(S.expanded).sort();
@@ -317,6 +403,34 @@
     S.tx = (box.width - L.width * S.k) / 2; S.ty = 10;
     applyTransform();
   }
+  // the view a page opens with: everything where it fits at a legible size; else the inputs and
+  // the first layers (the bottom, left) at the smallest legible zoom (labels 12 px and up)
+  var READABLE_K = 0.92, userMoved = false;
+  function initialView() {
+    var box = $("gd-canvas").getBoundingClientRect();
+    if (!box.width || !box.height) { whenSized(initialView); return; }
+    fit();
+    var L = S.layout;
+    if (!L || !L.width || S.k >= READABLE_K) return;
+    S.k = READABLE_K;
+    S.tx = L.width * S.k <= box.width ? (box.width - L.width * S.k) / 2 : 10;
+    S.ty = box.height - L.height * S.k - 10;
+    applyTransform();
+  }
+  // a page shown in a frame that has no size yet (a notebook output rendered hidden, a
+  // collapsed tab) would fit into nothing, at the smallest zoom: it takes its initial view
+  // once it has a size, unless the reader has panned or zoomed by then
+  function whenSized(then) {
+    if (typeof ResizeObserver === "undefined") return;
+    var canvas = $("gd-canvas"), watch = new ResizeObserver(function () {
+      var b = canvas.getBoundingClientRect();
+      if (!b.width || !b.height) return;
+      watch.disconnect();
+      if (!userMoved) then();
+    });
+    watch.observe(canvas);
+  }
+  api.fit = fit; api.initialView = initialView;
   function centerOn(id) {
     var L = S.layout, G = S.graphNow, key = G.unitOfNode[id];
     if (key === undefined) return;
@@ -328,13 +442,13 @@
   (function () {
     var canvas = $("gd-canvas"), drag = null;
     canvas.addEventListener("wheel", function (ev) {
-      ev.preventDefault();
+      ev.preventDefault(); userMoved = true;
       var box = canvas.getBoundingClientRect(), mx = ev.clientX - box.left, my = ev.clientY - box.top;
       var f = Math.exp(-ev.deltaY * 0.0015), k = Math.max(0.03, Math.min(4, S.k * f));
       S.tx = mx - (mx - S.tx) * k / S.k; S.ty = my - (my - S.ty) * k / S.k; S.k = k;
       applyTransform();
     }, { passive: false });
-    canvas.addEventListener("mousedown", function (ev) { drag = { x: ev.clientX, y: ev.clientY, tx: S.tx, ty: S.ty, moved: false }; });
+    canvas.addEventListener("mousedown", function (ev) { userMoved = true; drag = { x: ev.clientX, y: ev.clientY, tx: S.tx, ty: S.ty, moved: false }; });
     window.addEventListener("mousemove", function (ev) {
       if (!drag) return;
       var dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
@@ -407,18 +521,8 @@
   function thumbs(th) {
     if (!th) return "";
     var h = '<div class="gd-thumbs" title="' + esc(th.what) + '">';
-    th.maps.forEach(function (b64) {
-      var raw = atob(b64), c = document.createElement("canvas"), n = th.w * th.h;
-      c.width = th.w; c.height = th.h;
-      var ctx = c.getContext("2d"), img = ctx.createImageData(th.w, th.h);
-      for (var p = 0; p < n; p++) {
-        var r, g, b;
-        if (th.channels === 3) { r = raw.charCodeAt(3 * p); g = raw.charCodeAt(3 * p + 1); b = raw.charCodeAt(3 * p + 2); }
-        else { r = g = b = raw.charCodeAt(p); }
-        img.data[4 * p] = r; img.data[4 * p + 1] = g; img.data[4 * p + 2] = b; img.data[4 * p + 3] = 255;
-      }
-      ctx.putImageData(img, 0, 0);
-      h += '<img src="' + c.toDataURL() + '" width="44" height="44" style="image-rendering:pixelated;margin:1px;border:1px solid #ddd">';
+    th.maps.forEach(function (b64, k) {
+      h += '<img src="' + thumbURL(th, k) + '" width="44" height="44" style="image-rendering:pixelated;margin:1px;border:1px solid #ddd">';
     });
     return h + "</div><div class=\"gd-hint\">" + esc(th.what) + (th.step > 1 ? ", every " + th.step + "th pixel" : "") + "</div>";
   }
@@ -443,10 +547,13 @@
     if (n.vjp_of !== undefined) {
       var src = NODE[n.vjp_of];
       h += "<h4>built by the VJP rule of " + link(n.vjp_of) + "</h4>";
+      if (src) h += formulaBlock(src.op);
       if (src && src.rule) h += "<pre>" + esc(D.rules[src.rule]) + "</pre>";
     }
     if (n.gradient_of !== undefined) h += "<h4>the gradient dE/d(" + esc(NODE[n.gradient_of] ? NODE[n.gradient_of].name : "?") + ")</h4>";
-    if (n.rule && (n.grad_op || n.vjp_of === undefined)) h += "<h4>op " + esc(n.op) + "</h4><pre>" + esc(D.rules[n.rule]) + "</pre>";
+    if (n.rule && (n.grad_op || n.vjp_of === undefined)) h += "<h4>op " + esc(n.op) + "</h4>" + formulaBlock(n.op) + "<pre>" + esc(D.rules[n.rule]) + "</pre>";
+    h += checkDetails(n);
+    h += updateDetails(id);
     var gin = n.inputs.filter(function (i) { return FROM_SEED.has(i); });
     var reused = n.inputs.filter(function (i) { return NODE[i] && !FROM_SEED.has(i) && NODE[i].kind !== "constant"; });
     if (n.backward) {
@@ -459,6 +566,48 @@
     var pic = D.pictures[n.vjp_of !== undefined ? n.vjp_of : id];
     if (pic) h += "<h4>element by element</h4>" + picture(pic);
     return h;
+  }
+  function formulaBlock(op) {
+    var F = D.formulas && D.formulas[op];
+    if (!F) return "";
+    return '<div class="gd-tex" data-tex-op="' + esc(op) + '"><div class="gd-tex-row"><span class="gd-tex-tag">forward</span>' + tex(F.forward, true) +
+      '</div><div class="gd-tex-row"><span class="gd-tex-tag">VJP</span>' + tex(F.vjp, true) + "</div></div>";
+  }
+  function checkDetails(n) {
+    var c = checkOf(n);
+    if (!c && !n.backward && CHECKS[n.id]) c = { status: CHECKS[n.id].skipped ? "none" : CHECKS[n.id].ok ? "ok" : "fail", c: CHECKS[n.id], why: CHECKS[n.id].skipped };
+    if (!c) return "";
+    var h = '<h4>gradient check</h4><div class="gd-checkbox ' + c.status + '" data-check="' + c.status + '">';
+    if (c.status === "none") return h + "not computed: " + esc(String(c.why).replace(/^not computed: /, "")) + "</div>";
+    var r = c.c;
+    h += (c.status === "ok" ? "\u2713 passed" : "\u2717 FAILED") + ": relative error <b data-error=\"" + r.error + "\">" + (r.error === null ? "not finite" : r.error.toExponential(2)) + "</b>" +
+      " (marked red above " + D.check_fail_above + ")" +
+      tex("\\begin{gathered} a = \\langle \\mathrm{VJP}(w), u \\rangle = " + texNum(r.analytic) + " \\\\ n = \\frac{\\langle w, f(x + \\epsilon u) - f(x - \\epsilon u) \\rangle}{2 \\epsilon} = " + texNum(r.numeric) +
+        " \\\\ \\frac{\\lvert a - n \\rvert}{\\max(\\lvert a \\rvert, \\lvert n \\rvert)} = " + (r.error === null ? "\\infty" : texNum(r.error)) + " \\end{gathered}", true) +
+      (r.inputs && r.inputs.length > 1 ? '<table class="gd-stats">' + r.inputs.map(function (i) {
+        return "<tr><td>" + esc(i.input) + '</td><td data-input-error="' + i.error + '">' + (i.error === null ? "not finite" : i.error.toExponential(2)) + "</td></tr>"; }).join("") + "</table>" : "") +
+      '<div class="gd-hint">float64 central difference of ' + esc(NODE[n.vjp_of !== undefined ? n.vjp_of : n.id].name) + " at this batch, for each input (" + esc((r.wrt || []).join(", ")) + ") along a random sparse direction u, with a random cotangent w; the largest error counts" + (r.tries > 1 ? " (a second direction was tried)" : "") + "</div>";
+    return h + "</div>";
+  }
+  function updateOf(id) {
+    if (!D.update) return null;
+    return D.update.params.filter(function (p) { return p.id === id || p.grad === id; })[0] || null;
+  }
+  function updateDetails(id) {
+    var u = updateOf(id);
+    if (!u) return "";
+    var U = D.update, h = '<h4>one SGD step on this batch</h4><div class="gd-update" data-param="' + esc(u.name) + '">';
+    h += tex("v \\leftarrow " + texNum(U.momentum) + "\\, v - " + texNum(U.lr) + "\\, (" + texNum(U.weight_decay) + "\\, w + \\tfrac{\\partial E}{\\partial w}), \\quad w' = w + v", true);
+    h += '<div>update/weight ratio ' + tex("\\lVert v \\rVert / \\lVert w \\rVert = " + (u.ratio === null ? "?" : texNum(u.ratio))) + ' <span data-ratio="' + u.ratio + '"></span></div>';
+    [["before", "w (before)"], ["after", "w' (after)"], ["v", "the step v"]].forEach(function (k) {
+      h += '<div class="gd-update-part" data-part="' + k[0] + '"><b>' + k[1] + "</b> " + '<span class="gd-hint">mean ' + num(u[k[0]].mean) + ", std " + num(u[k[0]].std) + ", norm " + num(u[k[0]].norm) + "</span>" +
+        histogram(u[k[0]]) + (u["thumbs_" + k[0]] ? thumbs(u["thumbs_" + k[0]]) : "") + "</div>";
+    });
+    if (u.log_ratio) {
+      h += '<div class="gd-update-part" data-part="ratio"><b>update/weight ratio, weight by weight</b> ' + tex("\\log_{10} \\lvert v_i \\rvert / \\lvert w_i \\rvert") +
+         ' <span class="gd-hint">mean ' + num(u.log_ratio.mean) + ": a geometric mean ratio of " + num(Math.pow(10, u.log_ratio.mean)) + "</span>" + histogram(u.log_ratio) + "</div>";
+    }
+    return h + '<div class="gd-hint">' + esc(U.source) + (u.momentum_buffer ? ", its momentum buffer" : ", momentum buffer zero (a first step)") + "</div></div>";
   }
   function select(id) {
     S.selected = id;
@@ -488,14 +637,20 @@
       if (p.dE) h += "<br>" + grid("dE", p.dE) + grid("dX", p.dX);
       h += '<div class="gd-formula">hover Y<sub>ij</sub>: the inputs it reads; hover dX<sub>ij</sub>: the dE<sub>(i-a)(j-b)</sub> it gathers</div>';
     } else if (p.kind === "relu") {
-      h += '<table class="gd-grid" data-grid="relu"><tr><td>x</td>' + p.x.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
+      h += '<table class="gd-grid" data-grid="relu"><tr><td>x</td>' + p.x.map(function (v, k) { return '<td data-k="' + k + '">' + num(v) + "</td>"; }).join("") + "</tr>";
       h += "<tr><td>switch</td>" + p.switch.map(function (s) { return '<td class="' + (s ? "" : "closed") + '">' + (s ? "open" : "closed") + "</td>"; }).join("") + "</tr>";
       h += "<tr><td>y</td>" + p.y.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
       if (p.g_in) {
         h += "<tr><td>dE/dy</td>" + p.g_in.map(function (v) { return "<td>" + num(v) + "</td>"; }).join("") + "</tr>";
-        h += "<tr><td>dE/dx</td>" + p.g_out.map(function (v, i) { return '<td class="' + (p.switch[i] ? "hl" : "closed") + '">' + num(v) + "</td>"; }).join("") + "</tr>";
+        h += "<tr><td>dE/dx</td>" + p.g_out.map(function (v, i) { return '<td data-k="' + i + '" class="' + (p.switch[i] ? "hl" : "closed") + '">' + num(v) + "</td>"; }).join("") + "</tr>";
       }
-      h += "</table>";
+      h += '</table><div class="gd-formula">hover x<sub>k</sub> or dE/dx<sub>k</sub>: the switch applied to it</div>';
+    } else if (p.kind === "lrn") {
+      var rows = [["channel l", p.x.map(function (v, k) { return k; })], ["x", p.x], ["scale", p.scale], ["y", p.y]];
+      if (p.dx) rows.push(["dE/dy", p.dy], ["S\u1d40(dy\u00b7y/scale)", p.st], ["dE/dx", p.dx]);
+      h += '<table class="gd-grid" data-grid="lrn">' + rows.map(function (r) {
+        return "<tr><td>" + esc(r[0]) + "</td>" + r[1].map(function (v, k) { return '<td data-k="' + k + '">' + (r[0] === "channel l" ? v : num(v)) + "</td>"; }).join("") + "</tr>";
+      }).join("") + '</table><div class="gd-formula">hover a channel: the refactored gradient with its numbers</div>';
     } else if (p.kind === "pool") {
       var maxes = {};
       p.windows.forEach(function (w) { maxes[w.argmax[0] + "," + w.argmax[1]] = 1; });
@@ -521,19 +676,34 @@
       td.classList.add("hl");
       for (a = 0; a < P.m; a++) for (b = 0; b < P.m; b++) {
         cell("X", i + a, j + b).classList.add("hl"); cell("W", a, b).classList.add("hl2");
-        if (terms.length < 4) terms.push(num(P.W[a][b]) + "\u00b7" + num(P.X[i + a][j + b]));
+        if (terms.length < 4) terms.push(texNum(P.W[a][b]) + "\\cdot" + texNum(P.X[i + a][j + b]));
       }
-      f.textContent = "Y" + i + j + " = \u03a3ab W_ab X_(" + i + "+a)(" + j + "+b) = " + terms.join(" + ") + (P.m * P.m > 4 ? " + \u2026" : "") + " = " + num(P.Y[i][j]);
+      setTex(f, "Y_{" + i + j + "} = \\sum_{ab} W_{ab} X_{(" + i + "+a)(" + j + "+b)} = " + terms.join(" + ") + (P.m * P.m > 4 ? " + \\dots" : "") + " = " + texNum(P.Y[i][j]));
     } else if (P.kind === "conv" && gname === "dX") {
       td.classList.add("hl");
-      var k = P.n - P.m + 1;
+      var k = P.n - P.m + 1, nums = [], count = 0;
       for (a = 0; a < P.m; a++) for (b = 0; b < P.m; b++) {
         if (i - a >= 0 && i - a < k && j - b >= 0 && j - b < k) {
-          cell("dE", i - a, j - b).classList.add("hl"); cell("W", a, b).classList.add("hl2");
-          if (terms.length < 4) terms.push(num(P.W[a][b]) + "\u00b7dE" + (i - a) + (j - b));
+          cell("dE", i - a, j - b).classList.add("hl"); cell("W", a, b).classList.add("hl2"); count++;
+          if (terms.length < 4) { terms.push("W_{" + a + b + "}\\,\\partial E_{" + (i - a) + (j - b) + "}"); nums.push(texNum(P.W[a][b]) + "\\cdot" + texNum(P.dE[i - a][j - b])); }
         }
       }
-      f.textContent = "dX" + i + j + " = \u03a3ab W_ab dE_(" + i + "-a)(" + j + "-b) = " + (terms.join(" + ") || "0") + " = " + num(P.dX[i][j]);
+      var more = count > terms.length ? " + \\dots" : "";
+      setTex(f, "\\partial X_{" + i + j + "} = \\sum_{ab} W_{ab}\\, \\partial E_{(" + i + "-a)(" + j + "-b)} = " + (terms.join(" + ") || "0") + more +
+        (terms.length ? " = " + nums.join(" + ") + more : "") + " = " + texNum(P.dX[i][j]));
+    } else if (P.kind === "relu" && td.hasAttribute("data-k")) {
+      var q = +td.getAttribute("data-k"), open = P.switch[q];
+      setTex(f, "y_{" + q + "} = \\max(0, " + texNum(P.x[q]) + ") = " + texNum(P.y[q]) + (P.g_in ? ", \\quad \\frac{\\partial E}{\\partial x_{" + q + "}} = \\partial E_{" + q + "} \\cdot \\operatorname{step}(y_{" + q + "}) = " +
+        texNum(P.g_in[q]) + " \\cdot " + (open ? 1 : 0) + " = " + texNum(P.g_out[q]) + "\\ \\text{(switch " + (open ? "open" : "closed") + ")}" : ""));
+    } else if (P.kind === "lrn" && td.hasAttribute("data-k")) {
+      var l = +td.getAttribute("data-k");
+      pic.querySelectorAll('[data-grid=lrn] td[data-k="' + l + '"]').forEach(function (c) { c.classList.add("hl2"); });
+      var lrnTex = "y_{" + l + "} = x_{" + l + "}\\, \\mathrm{scale}_{" + l + "}^{-\\beta} = " + texNum(P.x[l]) + " \\cdot " + texNum(P.scale[l]) + "^{-" + texNum(P.beta) + "} = " + texNum(P.y[l]);
+      if (P.dx) {
+        lrnTex += " \\\\ \\frac{\\partial E}{\\partial x_{" + l + "}} = \\partial y_{" + l + "}\\, \\mathrm{scale}_{" + l + "}^{-\\beta} - 2 \\alpha \\beta\\, x_{" + l + "}\\, S^{\\top}\\!\\left(\\tfrac{\\partial y \\cdot y}{\\mathrm{scale}}\\right)_{" + l + "} = " +
+          texNum(P.dy[l]) + " \\cdot " + texNum(P.scale[l]) + "^{-" + texNum(P.beta) + "} - 2 \\cdot " + texNum(P.alpha) + " \\cdot " + texNum(P.beta) + " \\cdot " + texNum(P.x[l]) + " \\cdot " + texNum(P.st[l]) + " = " + texNum(P.dx[l]);
+      }
+      setTex(f, "\\begin{gathered} " + lrnTex + " \\end{gathered}");
     } else if (P.kind === "pool") {
       var row = ev.target.closest("tr[data-window]");
       if (!row) return;
@@ -541,9 +711,12 @@
       for (a = 0; a < P.size[0]; a++) for (b = 0; b < P.size[1]; b++) cell("X", w.r0 + a, w.c0 + b).classList.add("hl2");
       cell("X", w.argmax[0], w.argmax[1]).classList.add("hl");
       if (P.dX) cell("dX", w.argmax[0], w.argmax[1]).classList.add("hl");
-      f.textContent = "window (" + w.i + "," + w.j + "): max " + num(w.max) + " at (" + w.argmax.join(",") + ")" + (P.dX ? "; dE " + num(w.dE) + " is routed there, every other input of the window gets 0" : "");
+      setTex(f, "Y_{" + w.i + w.j + "} = \\max_{ab} X_{(" + w.i * P.stride[0] + "+a)(" + w.j * P.stride[1] + "+b)} = X_{" + w.argmax[0] + w.argmax[1] + "} = " + texNum(w.max) +
+        (P.dX ? ", \\quad \\partial X_{" + w.argmax[0] + w.argmax[1] + "} \\mathrel{+}= \\partial E_{" + w.i + w.j + "} = " + texNum(w.dE) + "\\ \\text{(the window's other inputs: 0)}" : ""));
     }
   });
+  function setTex(el, src) { el.setAttribute("data-tex", src); el.innerHTML = tex(src, false); }
+  api.tex = tex;
   function pictureIdOf() { var n = NODE[S.selected]; return n ? (n.vjp_of !== undefined ? n.vjp_of : n.id) : null; }
 
   /* ------------------------------------------------------------------ gradient path */
@@ -604,7 +777,15 @@
     info.hidden = false;
     var src = n.vjp_of !== undefined ? NODE[n.vjp_of] : null;
     info.innerHTML = '<b>backward step ' + (S.step + 1) + " of " + schedule.length + '</b>: <span data-step-node="' + id + '">' + esc(n.name) + "</span> = " + esc(n.label) +
-      (src ? "<br>from the VJP of " + esc(src.name) + " (" + esc(src.op) + ")" : (n.gradient_of !== undefined ? "<br>sums the gradients reaching " + esc(NODE[n.gradient_of].name) : ""));
+      (src ? "<br>from the VJP of " + esc(src.name) + " (" + esc(src.op) + ")" : (n.gradient_of !== undefined ? "<br>sums the gradients reaching " + esc(NODE[n.gradient_of].name) : "")) +
+      stepFormula(n, src);
+  }
+  // the rule this step applies: a gradient op's own formula (case 2 for conv2d_grad_input, the switch for
+  // relu_grad, the multiplexer for max_pool2d_grad), else the VJP rule of the forward op that built it
+  function stepFormula(n, src) {
+    var F = D.formulas || {}, op = n.grad_op && F[n.op] ? n.op : src && F[src.op] ? src.op : null;
+    if (!op) return "";
+    return '<div class="gd-tex" data-tex-op="' + esc(op) + '">' + tex(op === n.op && n.grad_op ? F[op].forward : F[op].vjp, true) + "</div>";
   }
   api.step = function (d) { showStep(S.step + (d === undefined ? 1 : d)); };
   api.schedule = schedule;
@@ -680,6 +861,35 @@
     });
   }
 
+  /* ------------------------------------------------------------------ one SGD step, the whole network */
+  function updateOverview() {
+    var U = D.update;
+    if (!U) return "";
+    var h = '<h3>one SGD step on this batch</h3><div class="gd-update-all">';
+    h += tex("v \\leftarrow \\mu\\, v - \\eta\\, (\\lambda\\, w + \\tfrac{\\partial E}{\\partial w}), \\quad w' = w + v", true);
+    h += "<div>" + tex("\\eta = " + texNum(U.lr) + ",\\ \\mu = " + texNum(U.momentum) + ",\\ \\lambda = " + texNum(U.weight_decay)) + ' <span class="gd-hint">(' + esc(U.source) + ")</span></div>";
+    if (U.loss_before !== undefined) {
+      h += '<div class="gd-loss-step">loss on this batch: <b data-loss="before">' + num(U.loss_before) + "</b> \u2192 <b data-loss=\"after\">" + (U.loss_after === undefined ? "?" : num(U.loss_after)) + "</b> after the step</div>";
+    }
+    var lo = -6, hi = 0;  // the ratio's bar: log10 from 1e-6 to 1
+    h += '<table class="gd-update-table"><tr><th>parameter</th><th>\u2016w\u2016</th><th>\u2016v\u2016</th><th>\u2016v\u2016/\u2016w\u2016</th><th></th><th>w \u2192 w\u2032, v</th></tr>';
+    U.params.forEach(function (u) {
+      var r = u.ratio, f = r ? Math.max(0, Math.min(1, (Math.log10(r) - lo) / (hi - lo))) : 0;
+      var pics = "";
+      ["before", "after", "v"].forEach(function (k) { var th = u["thumbs_" + k]; if (th) pics += '<img class="gd-update-pic" data-part="' + k + '" title="' + k + ', filter 0" src="' + thumbURL(th, 0) + '">'; });
+      h += '<tr data-update="' + esc(u.name) + '"><td><span class="gd-link" data-goto="' + u.id + '">' + esc(u.name) + "</span></td><td>" + num(u.before.norm) + "</td><td>" + num(u.v.norm) + "</td><td>" + (r === null ? "w = 0" : r.toExponential(1)) +
+        '</td><td><svg width="80" height="10"><rect width="80" height="10" fill="#eee"></rect><rect class="gd-ratio" width="' + (80 * f).toFixed(1) + '" height="10"></rect><line x1="' + (80 * 3 / 6) + '" x2="' + (80 * 3 / 6) + '" y1="0" y2="10" stroke="#333"></line></svg></td><td>' + pics + "</td></tr>";
+    });
+    h += '</table><div class="gd-hint">The bar: the ratio on a log scale from 1e-6 to 1, the mark at 1e-3 (the usual rule of thumb). The pictures: filter 0 before, after and the step v, each scaled to its own range (a step of 1e-3 leaves the filter looking the same). Click a parameter for its histograms.</div></div>';
+    return h;
+  }
+  function showUpdate() {
+    S.selected = null;
+    $("gd-details").innerHTML = updateOverview();
+    applyClasses();
+  }
+  api.showUpdate = showUpdate;
+
   /* ------------------------------------------------------------------ controls */
   $("gd-title").textContent = D.title;
   if (D.program) {
@@ -703,9 +913,10 @@
   $("gd-collapse-all").addEventListener("click", function () { api.collapseAll(); fit(); });
   $("gd-fit").addEventListener("click", fit);
   $("gd-profile").addEventListener("change", render);
+  if (D.update && D.update.params.length) { $("gd-update-btn").hidden = false; $("gd-update-btn").addEventListener("click", showUpdate); }
 
   render();
-  fit();
+  initialView();
   if (D.program) renderMemory();
   api.ready = true;
   document.body.setAttribute("data-ready", "1");
