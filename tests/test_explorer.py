@@ -242,6 +242,9 @@ def test_compiler_passes_memory_plan_and_profile(cnn):
     assert fused and all("steps" in f["fused"] for f in fused)
     members = prog["passes"][3]["members"]
     assert any(str(f["id"]) in members for f in fused)
+    # conv + ReLU (made by the rewrite pass) still opens into its members in the final graph
+    assert any(records[int(k)]["op"] == "conv2d_relu" for k in members)
+    assert prog["passes"][2]["members"].keys() <= {str(i) for i in prog["passes"][2]["nodes"]}
     for fid, ms in members.items():
         assert len(ms) >= 2 and all(m in records for m in ms)
     assert set(prog["profile"]) == {str(n.id) for n, _ in program.last_profile}
