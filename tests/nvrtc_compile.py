@@ -50,10 +50,14 @@ def _describe(a):
 def recording():
     """Record the kernels :func:`graphdiff.kernels.device.kernel` hands out while the
     block runs; yields the list of records ``(make, spec, argument descriptions)``,
-    each distinct one once."""
+    each distinct one once. Every engine module that imported ``kernel`` by name
+    (``kernels.pool.gpu``...) gets the recorder too."""
+    import graphdiff.kernels.pool.gpu  # noqa: F401 - loaded now, so that it is patched below
     from graphdiff.kernels import device
 
     real, records, seen = device.kernel, [], set()
+    users = [m for name, m in list(sys.modules.items())
+             if name.startswith("graphdiff.") and m is not None and getattr(m, "kernel", None) is real]
 
     def kernel(xp, make, *spec):
         f = real(xp, make, *spec)
@@ -67,12 +71,14 @@ def recording():
             return f(*args)
         return call
 
-    device.kernel = kernel
+    for module in users:
+        module.kernel = kernel
     device.clear()  # kernels made before the block would not pass through the recorder
     try:
         yield records
     finally:
-        device.kernel = real
+        for module in users:
+            module.kernel = real
         device.clear()
 
 
