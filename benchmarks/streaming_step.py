@@ -24,7 +24,7 @@ mean image and colour statistics are estimated from its images, exactly
 here as every training image is sampled).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/streaming_step.py
-        [--steps 6] [--repeats 2] [--batch 32] [--image-size 227] [--workers 2] [--keep DIR]
+        [--steps 3] [--repeats 6] [--batch 32] [--image-size 227] [--workers 2] [--keep DIR]
 
 Prints the CPU, the BLAS kernel and threads, and the load average before and
 after (other people's jobs share this machine's cores).
@@ -75,14 +75,14 @@ def prepare(work, classes, per_class, size):
 
 def run(mode, step, state, rng_state, steps, make_stream, batches):
     """One epoch-like run of ``steps`` steps from ``state``: ``(wall s, waits,
-    step times, losses)``; a wait is the time ``next`` took to hand over a
+    step times, losses, CPU s of this process, its threads included)``; a wait is the time ``next`` took to hand over a
     batch (the first includes starting the stream's workers)."""
     step.load_state_arrays({k: v.copy() for k, v in state.items()})
     step.set_rng_state(rng_state)
     time.sleep(PAUSE_S)
     waits, times, losses = [], [], []
     stream = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         if mode == "in memory":
             it = iter(batches)
@@ -97,17 +97,17 @@ def run(mode, step, state, rng_state, steps, make_stream, batches):
             times.append(time.perf_counter() - s)
             waits.append(s - w)
             w = time.perf_counter()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         if stream is not None:
             stream.close()
-    return wall, waits, times, losses
+    return wall, waits, times, losses, cpu
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=227, help="the crop (227: the paper's)")
     ap.add_argument("--workers", type=int, default=2, help="BatchStream worker threads (the training default: 2)")
@@ -164,7 +164,7 @@ def main():
         print(f"\n== {a.steps} steps of AlexNet at batch {a.batch} ({crop}x{crop}), {a.repeats} repeats "
               f"alternating; load average now {load()}")
         print(f"  {'':12s} {'epoch s (median)':>16s} {'per step':>10s} {'step alone':>11s} "
-              f"{'first wait':>11s} {'later waits':>12s} {'less 1st wait':>14s}")
+              f"{'first wait':>11s} {'later waits':>12s} {'less 1st wait':>14s} {'CPU s':>7s}")
         summary = {}
         for m in MODES:
             walls = [x[0] for x in results[m]]
@@ -172,21 +172,25 @@ def main():
             steady = [x[0] - x[1][0] for x in results[m]]
             later = [w for x in results[m] for w in x[1][1:]]
             alone = [t for x in results[m] for t in x[2]]
-            summary[m] = (walls, steady)
+            cpus = [x[4] for x in results[m]]
+            summary[m] = (walls, steady, cpus)
             print(f"  {m:12s} {statistics.median(walls):16.2f} {statistics.median(walls) / a.steps:10.3f} "
                   f"{statistics.median(alone):11.3f} {statistics.median(firsts):11.3f} "
-                  f"{max(later) if later else 0:12.4f} {statistics.median(steady):14.2f}")
+                  f"{max(later) if later else 0:12.4f} {statistics.median(steady):14.2f} "
+                  f"{statistics.median(cpus):7.2f}")
         print("  (seconds; 'later waits': the longest wait for any batch after the first; 'less 1st wait': "
-              "the epoch less the wait for its first batch, which a long epoch amortizes)")
-        base_w, base_s = summary["in memory"]
+              "the epoch less the wait for its first batch, which a long epoch amortizes; CPU s: the process's "
+              "CPU time, worker threads included, which the other jobs' load changes less than the wall time)")
+        base_w, base_s, base_c = summary["in memory"]
         for m, goal in (("packed", 1.05), ("JPEG folder", 1.15)):
-            w, s = summary[m]
+            w, s, c = summary[m]
             per_rep = [x / y for x, y in zip(w, base_w)]
             per_rep_s = [x / y for x, y in zip(s, base_s)]
             print(f"  {m}/in memory: epoch {statistics.median(w) / statistics.median(base_w):.3f}x "
                   f"(per repeat {', '.join(f'{x:.3f}' for x in per_rep)}); less the first wait "
                   f"{statistics.median(s) / statistics.median(base_s):.3f}x "
-                  f"(per repeat {', '.join(f'{x:.3f}' for x in per_rep_s)}); goal <= {goal}x")
+                  f"(per repeat {', '.join(f'{x:.3f}' for x in per_rep_s)}); CPU time "
+                  f"{statistics.median(c) / statistics.median(base_c):.3f}x; goal <= {goal}x")
 
         losses = {m: [x[3] for x in results[m]] for m in MODES}
         finite = all(math.isfinite(v) for m in MODES for rep in losses[m] for v in rep)
