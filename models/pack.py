@@ -8,6 +8,7 @@ and never holds the data set in memory; the kernel's page cache does.
 Command line::
 
     python -m models.pack DIR --out FILE [--size 256] [--workers N] [--skip-bad]
+    python -m models.pack --verify FILE   # re-hash every chunk of a finished pack
 
 ``FILE`` is a folder holding:
 
@@ -25,7 +26,14 @@ Command line::
     written last and atomically: class names, counts, the SHA-256 of
     ``meta.npz`` and of every chunk of images (``chunk`` images each), the
     files skipped under ``--skip-bad``. A pack without it is unfinished and
-    :func:`open_pack` refuses it.
+    :func:`open_pack` refuses it;
+``verified.json``
+    the stamp of the last full verification (:func:`open_pack`): the
+    manifest's SHA-256 and each image file's size, ``st_mtime_ns`` and
+    ``st_ctime_ns`` when every chunk matched its checksum. Packing writes it
+    (its checksums are of the very bytes it wrote), as does the first full
+    verification of a pack without one; while the files still have that size
+    and those dates, ``verify="auto"`` does not read them again.
 
 Packing survives ``kill -9``: ``plan.json`` (the file list) is written first;
 the images are written in chunks, each chunk's bytes made durable
@@ -73,6 +81,10 @@ DEFAULT_CHUNK = 256
 FORMAT = "graphdiff-pack"
 VERSION = 1
 SPLITS = ("train", "val")
+#: The stamp of a passed full verification (see :func:`open_pack`).
+STAMP = "verified.json"
+STAMP_FORMAT = "graphdiff-pack-verified"
+VERIFY_MODES = (True, False, "full", "auto", "quick")
 #: Seconds between saves of the running statistics while packing.
 STATS_EVERY_S = 30.0
 
@@ -578,6 +590,9 @@ def pack(src_dir, out_path, size: int = DEFAULT_SIZE, workers: Optional[int] = N
     stats.save(stats_path)
     manifest = _finish(out_path, plan, done, stats)
     _cleanup(out_path, manifest)
+    # The manifest's checksums are of the bytes written (and made durable)
+    # here: the pack counts as verified until its files change.
+    _write_stamp(out_path, _manifest_sha256(out_path), _file_stats(out_path, manifest))
     return _summary(out_path, manifest, remaining, time.perf_counter() - t0, done_before)
 
 
@@ -815,16 +830,87 @@ def _verify_split(path: str, name: str, info: dict, size: int, chunk: int, worke
                                 "fail their checksum (the pack is corrupted; pack it again)")
 
 
-def open_pack(path, verify=True) -> Pack:
-    """Open a finished pack. ``verify=True`` (or ``"full"``) checks the
-    SHA-256 of ``meta.npz`` and of every chunk of images (reads the whole
-    pack once: about a minute per 100 GB on a fast disk, in parallel
-    threads); ``"quick"`` checks the metadata's checksum and the files' sizes
-    only; ``False`` checks sizes only. Raises :class:`PackError` (one line)
-    for a missing, unfinished or corrupted pack."""
+def _manifest_sha256(path: str) -> str:
+    return _sha256_file(os.path.join(path, "manifest.json"))
+
+
+def _file_stats(path: str, manifest: dict) -> dict:
+    """``{file: {"size", "mtime_ns", "ctime_ns"}}`` of the pack's image files
+    now. ``ctime`` cannot be set back by ``os.utime`` and changes on a copy
+    (which is then verified again, once)."""
+    out = {}
+    for s in SPLITS:
+        name = manifest["splits"][s]["file"]
+        st = os.stat(os.path.join(path, name))
+        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+    return out
+
+
+def _write_stamp(path: str, manifest_sha256: str, stats: dict) -> bool:
+    """Record a passed full verification in ``verified.json`` (atomically);
+    the manifest's hash and the files' :func:`_file_stats` are taken *before*
+    the files were hashed, so a change during the hashing leaves a stamp that
+    does not match.
+    A folder that cannot be written (read-only) is no error: the
+    verification is then just not remembered. True if written."""
+    from graphdiff.atomic import atomic_write
+
+    stamp = {"format": STAMP_FORMAT, "version": VERSION,
+             "manifest_sha256": manifest_sha256, "files": stats}
+    try:
+        with atomic_write(os.path.join(path, STAMP), "w", encoding="utf-8") as f:
+            json.dump(stamp, f, indent=1)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stamp(path: str) -> None:
+    try:
+        os.remove(os.path.join(path, STAMP))
+    except OSError:  # absent, or a read-only folder
+        pass
+
+
+def _stamp_matches(path: str, manifest_sha256: str, stats: dict) -> bool:
+    """Whether ``verified.json`` records this manifest and exactly these
+    file sizes and dates (any doubt, an unreadable stamp included: no)."""
+    try:
+        with open(os.path.join(path, STAMP), encoding="utf-8") as f:
+            stamp = json.load(f)
+        return (stamp.get("format") == STAMP_FORMAT and stamp.get("version") == VERSION
+                and stamp.get("files") == stats
+                and stamp.get("manifest_sha256") == manifest_sha256)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def open_pack(path, verify="auto") -> Pack:
+    """Open a finished pack. Every mode checks the manifest, the labels and
+    the files' sizes; then
+
+    * ``"auto"`` (the default; training and ``models.evaluate`` use it): the
+      SHA-256 of ``meta.npz``, and the SHA-256 of every chunk of images only
+      if the pack has no ``verified.json`` stamp matching its manifest and
+      its image files' current sizes and dates (``st_mtime_ns``,
+      ``st_ctime_ns``). So a pack is read through once, on its first opening
+      (or not at all after packing, which stamps it), and later openings take
+      a moment. Auto *trusts the stamp*: damage that leaves a file's size and
+      dates unchanged (a failing disk's bit flips) is found only by ``"full"``
+      (``python -m models.pack --verify FILE``);
+    * ``True`` or ``"full"``: every checksum, always (reads the whole pack:
+      about a minute per 100 GB on a fast disk, in parallel threads), and
+      the stamp refreshed, or removed if a chunk fails;
+    * ``"quick"``: the checksum of ``meta.npz`` only; ``False``: sizes only.
+
+    A pack packed before stamps existed is verified fully by its first
+    ``"auto"`` opening and stamped then. Where the stamp cannot be written
+    (a read-only folder) the pack still opens, verified, each time in full.
+    Raises :class:`PackError` (one line) for a missing, unfinished or
+    corrupted pack."""
     path = os.fspath(path)
-    if verify not in (True, False, "full", "quick"):
-        raise ValueError(f"verify must be True, False, 'full' or 'quick', not {verify!r}")
+    if not any(verify is m or (isinstance(verify, str) and verify == m) for m in VERIFY_MODES):
+        raise ValueError(f"verify must be 'auto', 'full' (or True), 'quick' or False, not {verify!r}")
     manifest = _read_manifest(path)
     size, chunk = int(manifest["size"]), int(manifest["chunk"])
     meta_path = os.path.join(path, "meta.npz")
@@ -848,8 +934,19 @@ def open_pack(path, verify=True) -> Pack:
         if len(meta[f"{s}_labels"]) != int(info["count"]):
             raise PackError(f"{path}: meta.npz has {len(meta[f'{s}_labels'])} {s} labels for "
                             f"{info['count']} images")
-        if verify in (True, "full"):
-            _verify_split(path, s, info, size, chunk, min(4, _default_workers()))
+    full = verify is True or verify == "full"
+    if verify == "auto" or full:
+        # taken before hashing: a change meanwhile leaves a stamp that does not match
+        digest, stats = _manifest_sha256(path), _file_stats(path, manifest)
+        if full or not _stamp_matches(path, digest, stats):
+            try:
+                for s in SPLITS:
+                    _verify_split(path, s, manifest["splits"][s], size, chunk,
+                                  min(4, _default_workers()))
+            except PackError:
+                _remove_stamp(path)  # so that "auto" does not trust it either
+                raise
+            _write_stamp(path, digest, stats)
     return Pack(path, manifest, meta)
 
 
@@ -867,10 +964,15 @@ def main(argv=None) -> int:
                     "into a memory-mappable file of size x size uint8 images (shorter side "
                     "scaled to size, central square kept), with labels, the mean image and "
                     "the RGB covariance's eigenvectors. Running it again after an "
-                    "interruption continues where it stopped.")
-    p.add_argument("dir", help="source folder: train/<class>/*.JPEG and val/ (class folders, "
-                               "or flat with LOC_val_solution.csv beside train/ and val/)")
-    p.add_argument("--out", required=True, help="the pack to write (a folder)")
+                    "interruption continues where it stopped. With --verify FILE: re-hash "
+                    "every chunk of a finished pack, print OK or the one error line.")
+    p.add_argument("dir", nargs="?",
+                   help="source folder: train/<class>/*.JPEG and val/ (class folders, "
+                        "or flat with LOC_val_solution.csv beside train/ and val/)")
+    p.add_argument("--out", help="the pack to write (a folder); required with DIR")
+    p.add_argument("--verify", metavar="FILE",
+                   help="instead of packing: check every checksum of the pack FILE (what "
+                        "training does on a pack's first start only) and stamp it verified")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE,
                    help="side of the stored squares (default 256, the paper's)")
     p.add_argument("--workers", type=int, default=None,
@@ -880,6 +982,12 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help=argparse_suppress())
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.verify is not None:
+        if a.dir is not None or a.out is not None:
+            p.error("--verify FILE takes no DIR or --out")
+        return _verify_command(a.verify)
+    if a.dir is None or a.out is None:
+        p.error("DIR and --out FILE are required (or --verify FILE)")
     try:
         s = pack(a.dir, a.out, size=a.size, workers=a.workers, skip_bad=a.skip_bad,
                  progress=not a.quiet, chunk=a.chunk)
@@ -902,6 +1010,25 @@ def main(argv=None) -> int:
     if s["packed"]:
         line += f"; {s['packed']:,} images packed in {s['seconds']:.1f} s ({s['images_per_s']:.0f}/s)"
     print(line)
+    return 0
+
+
+def _verify_command(path: str) -> int:
+    """``--verify FILE``: :func:`open_pack` with ``verify="full"``; one line, exit 0 or 2."""
+    t0 = time.perf_counter()
+    try:
+        p = open_pack(path, verify="full")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read
+        print(f"error: {path}: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 2
+    n_bytes = sum(os.path.getsize(os.path.join(path, p.manifest["splits"][s]["file"]))
+                  for s in SPLITS)
+    print(f"{path}: OK ({len(p.split('train')):,} training and {len(p.split('val')):,} "
+          f"validation images, {n_bytes / 1e9:.2f} GB checked in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 

@@ -256,7 +256,17 @@ def test_a_finished_pack_is_not_redone_and_another_is_refused(tree, packed, tmp_
 def copy_pack(src, dst):
     import shutil
     shutil.copytree(src, dst)
+    # without its stamp: the copy's first opening hashes everything, whatever the clock did
+    os.remove(os.path.join(dst, mp.STAMP))
     return str(dst)
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
 
 
 def test_corrupted_pack_is_refused(packed, tmp_path):
@@ -345,7 +355,8 @@ def test_kill_9_mid_pack_then_rerun_finishes_the_same_pack(tmp_path):
         assert (np.asarray(p.split(s).images) == np.asarray(q.split(s).images)).all()
         assert (p.split(s).labels == q.split(s).labels).all()
     assert (p.mean_image == q.mean_image).all() and (p.eigvec == q.eigvec).all()
-    assert sorted(os.listdir(out)) == ["manifest.json", "meta.npz", "train.u8", "val.u8"]
+    assert sorted(os.listdir(out)) == ["manifest.json", "meta.npz", "train.u8", "val.u8",
+                                       "verified.json"]
 
 
 def test_a_damaged_unfinished_pack_is_refused(tmp_path):
@@ -403,3 +414,162 @@ def test_a_tree_without_val_packs_an_empty_validation_split(tmp_path):
     assert (s["train"], s["val"]) == (4, 0)
     p = mp.open_pack(str(tmp_path / "p"))
     assert len(p.split("val")) == 0 and p.split("val").images.shape == (0, 16, 16, 3)
+
+
+# -- the verification stamp -----------------------------------------------
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The splits whose chunks :func:`open_pack` hashes, in order."""
+    calls, real = [], mp._verify_split
+
+    def counting(path, name, *args):
+        calls.append(name)
+        return real(path, name, *args)
+
+    monkeypatch.setattr(mp, "_verify_split", counting)
+    return calls
+
+
+def test_packing_stamps_the_pack_and_auto_trusts_the_stamp(tree, packed, hashed):
+    out = packed[0]
+    stamp = json.load(open(os.path.join(out, mp.STAMP)))
+    assert set(stamp["files"]) == {"train.u8", "val.u8"}
+    assert stamp["files"]["train.u8"]["size"] == os.path.getsize(os.path.join(out, "train.u8"))
+    mp.open_pack(out)
+    mp.open_pack(out, verify="auto")
+    assert hashed == []  # packing stamped it: no start reads the images again
+    mp.open_pack(out, verify="full")
+    mp.open_pack(out, verify=True)
+    assert hashed == ["train", "val"] * 2  # full always hashes
+
+
+def test_an_unstamped_pack_is_verified_once_then_stamped(packed, tmp_path, hashed):
+    out = copy_pack(packed[0], tmp_path / "old")  # as a pack from before stamps
+    assert not os.path.exists(os.path.join(out, mp.STAMP))
+    a = mp.open_pack(out)
+    assert hashed == ["train", "val"] and os.path.isfile(os.path.join(out, mp.STAMP))
+    b = mp.open_pack(out)
+    assert hashed == ["train", "val"], "the second auto opening hashed the chunks again"
+    assert (np.asarray(a.split("train").images) == np.asarray(b.split("train").images)).all()
+    mp.open_pack(out, verify="quick")
+    mp.open_pack(out, verify=False)
+    assert len(hashed) == 2
+
+
+def test_auto_catches_a_chunk_changed_after_stamping(packed, tmp_path):
+    out = copy_pack(packed[0], tmp_path / "c")
+    mp.open_pack(out)  # stamped
+    file = os.path.join(out, "train.u8")
+    st = os.stat(file)
+    flip_byte(file, 9 * SIZE * SIZE * 3 + 5)  # image 9: chunk 1 (7 images a chunk)
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a date that differs, surely
+    with pytest.raises(mp.PackError, match=r"train.u8 images 7\.\.13 fail their checksum"):
+        mp.open_pack(out)
+    assert not os.path.exists(os.path.join(out, mp.STAMP))
+    with pytest.raises(mp.PackError, match="fail their checksum"):
+        mp.open_pack(out)  # and again: nothing was remembered as verified
+
+
+def test_full_catches_a_change_whose_date_was_put_back(packed, tmp_path):
+    out = copy_pack(packed[0], tmp_path / "c")
+    mp.open_pack(out)  # stamped
+    file = os.path.join(out, "val.u8")
+    st = os.stat(file)
+    flip_byte(file, 2 * SIZE * SIZE * 3)
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))  # the date put back
+    assert os.stat(file).st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(mp.PackError, match=r"val.u8 images 0\.\.6 fail their checksum"):
+        mp.open_pack(out, verify="full")
+    assert not os.path.exists(os.path.join(out, mp.STAMP))  # auto no longer trusts it either
+    with pytest.raises(mp.PackError, match="fail their checksum"):
+        mp.open_pack(out)
+
+
+def test_auto_trusts_a_stamp_that_matches(packed, tmp_path):
+    """Damage that changes no size or date (a disk's bit flip) passes auto, as
+    documented; full finds it and drops the stamp."""
+    out = copy_pack(packed[0], tmp_path / "c")
+    flip_byte(os.path.join(out, "train.u8"), 100)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert mp._write_stamp(out, mp._manifest_sha256(out), mp._file_stats(out, manifest))
+    mp.open_pack(out)
+    with pytest.raises(mp.PackError, match=r"train.u8 images 0\.\.6 fail their checksum"):
+        mp.open_pack(out, verify="full")
+    with pytest.raises(mp.PackError, match="fail their checksum"):
+        mp.open_pack(out)
+
+
+def test_the_stamp_belongs_to_its_manifest(packed, tmp_path, hashed):
+    out = copy_pack(packed[0], tmp_path / "c")
+    mp.open_pack(out)
+    assert hashed == ["train", "val"]
+    path = os.path.join(out, "manifest.json")
+    manifest = json.load(open(path))
+    manifest["splits"]["val"]["chunk_sha256"][0] = "0" * 64  # another manifest, same files
+    open(path, "w").write(json.dumps(manifest))
+    with pytest.raises(mp.PackError, match=r"val.u8 images 0\.\.6 fail their checksum"):
+        mp.open_pack(out)
+    open(os.path.join(out, mp.STAMP), "w").write("{not json")  # a torn stamp: not trusted
+    with pytest.raises(mp.PackError, match="fail their checksum"):
+        mp.open_pack(out)
+
+
+def test_a_read_only_pack_opens_verified_without_a_stamp(packed, tmp_path, hashed, monkeypatch):
+    import graphdiff.atomic
+
+    out = copy_pack(packed[0], tmp_path / "ro")
+    os.chmod(out, 0o555)
+    try:
+        try:  # root writes into a read-only folder: then refuse the write as the folder would
+            open(os.path.join(out, "probe"), "w").close()
+            os.remove(os.path.join(out, "probe"))
+
+            def refuse(path, *a, **k):
+                raise PermissionError(13, "Permission denied", path)
+
+            monkeypatch.setattr(graphdiff.atomic, "atomic_write", refuse)
+        except PermissionError:
+            pass
+        p = mp.open_pack(out)
+        assert len(p.split("train")) == packed[1]["train"]
+        assert not os.path.exists(os.path.join(out, mp.STAMP))
+        mp.open_pack(out)
+        assert hashed == ["train", "val"] * 2  # not remembered: verified in full each time
+        assert sorted(os.listdir(out)) == ["manifest.json", "meta.npz", "train.u8", "val.u8"]
+    finally:
+        os.chmod(out, 0o755)
+
+
+def test_a_stamp_does_not_make_an_unfinished_pack_usable(packed, tmp_path):
+    out = copy_pack(packed[0], tmp_path / "u")
+    mp.open_pack(out)  # stamped
+    os.replace(os.path.join(out, "manifest.json"), os.path.join(out, "plan.json"))
+    for verify in ("auto", "full", "quick", False):
+        with pytest.raises(mp.PackError, match="unfinished pack"):
+            mp.open_pack(out, verify=verify)
+    with pytest.raises(ValueError, match="verify must be"):
+        mp.open_pack(packed[0], verify="sometimes")
+
+
+def test_the_verify_command(packed, tmp_path):
+    out = copy_pack(packed[0], tmp_path / "v")
+    r = run_cli("--verify", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{out}: OK (60 training and 20 validation images")
+    assert os.path.isfile(os.path.join(out, mp.STAMP))
+    file = os.path.join(out, "train.u8")
+    st = os.stat(file)
+    flip_byte(file, 30 * SIZE * SIZE * 3)
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run_cli("--verify", out)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and "train.u8 images 28..34 fail their checksum" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("--verify", str(tmp_path / "absent"))
+    assert r.returncode == 2 and "no such pack" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("somewhere", "--verify", out)
+    assert r.returncode == 2 and "takes no DIR" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("somewhere")
+    assert r.returncode == 2 and "--out FILE are required" in r.stderr
