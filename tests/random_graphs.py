@@ -60,8 +60,8 @@ class Build:
     same values as leaf tensors in PyTorch) and, in PyTorch, the report of a
     decision margin."""
 
-    def __init__(self, framework, rng, weights):
-        self.framework, self.rng, self.weights = framework, rng, weights
+    def __init__(self, framework, rng, weights, dtype="float64"):
+        self.framework, self.rng, self.weights, self.dtype = framework, rng, weights, dtype
         self.count = 0
         self.margins = []  # (smallest margin, scale) per tie-sensitive decision
 
@@ -81,17 +81,20 @@ class Build:
         if nonzero.numel():
             self.margins.append((float(nonzero.min()), scale))
 
-    def near_tie(self):
-        return any(m < NEAR_TIE * max(s, 1e-300) for m, s in self.margins)
+    def near_tie(self, near=NEAR_TIE):
+        return any(m < near * max(s, 1e-300) for m, s in self.margins)
 
 
 def _variable(b, shape, scale=0.5):
+    """A weight: in float32 graphs its float32 value, which PyTorch reads in float64."""
     value = b.weight(shape, scale)
+    if b.dtype == "float32":
+        value = value.astype(np.float32)
     if b.framework == "gd":
         v = gd.variable(value, name=f"w{b.count - 1}")
         b.params.append(v)
         return v
-    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(value.astype(np.float64), requires_grad=True)
     b.params.append(t)
     return t
 
@@ -672,11 +675,12 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
             "seed": draw(st.integers(0, 2 ** 16))}
 
 
-def build(spec, framework, x, rng, weights):
+def build(spec, framework, x, rng, weights, dtype="float64"):
     """The spec's values built from ``x`` (a graphdiff placeholder or a PyTorch
     tensor); returns ``(outputs, Build)`` (the Build lists the weights as
-    ``params`` and, in PyTorch, the decision margins)."""
-    b = Build(framework, rng, weights)
+    ``params`` and, in PyTorch, the decision margins). ``dtype`` is the graphdiff
+    graph's: with ``"float32"`` the weights are rounded to float32 in both builds."""
+    b = Build(framework, rng, weights, dtype)
     b.params = []
     values = [x]
     for name, args, params in spec["steps"]:
@@ -684,3 +688,40 @@ def build(spec, framework, x, rng, weights):
         made = getattr(gen, framework)(b, [values[i] for i in args], params)
         values.extend(made if gen.outputs > 1 else [made])
     return [values[i] for i in spec["outputs"]], b
+
+
+def shapes_of(spec):
+    """Every value's shape (without the batch), in the order of the values."""
+    pool = [tuple(spec["input"])]
+    for name, args, params in spec["steps"]:
+        gen = GENERATORS[name]
+        out = gen.shape([pool[i] for i in args], params)
+        pool.extend(out if gen.outputs > 1 else [out])
+    return pool
+
+
+def configurations(spec):
+    """The configurations of the peers' op tests that the spec's steps use (names
+    such as ``"conv2d padding same"``, ``"lrn 5-D"``): for the test that the
+    generator draws each of them."""
+    pool, found = shapes_of(spec), set()
+    for name, args, p in spec["steps"]:
+        if name == "conv2d":
+            form = p["padding"]
+            form = form if isinstance(form, str) else "int" if isinstance(form, int) else \
+                "pair" if all(isinstance(q, int) for q in form) else "nested"
+            found.add(f"conv2d padding {form}")
+            if p.get("dilation", (1, 1)) != (1, 1):
+                found.add("conv2d dilation")
+        elif name == "max_pool2d":
+            axes = _pool_axes(p)
+            found.update(what for what, yes in [
+                ("max_pool2d dilation", any(d > 1 for *_, d in axes)),
+                ("max_pool2d ceil_mode", p.get("ceil_mode", False)),
+                ("max_pool2d asymmetric padding", any(b != e for _, _, b, e, _ in axes)),
+                ("max_pool2d padding beyond k//2", any(max(b, e) > k // 2 for k, _, b, e, _ in axes))] if yes)
+        elif name == "lrn":
+            found.add(f"lrn {len(pool[args[0]]) + 1}-D")
+        elif name == "matmul" and p.get("vector"):
+            found.add(f"matmul {p['vector']}")
+    return found
