@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import graphdiff as gd
+from op_checks import has_empty_window, pool_out_size
 
 # Decision margins below this, relative to the deciding tensor's scale, count as a
 # near-tie (the frameworks' rounding, ~1e-16, could flip the decision); exact
@@ -223,25 +224,6 @@ def _pool_draw(draw, shapes, pool):
 def _pool_shape(shapes, p):
     C, H, W = shapes[0]
     return (C,) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
-
-
-def pool_out_size(n, k, s, begin, end, d=1, ceil_mode=False):
-    """PyTorch's output size of a pooling window along one axis, written out: the
-    windows starting at ``i*s - begin`` while the window (extent ``d*(k-1) + 1``)
-    fits the padded input (floor) or, with ``ceil_mode``, while it starts inside
-    the input or the leading padding."""
-    extent = d * (k - 1) + 1
-    if not ceil_mode:
-        return (n + begin + end - extent) // s + 1
-    out = -(-(n + begin + end - extent) // s) + 1
-    return out - 1 if (out - 1) * s >= n + begin else out
-
-
-def has_empty_window(n, k, s, begin, end, d=1, ceil_mode=False):
-    """Whether some window along one axis reads padding only (or none fits): such
-    a configuration is refused (its max would be -inf)."""
-    out = pool_out_size(n, k, s, begin, end, d, ceil_mode)
-    return out < 1 or any(not any(0 <= i * s - begin + a * d < n for a in range(k)) for i in range(out))
 
 
 def _max_pool_draw(draw, shapes, pool):
