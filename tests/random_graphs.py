@@ -154,6 +154,8 @@ def conv_pads(p, in_size):
 
 
 def _conv_draw(draw, shapes, pool):
+    """Groups 1-3, kernel 1-3, stride 1-2, dilation 1-2 (a third of the time);
+    padding an int, a pair, ``((top, bottom), (left, right))``, "valid" or "same"."""
     C, H, W = shapes[0]
     groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
     out_channels = groups * draw(st.integers(1, 3 if groups == 1 else 2))
@@ -637,7 +639,7 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
         k = len(pool) - 1 - draw(st.integers(0, len(pool) - 1)) if draw(st.booleans()) else len(pool) - 1
         fits = [n for n in names if GENERATORS[n].applies(pool[k])] or ["expand_dims" if len(pool[k]) <= 3
                                                                          else "unary_tanh"]
-        cnn = [n for n in fits if n in CNN_OPS]
+        cnn = [n for n in fits if n in CNN_OPS] if _is4(pool[k]) else []  # LRN also applies to (C, L) etc.
         name = draw(st.sampled_from(cnn if cnn and not draw(st.integers(0, 2)) else fits))
         gen = GENERATORS[name]
         drawn = gen.draw(draw, [pool[k]], pool)
