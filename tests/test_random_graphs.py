@@ -192,6 +192,52 @@ def test_found_examples():
         check_spec(spec)
 
 
+# One graph per configuration of the peers' op tests, so each runs on every run
+# whatever the random draw reaches.
+CONFIGURATION_EXAMPLES = [
+    # conv2d: TensorFlow's SAME with stride 2 and dilation; then ((top, bottom), (left, right))
+    {"input": (2, 7, 6), "steps": [
+        ("conv2d", (0,), {"out": 2, "size": (3, 2), "stride": (2, 2), "padding": "same", "groups": 2, "bias": True,
+                          "dilation": (2, 1)}),
+        ("unary_tanh", (1,), {}),
+        ("conv2d", (2,), {"out": 3, "size": (2, 2), "stride": (1, 1), "padding": ((0, 2), (1, 0)), "groups": 1,
+                          "bias": False})], "outputs": (3,), "seed": 4},
+    # conv2d: "same" at stride 1 (PyTorch's own), an int, "valid", a pair
+    {"input": (1, 5, 5), "steps": [
+        ("conv2d", (0,), {"out": 2, "size": (2, 3), "stride": (1, 1), "padding": "same", "groups": 1, "bias": True,
+                          "dilation": (2, 2)}),
+        ("conv2d", (1,), {"out": 1, "size": (3, 3), "stride": (2, 1), "padding": 1, "groups": 1, "bias": False}),
+        ("conv2d", (2,), {"out": 1, "size": (2, 2), "stride": (1, 1), "padding": "valid", "groups": 1,
+                          "bias": False}),
+        ("conv2d", (3,), {"out": 1, "size": (2, 2), "stride": (1, 1), "padding": (1, 0), "groups": 1,
+                          "bias": True})], "outputs": (4, 1), "seed": 5},
+    # max_pool2d: ceil_mode with dilation; asymmetric padding beyond k//2
+    {"input": (2, 7, 6), "steps": [
+        ("max_pool2d", (0,), {"size": (2, 3), "stride": (2, 2), "padding": (1, 1), "dilation": (2, 1),
+                              "ceil_mode": True}),
+        ("max_pool2d", (0,), {"size": (2, 2), "stride": (3, 1), "padding": ((1, 0), (0, 2)), "dilation": (1, 2),
+                              "ceil_mode": True}),
+        ("binary_add", (1,), {"weight": (1, 1)})], "outputs": (3, 2), "seed": 6},
+    # LRN on (N, C, L), (N, C, D, H, W) and NCHW; matmul with a vector on either side
+    {"input": (3, 4, 5), "steps": [
+        ("reshape", (0,), {"to": (3, 20)}), ("lrn", (1,), {"size": 3, "alpha": 0.3, "beta": 0.75, "k": 2.0}),
+        ("expand_dims", (0,), {"axis": 3}), ("lrn", (3,), {"size": 2, "alpha": 1.0, "beta": 0.5, "k": 1.0}),
+        ("matmul", (2,), {"vector": "vector"}), ("matmul", (0,), {"vector": "left"}),
+        ("lrn", (0,), {"size": 4, "alpha": 0.05, "beta": 1.0, "k": 1.0})],
+     "outputs": (5, 6, 4, 7), "seed": 7},
+]
+
+
+def test_each_configuration_agrees_with_pytorch():
+    from random_graphs import configurations
+
+    seen = set()
+    for spec in CONFIGURATION_EXAMPLES:
+        seen.update(configurations(spec))
+        check_spec(spec)
+    assert seen >= CONFIGURATIONS, sorted(CONFIGURATIONS - seen)
+
+
 @PROFILE
 @given(spec=specs(min_steps=3, max_steps=20))
 def test_random_graphs_agree_with_pytorch(spec):
