@@ -24,6 +24,7 @@ data near a tie is redrawn instead of loosening tolerances.
 """
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import graphdiff as gd
+from op_checks import has_empty_window, pool_out_size
 
 # Decision margins below this, relative to the deciding tensor's scale, count as a
 # near-tie (the frameworks' rounding, ~1e-16, could flip the decision); exact
@@ -59,8 +61,8 @@ class Build:
     same values as leaf tensors in PyTorch) and, in PyTorch, the report of a
     decision margin."""
 
-    def __init__(self, framework, rng, weights):
-        self.framework, self.rng, self.weights = framework, rng, weights
+    def __init__(self, framework, rng, weights, dtype="float64"):
+        self.framework, self.rng, self.weights, self.dtype = framework, rng, weights, dtype
         self.count = 0
         self.margins = []  # (smallest margin, scale) per tie-sensitive decision
 
@@ -80,17 +82,20 @@ class Build:
         if nonzero.numel():
             self.margins.append((float(nonzero.min()), scale))
 
-    def near_tie(self):
-        return any(m < NEAR_TIE * max(s, 1e-300) for m, s in self.margins)
+    def near_tie(self, near=NEAR_TIE):
+        return any(m < near * max(s, 1e-300) for m, s in self.margins)
 
 
 def _variable(b, shape, scale=0.5):
+    """A weight: in float32 graphs its float32 value, which PyTorch reads in float64."""
     value = b.weight(shape, scale)
+    if b.dtype == "float32":
+        value = value.astype(np.float32)
     if b.framework == "gd":
         v = gd.variable(value, name=f"w{b.count - 1}")
         b.params.append(v)
         return v
-    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(value.astype(np.float64), requires_grad=True)
     b.params.append(t)
     return t
 
@@ -126,35 +131,88 @@ def _no_extra(draw, shapes, pool):
 
 
 # ----------------------------------------------------------------------------- convolution, pooling, LRN
+def same_pads(n, k, s, d):
+    """TensorFlow's SAME along one axis, written from its definition: ``ceil(n/s)``
+    outputs from a total padding ``max((ceil(n/s) - 1)*s + (k-1)*d + 1 - n, 0)``,
+    the odd one at the end; ``(begin, end)``."""
+    out = -(-n // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    return (total // 2, total - total // 2)
+
+
+def conv_pads(p, in_size):
+    """A conv2d spec's ``padding`` (an int, ``(ph, pw)``, ``((top, bottom), (left,
+    right))``, ``"valid"`` or ``"same"``) as ``((top, bottom), (left, right))``."""
+    padding, dilation = p["padding"], p.get("dilation", (1, 1))
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        return tuple(same_pads(n, k, s, d) for n, k, s, d in zip(in_size, p["size"], p["stride"], dilation))
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    return tuple((q, q) if isinstance(q, int) else tuple(q) for q in padding)
+
+
 def _conv_draw(draw, shapes, pool):
+    """Groups 1-3, kernel 1-3, stride 1-2, dilation 1-2 (a third of the time);
+    padding an int, a pair, ``((top, bottom), (left, right))``, "valid" or "same"."""
     C, H, W = shapes[0]
     groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
     out_channels = groups * draw(st.integers(1, 3 if groups == 1 else 2))
-    attrs = _window_attrs(draw, shapes[0], max_size=3, max_stride=2, pad_limit=lambda k: 1)
-    if attrs is None:
-        return None
-    size, stride, pad = attrs
-    return (), {"out": out_channels, "size": size, "stride": stride, "padding": pad, "groups": groups,
-                "bias": draw(st.booleans())}
+    size = [draw(st.integers(1, 3)) for _ in range(2)]
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(2))
+    dilation = [draw(st.sampled_from([1, 1, 2])) for _ in range(2)]
+    form = draw(st.sampled_from(["pair", "pair", "int", "nested", "valid", "same"]))
+    if form == "int":
+        padding = draw(st.integers(0, 1))
+    elif form == "pair":
+        padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    elif form == "nested":
+        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
+    else:
+        padding = form
+    params = {"out": out_channels, "size": tuple(size), "stride": stride, "padding": padding, "groups": groups,
+              "bias": draw(st.booleans())}
+    for i, n in enumerate((H, W)):  # a (dilated) kernel larger than the padded input: shrink it
+        begin, end = conv_pads(dict(params, dilation=(1, 1)), (H, W))[i]
+        if (size[i] - 1) * dilation[i] + 1 > n + begin + end:
+            dilation[i], size[i] = 1, min(size[i], n + begin + end)
+    params["size"] = tuple(size)
+    if dilation != [1, 1]:
+        params["dilation"] = tuple(dilation)
+    return (), params
 
 
 def _conv_shape(shapes, p):
     C, H, W = shapes[0]
-    return (p["out"],) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
+    return (p["out"],) + tuple((n + b + e - (k - 1) * d - 1) // s + 1 for n, k, s, (b, e), d in zip(
+        (H, W), p["size"], p["stride"], conv_pads(p, (H, W)), p.get("dilation", (1, 1))))
+
+
+def _conv_weights(b, args, p):
+    C = args[0].shape[1]
+    w = _variable(b, (p["out"], C // p["groups"]) + tuple(p["size"]), scale=1.0 / math.sqrt(C * 3))
+    return w, (_variable(b, (p["out"],)) if p["bias"] else None)
 
 
 def _conv_gd(b, args, p):
-    C = args[0].shape[1]
-    w = _variable(b, (p["out"], C // p["groups"]) + tuple(p["size"]), scale=1.0 / math.sqrt(C * 3))
-    bias = _variable(b, (p["out"],)) if p["bias"] else None
-    return gd.conv2d(args[0], w, bias, stride=p["stride"], padding=p["padding"], groups=p["groups"])
+    w, bias = _conv_weights(b, args, p)
+    return gd.conv2d(args[0], w, bias, stride=p["stride"], padding=p["padding"], groups=p["groups"],
+                     dilation=p.get("dilation", 1))
 
 
 def _conv_torch(b, args, p):
-    C = args[0].shape[1]
-    w = _variable(b, (p["out"], C // p["groups"]) + tuple(p["size"]), scale=1.0 / math.sqrt(C * 3))
-    bias = _variable(b, (p["out"],)) if p["bias"] else None
-    return F.conv2d(args[0], w, bias, stride=p["stride"], padding=p["padding"], groups=p["groups"])
+    """PyTorch's own ``padding="same"`` with stride 1, else the input padded
+    explicitly: ``F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)``."""
+    x = args[0]
+    w, bias = _conv_weights(b, args, p)
+    dilation = p.get("dilation", (1, 1))
+    if p["padding"] == "same" and tuple(p["stride"]) == (1, 1):
+        with warnings.catch_warnings():  # an even dilated kernel: PyTorch notes that it pads a copy
+            warnings.simplefilter("ignore", UserWarning)
+            return F.conv2d(x, w, bias, 1, "same", dilation, p["groups"])
+    (t, bt), (left, r) = conv_pads(p, tuple(x.shape[2:]))
+    return F.conv2d(F.pad(x, (left, r, t, bt)), w, bias, p["stride"], 0, dilation, p["groups"])
 
 
 def _pool_draw(draw, shapes, pool):
@@ -170,13 +228,70 @@ def _pool_shape(shapes, p):
     return (C,) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
 
 
+def _max_pool_draw(draw, shapes, pool):
+    """Size 1-3, stride 1-3, dilation 1-2, ceil_mode; padding symmetric (up to
+    k//2, PyTorch's limit) or, a third of the time, each side anything below the
+    dilated window (at most 2)."""
+    size, stride, dilation, pads = [], [], [], []
+    asymmetric = not draw(st.integers(0, 2))
+    for n in shapes[0][1:]:
+        k, s, d = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.sampled_from([1, 1, 2]))
+        if d * (k - 1) + 1 > n:
+            k, d = min(k, n), 1
+        extent = d * (k - 1) + 1
+        if asymmetric:
+            pads.append((draw(st.integers(0, min(2, extent - 1))), draw(st.integers(0, min(2, extent - 1)))))
+        else:
+            q = draw(st.integers(0, k // 2))
+            pads.append((q, q))
+        size.append(k)
+        stride.append(s)
+        dilation.append(d)
+    params = {"size": tuple(size), "stride": tuple(stride), "ceil_mode": draw(st.booleans())}
+    params["padding"] = tuple(pads) if asymmetric else tuple(q for q, _ in pads)
+    if dilation != [1, 1]:
+        params["dilation"] = tuple(dilation)
+    if any(has_empty_window(n, *a, ceil_mode=params["ceil_mode"])
+           for n, a in zip(shapes[0][1:], _pool_axes(params))):
+        return None
+    return (), params
+
+
+def _pool_axes(p):
+    """Per axis ``(k, s, begin, end, d)`` of a max_pool2d spec (old specs: symmetric, no dilation)."""
+    pads = [(q, q) if isinstance(q, int) else tuple(q) for q in p["padding"]]
+    return [(k, s, b, e, d) for k, s, (b, e), d in zip(p["size"], p["stride"], pads, p.get("dilation", (1, 1)))]
+
+
+def _max_pool_shape(shapes, p):
+    return (shapes[0][0],) + tuple(pool_out_size(n, *a, ceil_mode=p.get("ceil_mode", False))
+                                   for n, a in zip(shapes[0][1:], _pool_axes(p)))
+
+
+def _max_pool_gd(b, args, p):
+    return gd.max_pool2d(args[0], p["size"], p["stride"], p["padding"], p.get("dilation", 1),
+                         p.get("ceil_mode", False))
+
+
 def _max_pool_torch(b, args, p):
+    """PyTorch's own pooling where it takes the configuration (symmetric padding up
+    to k//2), else the input padded with -inf to exactly the windows' reach and
+    pooled without padding; the windows' margins from the padded input."""
     x = args[0]
-    (kh, kw), (sh, sw), (ph, pw) = p["size"], p["stride"], p["padding"]
-    y = F.max_pool2d(x, p["size"], p["stride"], p["padding"])
+    axes = _pool_axes(p)
+    ceil_mode = p.get("ceil_mode", False)
+    (kh, sh, pt, _, dh), (kw, sw, pl, _, dw) = axes
+    out = [pool_out_size(n, *a, ceil_mode=ceil_mode) for n, a in zip(x.shape[2:], axes)]
+    # the padded input the windows read: (out - 1)*s + extent rows (a negative pad crops)
+    ends = [(o - 1) * s + d * (k - 1) + 1 - n - begin for o, n, (k, s, begin, _, d) in zip(out, x.shape[2:], axes)]
+    xp = F.pad(x, (pl, ends[1], pt, ends[0]), value=-math.inf)
+    if all(b_ == e and b_ <= k // 2 for k, _, b_, e, _ in axes):
+        y = F.max_pool2d(x, (kh, kw), (sh, sw), (pt, pl), (dh, dw), ceil_mode)
+    else:
+        y = F.max_pool2d(xp, (kh, kw), (sh, sw), 0, (dh, dw))
     # margins: the best minus the second best of each window (padding is -inf)
-    xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf)
-    windows = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(*y.shape, kh * kw)
+    windows = xp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    windows = windows.reshape(*y.shape, kh * kw)
     if kh * kw > 1:
         top = windows.topk(2, dim=-1).values
         gap = top[..., 0] - top[..., 1]
@@ -273,21 +388,41 @@ def _binary(name):
 
 # ----------------------------------------------------------------------------- linear algebra, shapes
 def _matmul_draw(draw, shapes, pool):
-    return (), {"out": draw(st.integers(1, 5))}
+    """A weight matrix ``(K, out)`` on the right, or a vector: ``x @ v`` (``(K,)``,
+    the last axis contracted away) or ``v @ x`` (the second-to-last axis)."""
+    forms = ["matrix", "matrix", "vector"] + (["left"] if len(shapes[0]) >= 2 else [])
+    form = draw(st.sampled_from(forms))
+    return (), ({"out": draw(st.integers(1, 5))} if form == "matrix" else {"vector": form})
+
+
+def _matmul_shape(shapes, p):
+    s = shapes[0]
+    form = p.get("vector")
+    return s[:-1] + (p["out"],) if form is None else s[:-1] if form == "vector" else s[:-2] + s[-1:]
+
+
+def _matmul_weight(b, x, p):
+    form = p.get("vector")
+    if form is None:
+        return _variable(b, (x.shape[-1], p["out"]), scale=0.7)
+    return _variable(b, (x.shape[-1] if form == "vector" else x.shape[-2],), scale=0.7)
 
 
 def _matmul_gd(b, args, p):
-    return gd.matmul(args[0], _variable(b, (args[0].shape[-1], p["out"]), scale=0.7))
+    w = _matmul_weight(b, args[0], p)
+    return gd.matmul(w, args[0]) if p.get("vector") == "left" else gd.matmul(args[0], w)
 
 
 def _matmul_torch(b, args, p):
-    return args[0] @ _variable(b, (args[0].shape[-1], p["out"]), scale=0.7)
+    w = _matmul_weight(b, args[0], p)
+    return torch.matmul(w, args[0]) if p.get("vector") == "left" else torch.matmul(args[0], w)
 
 
 def _factorizations(n):
     out = [(n,), (n, 1, 1), (1, 1, n)]
     for c in range(1, n + 1):
         if n % c == 0:
+            out.append((c, n // c))
             for h in range(1, n // c + 1):
                 if (n // c) % h == 0:
                     out.append((c, h, n // c // h))
@@ -417,9 +552,7 @@ def _softmax_draw(draw, shapes, pool):
 
 GENERATORS = {
     "conv2d": OpGen(_is4, _conv_draw, lambda shapes, p: _conv_shape(shapes, p), _conv_gd, _conv_torch),
-    "max_pool2d": OpGen(_is4, _pool_draw, lambda shapes, p: _pool_shape(shapes, p),
-                        lambda b, args, p: gd.max_pool2d(args[0], p["size"], p["stride"], p["padding"]),
-                        _max_pool_torch),
+    "max_pool2d": OpGen(_is4, _max_pool_draw, _max_pool_shape, _max_pool_gd, _max_pool_torch),
     "avg_pool2d": OpGen(_is4, _pool_draw, lambda shapes, p: _pool_shape(shapes, p),
                         lambda b, args, p: gd.avg_pool2d(args[0], p["size"], p["stride"], p["padding"],
                                                          p["count_include_pad"]),
@@ -431,7 +564,7 @@ GENERATORS = {
         lambda shapes, p: (shapes[0][0],) + tuple(p["out"]),
         lambda b, args, p: gd.adaptive_avg_pool2d(args[0], p["out"]),
         lambda b, args, p: F.adaptive_avg_pool2d(args[0], p["out"])),
-    "lrn": OpGen(_is4, _lrn_draw, lambda shapes, p: shapes[0],
+    "lrn": OpGen(lambda s: len(s) >= 2 and min(s) >= 1, _lrn_draw, lambda shapes, p: shapes[0],
                  lambda b, args, p: gd.lrn(args[0], p["size"], p["alpha"], p["beta"], p["k"]), _lrn_torch),
     "lrn_within": OpGen(_is4, _lrn_draw, lambda shapes, p: shapes[0],
                         lambda b, args, p: gd.lrn_within(args[0], p["size"], p["alpha"], p["beta"], p["k"]),
@@ -442,8 +575,8 @@ GENERATORS = {
         lambda b, args, p: (lambda q: q / q.sum(dim=1, keepdim=True))(args[0] * args[0] + 0.5)),
     **{f"unary_{n}": _unary(n) for n in UNARY},
     **{f"binary_{n}": _binary(n) for n in BINARY},
-    "matmul": OpGen(lambda s: len(s) >= 1, _matmul_draw, lambda shapes, p: shapes[0][:-1] + (p["out"],),
-                    _matmul_gd, _matmul_torch),
+    "matmul": OpGen(lambda s: len(s) >= 1 and min(s) >= 1, _matmul_draw, _matmul_shape, _matmul_gd,
+                    _matmul_torch),
     "reshape": OpGen(lambda s: True, _reshape_draw, lambda shapes, p: p["to"],
                      lambda b, args, p: gd.reshape(args[0], (-1,) + p["to"]),
                      lambda b, args, p: args[0].reshape((-1,) + p["to"])),
@@ -506,7 +639,7 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
         k = len(pool) - 1 - draw(st.integers(0, len(pool) - 1)) if draw(st.booleans()) else len(pool) - 1
         fits = [n for n in names if GENERATORS[n].applies(pool[k])] or ["expand_dims" if len(pool[k]) <= 3
                                                                          else "unary_tanh"]
-        cnn = [n for n in fits if n in CNN_OPS]
+        cnn = [n for n in fits if n in CNN_OPS] if _is4(pool[k]) else []  # LRN also applies to (C, L) etc.
         name = draw(st.sampled_from(cnn if cnn and not draw(st.integers(0, 2)) else fits))
         gen = GENERATORS[name]
         drawn = gen.draw(draw, [pool[k]], pool)
@@ -526,11 +659,12 @@ def specs(draw, min_steps=1, max_steps=12, ops=None):
             "seed": draw(st.integers(0, 2 ** 16))}
 
 
-def build(spec, framework, x, rng, weights):
+def build(spec, framework, x, rng, weights, dtype="float64"):
     """The spec's values built from ``x`` (a graphdiff placeholder or a PyTorch
     tensor); returns ``(outputs, Build)`` (the Build lists the weights as
-    ``params`` and, in PyTorch, the decision margins)."""
-    b = Build(framework, rng, weights)
+    ``params`` and, in PyTorch, the decision margins). ``dtype`` is the graphdiff
+    graph's: with ``"float32"`` the weights are rounded to float32 in both builds."""
+    b = Build(framework, rng, weights, dtype)
     b.params = []
     values = [x]
     for name, args, params in spec["steps"]:
@@ -538,3 +672,40 @@ def build(spec, framework, x, rng, weights):
         made = getattr(gen, framework)(b, [values[i] for i in args], params)
         values.extend(made if gen.outputs > 1 else [made])
     return [values[i] for i in spec["outputs"]], b
+
+
+def shapes_of(spec):
+    """Every value's shape (without the batch), in the order of the values."""
+    pool = [tuple(spec["input"])]
+    for name, args, params in spec["steps"]:
+        gen = GENERATORS[name]
+        out = gen.shape([pool[i] for i in args], params)
+        pool.extend(out if gen.outputs > 1 else [out])
+    return pool
+
+
+def configurations(spec):
+    """The configurations of the peers' op tests that the spec's steps use (names
+    such as ``"conv2d padding same"``, ``"lrn 5-D"``): for the test that the
+    generator draws each of them."""
+    pool, found = shapes_of(spec), set()
+    for name, args, p in spec["steps"]:
+        if name == "conv2d":
+            form = p["padding"]
+            form = form if isinstance(form, str) else "int" if isinstance(form, int) else \
+                "pair" if all(isinstance(q, int) for q in form) else "nested"
+            found.add(f"conv2d padding {form}")
+            if p.get("dilation", (1, 1)) != (1, 1):
+                found.add("conv2d dilation")
+        elif name == "max_pool2d":
+            axes = _pool_axes(p)
+            found.update(what for what, yes in [
+                ("max_pool2d dilation", any(d > 1 for *_, d in axes)),
+                ("max_pool2d ceil_mode", p.get("ceil_mode", False)),
+                ("max_pool2d asymmetric padding", any(b != e for _, _, b, e, _ in axes)),
+                ("max_pool2d padding beyond k//2", any(max(b, e) > k // 2 for k, _, b, e, _ in axes))] if yes)
+        elif name == "lrn":
+            found.add(f"lrn {len(pool[args[0]]) + 1}-D")
+        elif name == "matmul" and p.get("vector"):
+            found.add(f"matmul {p['vector']}")
+    return found

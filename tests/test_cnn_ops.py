@@ -9,38 +9,17 @@
 """
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import graphdiff as gd
-from graphdiff.testing import check_double_vjp, check_vjp
+from graphdiff.testing import check_vjp
+from op_checks import TOL, assert_conv_matches, assert_conv_vjps, assert_vjps, conv_arrays, distinct, edge_examples
+from op_checks import examples, run
+from op_checks import conv_geometry as geometry
 
 # Each test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
 pytestmark = pytest.mark.each_backend
-
-TOL = 1e-6  # finite-difference relative error in float64 (typically ~1e-9)
-
-
-def examples(n):
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-def run(build, *arrays):
-    """Compile ``build`` over placeholders shaped like ``arrays`` and run it."""
-    xs = [gd.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
-    return gd.compile(build(*xs), inputs=xs)(*arrays)
-
-
-def assert_vjps(build, arrays, wrt=None):
-    assert max(check_vjp(build, arrays, wrt=wrt)) < TOL
-    assert max(check_double_vjp(build, arrays, wrt=wrt)) < TOL
-
-
-def distinct(rng, shape, spacing=0.01):
-    """Values with no ties (spaced far beyond the finite-difference step)."""
-    n = int(np.prod(shape))
-    return (rng.permutation(n).reshape(shape) - n / 2) * spacing
-
 
 # =========================================================================== naive references
 def pad(x, ph, pw, fill=0.0):
@@ -225,21 +204,6 @@ def conv_configs(draw, max_hw=12):
                 seed=draw(st.integers(0, 2**16)))
 
 
-def conv_arrays(cfg):
-    rng = np.random.default_rng(cfg["seed"])
-    x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"]))
-    w = rng.standard_normal((cfg["O"], cfg["C"] // cfg["groups"]) + cfg["kernel"])
-    b = rng.standard_normal(cfg["O"])
-    OH, OW = ((n + 2 * p - k) // s + 1 for n, k, s, p in
-              zip((cfg["H"], cfg["W"]), cfg["kernel"], cfg["stride"], cfg["padding"]))
-    dy = rng.standard_normal((cfg["N"], cfg["O"], OH, OW))
-    return x, w, b, dy
-
-
-def geometry(cfg):
-    return dict(stride=cfg["stride"], padding=cfg["padding"], groups=cfg["groups"])
-
-
 @st.composite
 def pool_configs(draw):
     """Pool size 1-4, stride 1-4 (None: = size), padding < size, batch 1-3, channels 1-8, sizes 1-12."""
@@ -284,57 +248,16 @@ EDGE_CONVS = [  # corners the random draw may miss
 # =========================================================================== conv2d
 @examples(25)
 @given(conv_configs(max_hw=9), st.booleans())
-@example(EDGE_CONVS[0], True).via("edge case")
-@example(EDGE_CONVS[2], True).via("edge case")
-@example(EDGE_CONVS[3], False).via("edge case")
+@edge_examples(EDGE_CONVS)
 def test_conv2d_and_its_gradients_match_the_slide_formulas(cfg, with_bias):
-    x, w, b, dy = conv_arrays(cfg)
-    geo = geometry(cfg)
-    bias = b if with_bias else None
-    y = run(lambda x, w, b: gd.conv2d(x, w, b if with_bias else None, **geo), x, w, b)
-    np.testing.assert_allclose(y, ref_conv2d(x, w, bias, geo["stride"], geo["padding"], geo["groups"]),
-                               rtol=1e-10, atol=1e-10)
-    # The VJP (via gd.grad) equals cases 1 and 2 and the bias sum.
-    gx, gw, gb = run(lambda x, w, b, dy: gd.grad(gd.conv2d(x, w, b, **geo), [x, w, b], grad_output=dy),
-                     x, w, b, dy)
-    np.testing.assert_allclose(gw, ref_conv2d_grad_weight(x, dy, cfg["kernel"], **geo), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gx, ref_conv2d_grad_input(dy, w, x.shape[2:], **geo), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gb, dy.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-10)
+    assert_conv_matches(cfg, with_bias, ref_conv2d, ref_conv2d_grad_weight, ref_conv2d_grad_input)
 
 
-@examples(45)
+@examples(30)
 @given(conv_configs(), st.booleans())
-@example(EDGE_CONVS[0], True).via("edge case")
-@example(EDGE_CONVS[1], False).via("edge case")
-@example(EDGE_CONVS[2], True).via("edge case")
-@example(EDGE_CONVS[3], True).via("edge case")
-def test_conv2d_vjp_and_double_vjp(cfg, with_bias):
-    x, w, b, _ = conv_arrays(cfg)
-    geo = geometry(cfg)
-    if with_bias:
-        assert_vjps(lambda x, w, b: gd.conv2d(x, w, b, **geo), [x, w, b])
-    else:
-        assert_vjps(lambda x, w: gd.conv2d(x, w, **geo), [x, w])
-
-
-@examples(25)
-@given(conv_configs())
-@example(EDGE_CONVS[0]).via("edge case")
-@example(EDGE_CONVS[2]).via("edge case")
-def test_conv2d_grad_input_vjp_and_double_vjp(cfg):
-    x, w, _, dy = conv_arrays(cfg)
-    geo = geometry(cfg)
-    assert_vjps(lambda dy, w: gd.conv2d_grad_input(dy, w, x.shape[2:], **geo), [dy, w])
-
-
-@examples(25)
-@given(conv_configs())
-@example(EDGE_CONVS[0]).via("edge case")
-@example(EDGE_CONVS[3]).via("edge case")
-def test_conv2d_grad_weight_vjp_and_double_vjp(cfg):
-    x, w, _, dy = conv_arrays(cfg)
-    geo = geometry(cfg)
-    assert_vjps(lambda x, dy: gd.conv2d_grad_weight(x, dy, cfg["kernel"], **geo), [x, dy])
+@edge_examples(EDGE_CONVS)
+def test_conv2d_and_its_gradient_ops_vjp_and_double_vjp(cfg, with_bias):
+    assert_conv_vjps(cfg, with_bias)
 
 
 @examples(15)

@@ -16,46 +16,22 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import graphdiff as gd
 import needs
 from graphdiff.kernels import choice, onednn
-from graphdiff.testing import check_double_vjp, check_vjp
+from op_checks import assert_conv_matches, assert_conv_vjps, assert_vjps, edge_examples, examples, four, run
+from op_checks import conv_arrays as arrays_for, conv_geometry as geometry, conv_out_size as out_size
 
 # Each op-level test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
 pytestmark = pytest.mark.each_backend
 
-TOL = 1e-6  # finite-difference relative error in float64 (typically ~1e-9)
 TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
-def examples(n):
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-def run(build, *arrays, **options):
-    """Compile ``build`` over placeholders shaped like ``arrays`` and run it."""
-    xs = [gd.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
-    return gd.compile(build(*xs), inputs=xs, **options)(*arrays)
-
-
-def assert_vjps(build, arrays):
-    assert max(check_vjp(build, arrays)) < TOL
-    assert max(check_double_vjp(build, arrays)) < TOL
-
-
 # =========================================================================== naive references
-def four(padding):
-    """``(ph, pw)`` (either may be a ``(begin, end)`` pair) -> ``((top, bottom), (left, right))``."""
-    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-
-
-def out_size(n, k, s, p0, p1, d):
-    return (n + p0 + p1 - (k - 1) * d - 1) // s + 1
-
-
 def ref_conv2d(x, w, b, stride, padding, groups, dilation):
     """``Y_ij = sum_ab W_ab X_(i*s+a*d)(j*s+b*d)`` per example and filter, summed over
     the filter's input channels, with ``X`` zero-padded by ``((top, bottom), (left, right))``."""
@@ -152,77 +128,19 @@ EDGES = [
 ]
 
 
-def arrays_for(cfg):
-    rng = np.random.default_rng(cfg["seed"])
-    x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"]))
-    w = rng.standard_normal((cfg["O"], cfg["C"] // cfg["groups"]) + cfg["kernel"])
-    b = rng.standard_normal(cfg["O"])
-    OH, OW = (out_size(n, k, s, p0, p1, d) for n, k, s, (p0, p1), d in
-              zip((cfg["H"], cfg["W"]), cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"]))
-    dy = rng.standard_normal((cfg["N"], cfg["O"], OH, OW))
-    return x, w, b, dy
-
-
-def geometry(cfg):
-    return dict(stride=cfg["stride"], padding=cfg["padding"], groups=cfg["groups"], dilation=cfg["dilation"])
-
-
 # =========================================================================== the formulas
 @examples(20)
 @given(configs(max_hw=7), st.booleans())
-@example(EDGES[0], True).via("edge case")
-@example(EDGES[1], False).via("edge case")
-@example(EDGES[2], True).via("edge case")
-@example(EDGES[3], True).via("edge case")
+@edge_examples(EDGES)
 def test_dilated_asymmetric_conv2d_and_its_gradients_match_the_formulas(cfg, with_bias):
-    x, w, b, dy = arrays_for(cfg)
-    geo = geometry(cfg)
-    bias = b if with_bias else None
-    y = run(lambda x, w, b: gd.conv2d(x, w, b if with_bias else None, **geo), x, w, b)
-    np.testing.assert_allclose(y, ref_conv2d(x, w, bias, **geo), rtol=1e-10, atol=1e-10)
-    gx, gw, gb = run(lambda x, w, b, dy: gd.grad(gd.conv2d(x, w, b, **geo), [x, w, b], grad_output=dy), x, w, b, dy)
-    np.testing.assert_allclose(gw, ref_grad_weight(x, dy, cfg["kernel"], **geo), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gx, ref_grad_input(dy, w, x.shape[2:], **geo), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gb, dy.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-10)
-    # the gradient ops as called directly, with the same attributes
-    gx2 = run(lambda dy, w: gd.conv2d_grad_input(dy, w, x.shape[2:], **geo), dy, w)
-    gw2 = run(lambda x, dy: gd.conv2d_grad_weight(x, dy, cfg["kernel"], **geo), x, dy)
-    np.testing.assert_allclose(gx2, gx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gw2, gw, rtol=1e-12, atol=1e-12)
+    assert_conv_matches(cfg, with_bias, ref_conv2d, ref_grad_weight, ref_grad_input)
 
 
-@examples(20)
+@examples(17)
 @given(configs(), st.booleans())
-@example(EDGES[0], True).via("edge case")
-@example(EDGES[1], True).via("edge case")
-@example(EDGES[2], False).via("edge case")
-def test_conv2d_vjp_and_double_vjp(cfg, with_bias):
-    x, w, b, _ = arrays_for(cfg)
-    geo = geometry(cfg)
-    if with_bias:
-        assert_vjps(lambda x, w, b: gd.conv2d(x, w, b, **geo), [x, w, b])
-    else:
-        assert_vjps(lambda x, w: gd.conv2d(x, w, **geo), [x, w])
-
-
-@examples(15)
-@given(configs())
-@example(EDGES[0]).via("edge case")
-@example(EDGES[1]).via("edge case")
-def test_conv2d_grad_input_vjp_and_double_vjp(cfg):
-    x, w, _, dy = arrays_for(cfg)
-    geo = geometry(cfg)
-    assert_vjps(lambda dy, w: gd.conv2d_grad_input(dy, w, x.shape[2:], **geo), [dy, w])
-
-
-@examples(15)
-@given(configs())
-@example(EDGES[2]).via("edge case")
-@example(EDGES[3]).via("edge case")
-def test_conv2d_grad_weight_vjp_and_double_vjp(cfg):
-    x, w, _, dy = arrays_for(cfg)
-    geo = geometry(cfg)
-    assert_vjps(lambda x, dy: gd.conv2d_grad_weight(x, dy, cfg["kernel"], **geo), [x, dy])
+@edge_examples(EDGES)
+def test_conv2d_and_its_gradient_ops_vjp_and_double_vjp(cfg, with_bias):
+    assert_conv_vjps(cfg, with_bias)
 
 
 # =========================================================================== "same" and "valid"

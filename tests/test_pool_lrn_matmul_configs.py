@@ -6,53 +6,19 @@ CuPy stand-in (``each_backend``)."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import graphdiff as gd
 import needs
-from graphdiff.testing import check_double_vjp, check_vjp
+from op_checks import assert_vjps, distinct, examples, has_empty_window, run
+from op_checks import pool_out_size as ref_out_size  # PyTorch's rule, written out
 
 pytestmark = pytest.mark.each_backend
 F = torch.nn.functional
-TOL = 1e-6  # finite-difference relative error in float64 (typically ~1e-9)
-
-
-def examples(n):
-    return settings(max_examples=n, deadline=None, derandomize=True)
-
-
-def run(build, *arrays, optimize=True):
-    xs = [gd.placeholder(a.shape, dtype=a.dtype, name=f"in{i}") for i, a in enumerate(arrays)]
-    return gd.compile(build(*xs), inputs=xs, optimize=optimize)(*arrays)
-
-
-def assert_vjps(build, arrays, wrt=None):
-    assert max(check_vjp(build, arrays, wrt=wrt)) < TOL
-    assert max(check_double_vjp(build, arrays, wrt=wrt)) < TOL
-
-
-def distinct(rng, shape, spacing=0.01):
-    """Values with no ties (spaced far beyond the finite-difference step)."""
-    n = int(np.prod(shape))
-    return (rng.permutation(n).reshape(shape) - n / 2) * spacing
 
 
 # =========================================================================== max pooling: naive reference
-def ref_out_size(n, k, s, begin, end, d, ceil_mode):
-    """PyTorch's rule, written out: the windows that start at i*s - begin for i = 0, 1, ...
-    while the window fits in the padded input (floor) or, with ceil_mode, while it starts
-    inside the input or the leading padding and the previous one did not reach the end."""
-    extent = d * (k - 1) + 1
-    total = n + begin + end
-    if ceil_mode:
-        out = int(np.ceil((total - extent) / s)) + 1
-        if (out - 1) * s >= n + begin:
-            out -= 1
-        return out
-    return (total - extent) // s + 1
-
-
 def ref_max_pool2d(x, size, stride, pads, dilation, ceil_mode):
     """y = max over the window's cells x[i*s - begin + a*d] that lie in the input (the rest is
     -inf padding); argmax = the offset a*kw + b of the first maximum in row-major order."""
@@ -90,11 +56,6 @@ def ref_max_pool2d_gather(v, idx, size, stride, pads, dilation):
         a, b = divmod(idx[n, c, i, j], kw)
         out[n, c, i, j] = v[n, c, i * sh - pt + a * dh, j * sw - pl + b * dw]
     return out
-
-
-def has_empty_window(n, k, s, begin, end, d, ceil_mode):
-    out = ref_out_size(n, k, s, begin, end, d, ceil_mode)
-    return out < 1 or any(not any(0 <= i * s - begin + a * d < n for a in range(k)) for i in range(out))
 
 
 @st.composite

@@ -9,9 +9,6 @@ only), and merging would make a cycle. The pass refuses such a merge
 raises a CompilerError on a cycle instead of looping. Every compile here runs
 under an alarm, so a regression fails instead of hanging the suite.
 """
-import contextlib
-import signal
-
 import numpy as np
 import pytest
 
@@ -19,23 +16,9 @@ import graphdiff as gd
 from graphdiff import rewrite
 from graphdiff.errors import CompilerError
 from graphdiff.graph import Part, toposort
+from op_checks import deadline
 
 COMPILE_SECONDS = 60
-
-
-@contextlib.contextmanager
-def deadline(seconds=COMPILE_SECONDS):
-    """Fail (TimeoutError) instead of hanging when the block runs past ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"did not finish within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _hvp_graph(loss, params, rng):
@@ -62,7 +45,7 @@ def test_issue_example_padded_stride1_conv_compiles():
     c1, c2 = rng.standard_normal(gx.shape), rng.standard_normal(gw.shape)
     s = gd.sum(gx * gd.constant(c1)) + gd.sum(gw * gd.constant(c2))
     (hw,) = gd.grad(s, [w])
-    with deadline():
+    with deadline(COMPILE_SECONDS):
         fast = gd.compile(hw)
         plain = gd.compile(hw, optimize=False)
     xt, wt = (torch.tensor(v.value, requires_grad=True) for v in (x, w))
@@ -110,7 +93,7 @@ def test_issue_variants_compile_and_agree(kind, wrt, with_grads):
          + gd.sum(gw * gd.constant(rng.standard_normal(gw.shape))))
     params = [w] if wrt == "w" else [x, w]
     outputs = ([gx, gw] if with_grads else []) + gd.grad(s, params)
-    with deadline():
+    with deadline(COMPILE_SECONDS):
         fast = gd.compile(outputs, [x])
         plain = gd.compile(outputs, [x], optimize=False)
     for batch in (3, 1):
@@ -254,7 +237,7 @@ def test_second_order_graph_of_every_op_compiles_and_agrees(case, batch):
     along the same direction."""
     x, vx, used, vs, outputs = _second_order(case, batch, seed=len(case))
     n = len(used)
-    with deadline():
+    with deadline(COMPILE_SECONDS):
         fast = gd.compile(outputs, [x, vx])
         plain = gd.compile(outputs, [x, vx], optimize=False)
         hvp_only = gd.compile(outputs[1 + n:], [x, vx])  # no first-order gradient to pair with
