@@ -31,7 +31,9 @@ the AlexNet paper's rule, :mod:`graphdiff.optim`) and writes into ``--out``
 ``explorer.html``
     the interactive explorer of the forward and backward graphs with the
     values of one validation batch from the trained model (written at the
-    end; skipped with ``--no-diagrams``, and with a warning if it fails).
+    end; skipped with ``--no-diagrams``, and with a warning if it fails);
+    its "take one step" view takes the run's own SGD step (learning rate as
+    the schedule left it, momentum, weight decay, momentum buffers).
 ``conv1_kernels.png``, ``predictions.png``
     at the end, the paper's Figure 3 (the first convolution's kernels) and
     Figure 4, left (validation images and their top-5 predictions):
