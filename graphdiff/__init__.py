@@ -13,6 +13,8 @@ from .compiler import Program, compile
 from .errors import BackendError, GraphdiffError, InputError, ModelFormatError, OutOfMemoryError, ShapeError
 from .feed import from_dlpack
 from .graph import Op, Tensor, Variable, constant, placeholder, scope, toposort, variable
+# The measured kernel choices, for checkpoints: records to save, and to adopt when resuming.
+from .profiling import adopt_kernel_choices, clear_kernel_choices, kernel_choices  # noqa: F401
 from .nx import to_networkx, graph_stats
 from .ops import *  # noqa: F401,F403 - the op functions are the public API
 from .ops import abs, max, pow, sum  # noqa: A004 - NumPy's names, as in the DESIGN contract

@@ -224,22 +224,27 @@ def test_compiler_passes_memory_plan_and_profile(cnn):
 
     updates, _ = sgd_momentum(cnn["loss"], cnn["params"], lr=0.01)
     program = gd.compile(cnn["loss"], inputs=[cnn["x"], cnn["t"]], updates=updates)
-    assert [name for name, _ in program.passes] == ["prune", "cse + constant folding", "fusion"]
+    assert [name for name, _ in program.passes] == ["prune", "simplify", "rewrite", "fusion"]
     assert program.passes[-1][1] == program.nodes
-    assert len(program.passes[0][1]) > len(program.passes[1][1]) > len(program.passes[2][1])
+    assert len(program.passes[0][1]) > len(program.passes[1][1]) > len(program.passes[3][1])
+    assert program.passes[2].rules == {"conv2d_relu": 2, "conv2d_shared_columns": 1, "max_pool2d_with_argmax": 1}
     before = {k: v.value.copy() for k, v in cnn["params"].items()}
     program.profile(*cnn["feed"].values())
     for k, v in cnn["params"].items():  # the profile ran a step: put the weights back for the other tests
         v.value = before[k]
     data = build_data(cnn["outputs"], feed=cnn["feed"], program=program)
     prog = data["program"]
-    assert [p["name"] for p in prog["passes"]] == ["prune", "cse + constant folding", "fusion"]
+    assert [p["name"] for p in prog["passes"]] == ["prune", "simplify", "rewrite", "fusion"]
+    assert prog["passes"][2]["rules"] == program.passes[2].rules
     records = {n["id"]: n for n in data["nodes"]}
     assert all(i in records for p in prog["passes"] for i in p["nodes"])
-    fused = [records[i] for i in prog["passes"][2]["nodes"] if records[i]["op"] == "fused_elementwise"]
+    fused = [records[i] for i in prog["passes"][3]["nodes"] if records[i]["op"] == "fused_elementwise"]
     assert fused and all("steps" in f["fused"] for f in fused)
-    members = prog["passes"][2]["members"]
+    members = prog["passes"][3]["members"]
     assert any(str(f["id"]) in members for f in fused)
+    # conv + ReLU (made by the rewrite pass) still opens into its members in the final graph
+    assert any(records[int(k)]["op"] == "conv2d_relu" for k in members)
+    assert prog["passes"][2]["members"].keys() <= {str(i) for i in prog["passes"][2]["nodes"]}
     for fid, ms in members.items():
         assert len(ms) >= 2 and all(m in records for m in ms)
     assert set(prog["profile"]) == {str(n.id) for n, _ in program.last_profile}
@@ -471,7 +476,8 @@ def test_each_pass_lists_the_nodes_it_made():
     program = gd.compile(z, inputs=[x])
     data = build_data(z, program=program)
     records = {n["id"]: n for n in data["nodes"]}
-    prune, simplify, fusion = data["program"]["passes"]
+    prune, simplify, rewrite, fusion = data["program"]["passes"]
+    assert rewrite["rules"] == {} and rewrite["new"] == [] and rewrite["removed"] == 0  # no rule applies
     assert "new" not in prune
     made = [records[i] for i in simplify["new"]]
     assert [m["kind"] for m in made] == ["constant"] and simplify["removed"] >= 4  # mul folded, tanh twins

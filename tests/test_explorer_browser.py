@@ -273,8 +273,9 @@ def test_compiler_passes_fused_members_memory_and_profile(browser, tmp_path, sho
     page = open_page(browser, path)
     options = page.eval_on_selector_all("#gd-graph option", "os => os.map(o => o.textContent)")
     assert options[0] == "as built" and [o.split(" (")[0] for o in options[1:]] == [
-        "after prune", "after cse + constant folding", "after fusion"]
-    page.select_option("#gd-graph", "2")
+        "after prune", "after simplify", "after rewrite", "after fusion"]
+    assert "conv2d_relu x2" in options[3]  # the rewrite pass names the rules that fired
+    page.select_option("#gd-graph", "3")
     page.evaluate("gdExplorer.expandAll()")
     shown = visible_ids(page)
     fused = [n for n in program.nodes if n.op.name == "fused_elementwise"]
@@ -283,7 +284,7 @@ def test_compiler_passes_fused_members_memory_and_profile(browser, tmp_path, sho
     assert not missing, missing
     assert page.locator("#gd-nodes g.node[data-seconds]").count() == len(shown)  # coloured by time
     # expand a fused op with members into them
-    data_members = page.evaluate("gdExplorer.data.program.passes[2].members")
+    data_members = page.evaluate("gdExplorer.data.program.passes[3].members")
     fid = next(int(k) for k in data_members if int(k) in {n.id for n in fused})
     page.evaluate(f"gdExplorer.select({fid})")
     page.click(f"#gd-details button[data-fuse='{fid}']")

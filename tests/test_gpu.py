@@ -217,18 +217,18 @@ def test_dropout_masks_are_drawn_on_the_device_and_replay_from_the_generator_sta
 def test_max_pool_gradient_gather_equals_the_scatter_and_repeats_exactly(geometry):
     import cupy
 
-    from graphdiff.kernels import device, pool
+    from graphdiff.kernels import pool
 
     size, stride, padding, (H, W) = geometry
     x = _distinct(2, 3, H, W)
     y, am = pool.max_pool2d_forward(np, x, size, stride, padding)
     dy = _x(*y.shape)
     want = pool.max_pool2d_grad(np, dy, am, (H, W), size, stride, padding)
-    runs = [cupy.asnumpy(device.max_pool2d_grad(cupy, cupy.asarray(dy), cupy.asarray(am), (H, W), size, stride,
+    runs = [cupy.asnumpy(pool.gpu.max_pool2d_grad(cupy, cupy.asarray(dy), cupy.asarray(am), (H, W), size, stride,
                                                 padding)) for _ in range(2)]
     np.testing.assert_allclose(runs[0], want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(runs[0], runs[1])
-    y_dev, am_dev = device.max_pool2d_forward(cupy, cupy.asarray(x), size, stride, padding, y.shape[2:], am.dtype)
+    y_dev, am_dev = pool.gpu.max_pool2d_forward(cupy, cupy.asarray(x), size, stride, padding, y.shape[2:], am.dtype)
     np.testing.assert_array_equal(cupy.asnumpy(y_dev), y)
     np.testing.assert_array_equal(cupy.asnumpy(am_dev), am)
 

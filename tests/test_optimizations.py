@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import graphdiff as gd
 from graphdiff.kernels.parallel import BLOCK_ELEMENTS
+from graphdiff.kernels import fused as fused_kernel
 
 UNARY = [gd.tanh, gd.relu, gd.exp, gd.neg, gd.sigmoid, lambda t: gd.sqrt(t * t + 1.0), gd.step]
 BINARY = [gd.add, gd.sub, gd.mul, lambda a, b: a / (b * b + 1.0), gd.maximum, gd.minimum]
@@ -102,7 +103,8 @@ def test_an_update_value_is_computed_into_its_variable_only_where_no_later_step_
     (node,) = [n for n in f.nodes if n.op.name == "fused_elementwise"]
     assert node.op.extra_outputs
     feeds = {id(v): v.value, id(w): w.value, id(x): xv}
-    direct = node.op._direct_outputs([feeds.get(id(t), 0.0) for t in node.inputs], [w.value, v.value])
+    direct = fused_kernel._direct_outputs(node.op.program, node.op.extra_outputs,
+                                          [feeds.get(id(t), 0.0) for t in node.inputs], [w.value, v.value])
     assert bool(direct) != reads_old_v
     for step in range(2):
         f(xv)

@@ -1,11 +1,11 @@
 """Compiling second-order graphs (Hessian-vector products) always terminates and
 agrees with the plain program.
 
-A stride-1 convolution's two gradients are merged by the fusion pass into one
+A stride-1 convolution's two gradients are merged by a rewrite rule into one
 ``conv2d_backward`` op; in a second-order graph the weight gradient's input can
 depend on the input gradient being merged (through an input read for its shape
 only), and merging would make a cycle. The pass refuses such a merge
-(graphdiff.fusion._fuse_backward_pairs), and the rebuild after the rewrites
+(the conv2d_backward_pair rule, graphdiff/ops/conv_rewrites.py), and the rebuild after the rewrites
 raises a CompilerError on a cycle instead of looping. Every compile here runs
 under an alarm, so a regression fails instead of hanging the suite.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
-from graphdiff import fusion
+from graphdiff import rewrite
 from graphdiff.errors import CompilerError
 from graphdiff.graph import Part, toposort
 
@@ -145,7 +145,7 @@ def test_rebuild_reports_a_cycle_instead_of_looping():
     order = toposort([out])
     looped = gd.graph.Tensor(a.op, (b,), a.shape, a.dtype, name="a")  # a := exp(b), b = tanh(a)
     with deadline(10), pytest.raises(CompilerError, match="cycle"):
-        fusion._rebuild(order, {id(a): looped})
+        rewrite.rebuild(order, {id(a): looped})
 
 
 def test_schedule_check_names_a_node_scheduled_before_its_input():
@@ -169,8 +169,8 @@ def test_merges_that_close_a_cycle_together_are_undone():
     order = toposort([q1, q2])
     # merging (p1, q1) and (p2, q2): {p1,q1} reads p2 (via q1), {p2,q2} reads p1 (via q2)
     merges = [(p1, q1, None), (p2, q2, None)]
-    assert fusion._drop_cyclic_merges(order, merges) == merges
-    assert fusion._drop_cyclic_merges(order, merges[:1]) == []
+    assert rewrite._drop_cyclic_merges(order, merges) == merges
+    assert rewrite._drop_cyclic_merges(order, merges[:1]) == []
 
 
 def test_reachability_search_is_bounded():
@@ -182,10 +182,10 @@ def test_reachability_search_is_bounded():
         chain = gd.tanh(chain)
     order = toposort([chain])
     position = {id(n): k for k, n in enumerate(order)}
-    assert fusion._reaches(chain, x, position, [1000])
-    assert not fusion._reaches(x, chain, position, [1000])  # x comes first: no walk at all
+    assert rewrite._reaches(chain, x, position, [1000])
+    assert not rewrite._reaches(x, chain, position, [1000])  # x comes first: no walk at all
     budget = [10]
-    assert fusion._reaches(chain, x, position, budget) and budget[0] < 0
+    assert rewrite._reaches(chain, x, position, budget) and budget[0] < 0
 
 
 # ----------------------------------------------------------------------------- every op, second order

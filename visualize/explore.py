@@ -627,12 +627,14 @@ def _program_data(program, records, feed):
         raise TypeError(f"program must be a compiled gd.Program, got {type(program).__name__}")
     passes = list(getattr(program, "passes", None) or [("schedule", program.nodes)])
     out = {"passes": []}
-    previous = None
+    previous = unfused = None  # unfused: the graph before the rewriting passes, what their ops replace
     for name, order in passes:
         for t in order:
             if t.id not in records:
                 records[t.id] = _node_record(t)
         entry = {"name": name, "nodes": [t.id for t in order]}
+        if name == "rewrite":  # how often each rewrite rule fired, by rule name
+            entry["rules"] = dict(getattr(passes[len(out["passes"])], "rules", {}))
         if previous is not None:
             # A pass rebuilds every node downstream of one it replaces (same name, same op):
             # "new" are the nodes it made (a fused op, a folded constant), "removed" those it dropped.
@@ -641,11 +643,13 @@ def _program_data(program, records, feed):
             kinds_now = {(t.name, t.op.name) for t in order}
             entry["new"] = [t.id for t in order if id(t) not in before and (t.name, t.op.name) not in kinds_before]
             entry["removed"] = sum((t.name, t.op.name) not in kinds_now for t in previous)
-            if name == "fusion":
+            if name in ("rewrite", "fusion"):  # a fused op (conv + ReLU, a chain) opens into its members
+                unfused = previous if unfused is None else unfused
+                base = {id(t) for t in unfused}
                 members = {}
                 for t in order:
-                    if id(t) not in before and t.op.name != "part":
-                        m = _fused_members(t, previous)
+                    if id(t) not in base and t.op.name != "part":
+                        m = _fused_members(t, unfused)
                         if m:
                             members[str(t.id)] = [x.id for x in m]
                             for x in m:

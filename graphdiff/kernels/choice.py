@@ -1,9 +1,16 @@
-"""Which kernel library runs each convolution: NumPy (im2col + BLAS) or oneDNN,
-chosen by measurement, like cuDNN's benchmark mode.
+"""Which kernel library runs each op that has kernel variants: graphdiff's own
+(NumPy) or another library's (oneDNN for the convolutions), chosen by
+measurement, like cuDNN's benchmark mode.
+
+The mechanism is generic: an op family declares its variants on its op classes
+(``variants = {library: Variant}``, e.g. :mod:`graphdiff.ops.conv_variants`),
+and a kernel library registers itself (:func:`register_library`, e.g. at the
+end of :mod:`graphdiff.kernels.onednn`). Nothing here names an op. For the
+convolutions, as the rest of this text tells:
 
 A compiled program on NumPy gives each convolution instruction (``conv2d``,
 ``conv2d_relu``, ``conv2d_grad_input``, ``conv2d_grad_weight`` and the fused
-``conv2d_backward``: each direction of each layer) a :class:`ConvolutionKernel`.
+``conv2d_backward``: each direction of each layer) a :class:`MeasuredKernel`.
 The first time it runs with given input shapes it times both libraries on the
 real operands (each once to warm up: oneDNN builds its primitive, NumPy its
 scratch buffers; then twice each, alternating) and keeps the faster for those
@@ -37,52 +44,113 @@ import time
 import numpy
 
 from ..errors import BackendError
-from . import onednn
-from .conv import pads as conv_pads
 
-MODES = ("auto", "numpy", "onednn")
 ENV = "GRAPHDIFF_KERNELS"
 TIMED_RUNS = 2  # per library, after one warm-up run each
-KEEP_SHAPES = 4  # oneDNN primitives kept per instruction (input shapes seen most recently)
+KEEP_SHAPES = 4  # primitives kept per instruction (input shapes seen most recently)
 
-# op name -> how to run it with a oneDNN Convolution (arrays as the op's forward gets them)
-_ONEDNN_RUN = {
-    "conv2d": lambda c, a, out: c.forward(*a, out=out),
-    "conv2d_relu": lambda c, a, out: c.forward(*a, out=out),
-    "conv2d_grad_input": lambda c, a, out: c.backward_data(a[0], a[1], out=out),
-    "conv2d_grad_weight": lambda c, a, out: c.backward_weights(a[0], a[1], out=out),
-    "conv2d_backward": lambda c, a, out: c.backward(a[0], a[1], a[2], out=out),
-}
 
-_DIRECTION = {"conv2d": "forward", "conv2d_relu": "forward", "conv2d_grad_input": "backward_data",
-              "conv2d_grad_weight": "backward_weights", "conv2d_backward": "backward_data_and_weights"}
-# (direction, x shape, w shape, stride, ((top, bottom), (left, right)), groups, dilation) -> "numpy" | "onednn",
-# for the process
+class Library:
+    """A kernel library besides graphdiff's own: ``name`` (a ``kernels=`` mode),
+    ``title`` (for messages), ``available()``, ``load_error()``, ``info()``,
+    ``offers`` (the layouts its kernels read, see :func:`offers`) and
+    ``errors`` (the exceptions meaning "no kernel for this geometry": NumPy's then)."""
+
+    def __init__(self, name, title, available, load_error, info, offers=frozenset(), errors=()):
+        self.name, self.title, self.offers, self.errors = name, title, frozenset(offers), tuple(errors)
+        self.available, self.load_error, self.info = available, load_error, info
+
+
+class Variant:
+    """One library's kernel for one op (a direction of a convolution, ...).
+
+    ``kind`` names the decision (checkpoint records carry it); ``geometry(op,
+    arrays)`` gives what ``build(*geometry)`` needs to make the library's
+    primitive for those shapes; ``key(geometry)`` the decision's key (a tuple);
+    ``run(primitive, arrays, out)`` computes the op's result; ``usable(arrays)``
+    says whether the library takes these operands (dtype). ``codec`` turns keys
+    into checkpoint records and back (:class:`Codec`)."""
+
+    def __init__(self, library, kind, geometry, key, build, run, codec, usable=None):
+        self.library, self.kind, self.geometry, self.key = library, kind, geometry, key
+        self.build, self.run, self.codec, self.usable = build, run, codec, usable or (lambda arrays: True)
+        _kinds[kind] = codec
+
+
+class Codec:
+    """``to_record(kind, key, library) -> dict`` and ``from_record(record) -> key``
+    (raising KeyError, TypeError or ValueError on a malformed record)."""
+
+    def __init__(self, to_record, from_record):
+        self.to_record, self.from_record = to_record, from_record
+
+
+_libraries = {}  # name -> Library
+_kinds = {}      # decision kind -> Codec
+# (kind, *key) -> library name, for the process
 _decisions = {}
 _decisions_lock = threading.Lock()
+
+
+def register_library(library):
+    """Make ``library`` a ``kernels=`` mode and a candidate where ops declare variants for it."""
+    _libraries[library.name] = library
+    return library
+
+
+def modes():
+    return ("auto", "numpy") + tuple(_libraries)
 
 
 def resolve_mode(kernels=None):
     """The kernel mode of a program: ``kernels`` if given, else ``GRAPHDIFF_KERNELS``, else ``"auto"``."""
     mode = kernels if kernels is not None else os.environ.get(ENV, "") or "auto"
-    if mode not in MODES:
-        raise BackendError(f"kernels={mode!r}: expected one of {', '.join(MODES)}"
+    if mode not in modes():
+        raise BackendError(f"kernels={mode!r}: expected one of {', '.join(modes())}"
                            + (f" (from {ENV})" if kernels is None else ""))
-    if mode == "onednn" and not onednn.available():
-        raise BackendError(f"kernels='onednn': oneDNN is not available ({onednn.load_error()})")
+    library = _libraries.get(mode)
+    if library is not None and not library.available():
+        raise BackendError(f"kernels={mode!r}: {library.title} is not available ({library.load_error()})")
     return mode
+
+
+def _in_play(mode, backend_name):
+    """The libraries besides NumPy that a program in ``mode`` on ``backend_name`` may run."""
+    if backend_name != "numpy" or mode == "numpy":
+        return []
+    return [lib for name, lib in _libraries.items() if mode in ("auto", name) and lib.available()]
 
 
 def onednn_in_play(mode, backend_name):
     """Whether a program in ``mode`` on ``backend_name`` may run oneDNN kernels."""
-    return backend_name == "numpy" and mode != "numpy" and onednn.available()
+    return any(lib.name == "onednn" for lib in _in_play(mode, backend_name))
+
+
+class _Offers:
+    """The layouts every kernel library in play reads (graphdiff's own read every one)."""
+
+    def __init__(self, libraries):
+        self._libraries = libraries
+
+    def __contains__(self, feature):
+        return all(feature in lib.offers for lib in self._libraries)
+
+
+def offers(mode, backend_name):
+    """What the rewrite rules may count on (``ctx.offers``, see :mod:`graphdiff.rewrite`):
+    a layout is offered where every library in play reads it, e.g. NumPy's shared
+    ``"im2col_columns"`` of a convolution, which oneDNN's kernels do not."""
+    return _Offers(_in_play(mode, backend_name))
 
 
 def status_line():
     """One line for benchmark output: which convolution kernels are available."""
-    if onednn.available():
-        return f"convolution kernels: NumPy im2col + BLAS, and {onednn.info()} (chosen per layer by measurement)"
-    return f"convolution kernels: NumPy im2col + BLAS only; oneDNN not loaded: {onednn.load_error()}"
+    loaded = [lib for lib in _libraries.values() if lib.available()]
+    if loaded:
+        return (f"convolution kernels: NumPy im2col + BLAS, and {', '.join(lib.info() for lib in loaded)} "
+                f"(chosen per layer by measurement)")
+    why = "; ".join(f"{lib.title} not loaded: {lib.load_error()}" for lib in _libraries.values())
+    return f"convolution kernels: NumPy im2col + BLAS only; {why}"
 
 
 def cpu_model():
@@ -96,86 +164,69 @@ def cpu_model():
 
 
 def kernel_for(op, xp, mode):
-    """A :class:`ConvolutionKernel` for ``op`` in a program of ``mode`` on NumPy, or
-    None where the op is not a convolution or oneDNN cannot play."""
-    if op.name not in _ONEDNN_RUN or xp is not numpy or not onednn_in_play(mode, "numpy"):
+    """A :class:`MeasuredKernel` for ``op`` in a program of ``mode`` on NumPy, or
+    None where the op declares no variants or none of their libraries can play."""
+    variants = getattr(op, "variants", None)
+    if not variants or xp is not numpy:
         return None
-    return ConvolutionKernel(op, mode)
+    playing = [v for lib, v in variants.items() if lib in {p.name for p in _in_play(mode, "numpy")}]
+    return MeasuredKernel(op, mode, playing) if playing else None
 
 
-def _geometry(op, arrays):
-    """``(x_shape, w_shape, stride, padding, groups, bias, relu, dilation)`` of the convolution
-    behind ``op`` (``padding`` as ``((top, bottom), (left, right))``)."""
-    name, g, padding, dilation = op.name, op.groups, conv_pads(op.padding), op.dilation
-    if name in ("conv2d", "conv2d_relu"):
-        x, w = arrays[:2]
-        return x.shape, w.shape, op.stride, padding, g, len(arrays) > 2 and arrays[2] is not None, \
-            name == "conv2d_relu", dilation
-    if name == "conv2d_grad_input":
-        dy, w = arrays
-        return (dy.shape[0], w.shape[1] * g) + tuple(op.input_size), w.shape, op.stride, padding, g, False, False, \
-            dilation
-    if name == "conv2d_grad_weight":
-        x, dy = arrays
-        return x.shape, (dy.shape[1], x.shape[1] // g) + tuple(op.kernel_size), op.stride, padding, g, False, \
-            False, dilation
-    dy, w, x = arrays  # conv2d_backward: stride 1
-    return x.shape, w.shape, (1, 1), padding, g, False, False, dilation
+class MeasuredKernel:
+    """The kernel of one instruction whose op has variants: NumPy's (the op's own
+    forward) or a library's, per input shapes (see the module docstring). Keeps
+    the primitives it built, per shapes, for the program's lifetime. ``library``
+    is the one used by the latest call."""
 
-
-def _key(op, arrays):
-    """The decision's key: direction and geometry (shapes, stride, padding, groups, dilation)."""
-    x, w, stride, padding, groups, _, _, dilation = _geometry(op, arrays)
-    return _DIRECTION[op.name], tuple(x), tuple(w), tuple(stride), padding, groups, tuple(dilation)
-
-
-class ConvolutionKernel:
-    """The kernel of one convolution instruction of a compiled program: NumPy's
-    or oneDNN's, per input shapes (see the module docstring). Keeps the oneDNN
-    primitives (:class:`onednn.Convolution`) it built, per shapes, for the
-    program's lifetime. ``library`` is the one used by the latest call."""
-
-    def __init__(self, op, mode):
+    def __init__(self, op, mode, variants):
         self.op, self.mode = op, mode
+        self.variants = {v.library: v for v in variants}
         self.library = None  # not run yet
-        self.reason = None  # why oneDNN was not used, where it failed
-        self._convolutions = {}  # input shapes -> onednn.Convolution
+        self.reason = None  # why a library was not used, where it failed
+        self._primitives = {}  # (library, input shapes) -> primitive
         self._numpy = op.forward
-        # A Convolution's memory objects point at one call's arrays: one call at a
+        # A primitive's memory objects point at one call's arrays: one call at a
         # time per instruction (a program called from several threads).
         self._lock = threading.Lock()
 
     def __call__(self, *arrays, out=None):
         if out is None and self.op.num_outputs > 1:
             out = (None,) * self.op.num_outputs
-        shapes = tuple(a.shape for a in arrays if a is not None)
-        if any(a.dtype != numpy.float32 for a in arrays if a is not None):  # oneDNN: float32 only
+        usable = {name: v for name, v in self.variants.items() if v.usable(arrays)}
+        if not usable:
             self.library = "numpy"
             return self._numpy(numpy, *arrays, out=out)
-        key = _key(self.op, arrays)
-        library = "onednn" if self.mode == "onednn" else _decisions.get(key)
+        shapes = tuple(a.shape for a in arrays if a is not None)
+        first = next(iter(usable.values()))
+        geometry = first.geometry(self.op, arrays)
+        key = (first.kind,) + first.key(geometry)
+        library = self.mode if self.mode in usable else _decisions.get(key)
         if library is None:
-            return self._choose(key, shapes, arrays, out)
+            return self._choose(key, shapes, geometry, usable, arrays, out)
         self.library = library
-        if library == "onednn":
+        if library != "numpy":
             with self._lock:
-                return _ONEDNN_RUN[self.op.name](self._convolution(shapes, arrays), arrays, out)
+                return self._run(usable[library], shapes, geometry, arrays, out)
         return self._numpy(numpy, *arrays, out=out)
 
-    def _convolution(self, shapes, arrays):
-        conv = self._convolutions.get(shapes)
-        if conv is None:
-            if len(self._convolutions) >= KEEP_SHAPES:  # e.g. a last, smaller batch: drop the oldest
-                self._convolutions.pop(next(iter(self._convolutions)))
-            conv = self._convolutions[shapes] = onednn.Convolution(*_geometry(self.op, arrays))
-        return conv
+    def _run(self, variant, shapes, geometry, arrays, out):
+        primitives = self._primitives
+        primitive = primitives.get((variant.library, shapes))
+        if primitive is None:
+            if len(primitives) >= KEEP_SHAPES * len(self.variants):  # e.g. a last, smaller batch: drop the oldest
+                primitives.pop(next(iter(primitives)))
+            primitive = primitives[(variant.library, shapes)] = variant.build(*geometry)
+        return variant.run(primitive, arrays, out)
 
-    def _choose(self, key, shapes, arrays, out):
-        """Time both libraries on these operands (each once to warm up, then
-        ``TIMED_RUNS`` times, alternating) and keep the faster for these shapes;
+    def _choose(self, key, shapes, geometry, usable, arrays, out):
+        """Time every library on these operands (each once to warm up, then
+        ``TIMED_RUNS`` times, alternating) and keep the fastest for these shapes;
         returns the kept library's result."""
-        runs = {"numpy": lambda: self._numpy(numpy, *arrays, out=out),
-                "onednn": lambda: _ONEDNN_RUN[self.op.name](self._convolution(shapes, arrays), arrays, out)}
+        runs = {"numpy": lambda: self._numpy(numpy, *arrays, out=out)}
+        for name, variant in usable.items():
+            runs[name] = lambda variant=variant: self._run(variant, shapes, geometry, arrays, out)
+        errors = tuple(e for name in usable for e in _libraries[name].errors) or (RuntimeError,)
         best = {}
         with self._lock:
             try:
@@ -185,7 +236,7 @@ class ConvolutionKernel:
                     for name, run in runs.items():
                         best[name] = min(best.get(name, float("inf")), _seconds(name, run))
                 library = min(best, key=best.get)
-            except onednn.OneDNNError as exc:  # a geometry this build has no primitive for: NumPy
+            except errors as exc:  # a geometry a library has no primitive for: NumPy
                 self.reason, library = str(exc), "numpy"
             with _decisions_lock:
                 library = _decisions.setdefault(key, library)  # another thread may have decided first
@@ -193,7 +244,7 @@ class ConvolutionKernel:
             return runs[library]()
 
 
-CONVOLUTION_OPS = frozenset(_ONEDNN_RUN) | {"im2col", "conv2d_from_cols", "conv2d_grad_weight_from_cols"}
+ConvolutionKernel = MeasuredKernel  # the name it had when convolutions were its only users
 
 
 def _seconds(library, run):
@@ -204,12 +255,13 @@ def _seconds(library, run):
 
 
 def program_kernels(instructions, backend_name):
-    """``{node: library}`` for a program's convolution instructions: ``"onednn"`` or
-    ``"numpy"`` as the latest run used them (None: not run yet), the backend's
-    name (``"numpy"``, ``"cupy"``) where no choice is made. Other ops all run
-    graphdiff's own kernels."""
-    return {node: kernel.library if isinstance(kernel, ConvolutionKernel) else backend_name
-            for kernel, _, _, _, node in instructions if node.op.name in CONVOLUTION_OPS}
+    """``{node: library}`` for a program's instructions whose op has variants or
+    says it ``reports_kernel`` (a convolution's shared columns): the library the
+    latest run used (None: not run yet), the backend's name (``"numpy"``,
+    ``"cupy"``) where no choice is made. Other ops all run graphdiff's own kernels."""
+    return {node: kernel.library if isinstance(kernel, MeasuredKernel) else backend_name
+            for kernel, _, _, _, node in instructions
+            if getattr(node.op, "variants", None) or getattr(node.op, "reports_kernel", False)}
 
 
 def clear_decisions():
@@ -219,45 +271,33 @@ def clear_decisions():
 
 
 def decisions():
-    """This process's choices as JSON-able records (``direction``, ``x`` and
-    ``w`` shapes, ``stride``, ``padding``, ``groups``, ``library``, and
-    ``dilation`` where it is not 1): what a checkpoint keeps, so that a run
-    resumed in another process runs each convolution on the library the run
-    measured (the two libraries round differently, so re-measuring could change
-    the numbers). ``padding`` is ``[ph, pw]``, or ``[[top, bottom], [left, right]]``
-    where a side differs."""
+    """This process's choices as JSON-able records (each variant's codec writes
+    them; a convolution's: ``direction``, ``x`` and ``w`` shapes, ``stride``,
+    ``padding``, ``groups``, ``library``, and ``dilation`` where it is not 1):
+    what a checkpoint keeps, so that a run resumed in another process runs each
+    op on the library the run measured (libraries round differently, so
+    re-measuring could change the numbers)."""
     with _decisions_lock:
         items = sorted(_decisions.items())
-    records = []
-    for (direction, x, w, stride, padding, groups, dilation), library in items:
-        symmetric = all(a == b for a, b in padding)
-        record = dict(direction=direction, x=list(x), w=list(w), stride=list(stride),
-                      padding=[a for a, _ in padding] if symmetric else [list(p) for p in padding],
-                      groups=groups, library=library)
-        if dilation != (1, 1):
-            record["dilation"] = list(dilation)
-        records.append(record)
-    return records
+    return [_kinds[key[0]].to_record(key[0], key[1:], library) for key, library in items]
 
 
 def adopt(records):
     """Take ``records`` (from :func:`decisions`, e.g. a checkpoint's) as this
-    process's choices, in place of any measured for the same convolutions.
+    process's choices, in place of any measured for the same ops.
     Raises ``ValueError`` naming the first malformed record (nothing is taken)."""
     if not isinstance(records, list):
         raise ValueError(f"kernel choices must be a list, got {type(records).__name__}")
     taken = {}
     for k, r in enumerate(records):
         try:
-            direction, library = r["direction"], r["library"]
-            x, w, stride = (tuple(int(d) for d in r[f]) for f in ("x", "w", "stride"))
-            padding = conv_pads(r["padding"])
-            dilation = tuple(int(d) for d in r.get("dilation", (1, 1)))
-            groups = int(r["groups"])
+            kind, library = r["direction"], r["library"]
+            codec = _kinds.get(kind)
+            key = codec.from_record(r) if codec is not None else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"kernel choice {k} is malformed ({type(exc).__name__}: {exc})") from None
-        if direction not in _DIRECTION.values() or library not in ("numpy", "onednn"):
-            raise ValueError(f"kernel choice {k}: unknown direction {direction!r} or library {library!r}")
-        taken[(direction, x, w, stride, padding, groups, dilation)] = library
+        if codec is None or library not in ("numpy",) + tuple(_libraries):
+            raise ValueError(f"kernel choice {k}: unknown direction {kind!r} or library {library!r}")
+        taken[(kind,) + key] = library
     with _decisions_lock:
         _decisions.update(taken)

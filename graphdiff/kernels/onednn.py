@@ -561,3 +561,12 @@ def _c32(a):
     if a.dtype != numpy.float32:
         raise TypeError(f"oneDNN kernels take float32, got {a.dtype}")
     return a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
+
+
+# A kernel library for graphdiff's generic choice (kernels.choice): a ``kernels=`` mode,
+# and a candidate wherever an op family declares a oneDNN variant (ops/conv_variants.py).
+# Its convolutions read their own inputs: no shared im2col columns (offers nothing).
+from . import choice as _choice  # noqa: E402 - choice imports no library: no cycle
+
+LIBRARY = _choice.register_library(_choice.Library("onednn", "oneDNN", available, load_error, info,
+                                                   errors=(OneDNNError,)))

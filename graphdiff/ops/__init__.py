@@ -2,6 +2,7 @@
 rule, its kernel (written against an array module ``xp``) and its VJP rule."""
 from .avg_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad
 from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight
+from . import conv_rewrites  # noqa: F401 - registers the convolution's compile-time rewrites
 from .elementwise import (abs_, add, cast, div, equal, exp, greater, greater_equal, less, less_equal, log,
                           maximum, minimum, mul, neg, not_equal, pow, relu, relu_grad, sigmoid, sign, sqrt, step, sub,
                           tanh, where)

@@ -2,7 +2,8 @@
 
 Layout NCHW; weights ``(O, C // groups, kh, kw)``. The kernels (im2col + GEMM)
 live in :mod:`graphdiff.kernels.conv`; a compiled program on NumPy may run a
-convolution on oneDNN instead (see :mod:`graphdiff.kernels.choice`). This module
+convolution on oneDNN instead (the ops' ``variants``, :mod:`graphdiff.ops.conv_variants`,
+chosen by :mod:`graphdiff.kernels.choice`). This module
 holds the shape rules and the VJP rules. The three ops close under differentiation, so grad of grad works:
 
     conv2d(x, w)               -> VJP: conv2d_grad_input(dy, w), conv2d_grad_weight(x, dy)
@@ -23,6 +24,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import Op, apply, as_int, as_tensor, fmt_shape
 from ..kernels import conv as _k
+from . import conv_variants as _variants
 from .reduce import sum as _sum
 
 
@@ -177,6 +179,7 @@ class Conv2d(_ConvBase):
     (``X_(i*s+a*d)(j*s+b*d)``) and groups."""
 
     name = "conv2d"
+    variants = _variants.FORWARD  # kernels of other libraries (oneDNN), chosen by measurement
     supports_out = True  # forward writes into a planned buffer when the compiler passes one
 
     def __init__(self, stride, padding, groups, dilation=(1, 1)):
@@ -221,11 +224,12 @@ class Conv2dReLU(Conv2d):
     """``max(conv2d(x, w, b), 0)`` in one kernel: the ReLU rides along with the
     bias add and the copy of the GEMM's output to NCHW (one pass over the
     activations fewer). Built only by the compiler's fusion
-    (:func:`graphdiff.fusion.fuse_elementwise`), in place of a ReLU whose input is
+    (the ``conv2d_relu`` rule of :mod:`graphdiff.ops.conv_rewrites`), in place of a ReLU whose input is
     a convolution nothing else reads; gradients are taken on the user's graph
     before that, so this op has no VJP of its own."""
 
     name = "conv2d_relu"
+    variants = _variants.FORWARD  # oneDNN: the ReLU as a post-op
 
     def forward(self, xp, x, w, b=None, out=None):
         return _k.conv2d_forward(xp, x, w, b, self.stride, self.padding, self.groups, out=out, relu=True,
@@ -251,6 +255,7 @@ class Im2col(_CompiledOnly):
     :class:`Conv2dGradWeightFromCols`) when the compiler shares it."""
 
     name = "im2col"
+    reports_kernel = True  # Program.kernels names its library (NumPy's layout)
     supports_out = True
     describe = _describe
 
@@ -273,6 +278,7 @@ class Conv2dFromCols(_CompiledOnly):
     """``conv2d`` (and ``relu`` when ``relu``) from the input's :class:`Im2col` columns."""
 
     name = "conv2d_from_cols"
+    reports_kernel = True
     supports_out = True
 
     def __init__(self, out_size, groups, relu):
@@ -289,6 +295,7 @@ class Conv2dGradWeightFromCols(_CompiledOnly):
     """``conv2d_grad_weight`` from the input's :class:`Im2col` columns."""
 
     name = "conv2d_grad_weight_from_cols"
+    reports_kernel = True
     kind = "gradient"
     supports_out = True
 
@@ -309,6 +316,7 @@ class Conv2dBackward(_CompiledOnly):
     ``(dy, w, x)``."""
 
     name = "conv2d_backward"
+    variants = _variants.BACKWARD_BOTH
     kind = "gradient"
     num_outputs = 2
     supports_out = True
@@ -388,6 +396,7 @@ class Conv2dGradWeight(_ConvBase):
     convolution with weights ``g``, wrt ``dy`` the convolution of ``x`` with ``g``."""
 
     name = "conv2d_grad_weight"
+    variants = _variants.BACKWARD_WEIGHTS
     kind = "gradient"
     supports_out = True
 
@@ -445,6 +454,7 @@ class Conv2dGradInput(_ConvBase):
     with ``w``, wrt ``w`` the weight gradient of ``g`` against ``dy``."""
 
     name = "conv2d_grad_input"
+    variants = _variants.BACKWARD_DATA
     kind = "gradient"
     supports_out = True
 

@@ -5,11 +5,18 @@ each rule takes the input(s) ``x`` (``a, b``), the output ``y`` and the
 incoming gradient ``g`` as graph nodes and returns graph nodes, so gradients
 are graphs and can be differentiated again. Broadcast inputs get their
 gradient summed back to their own shape (``sum_to``).
+
+The ops that the compiler may fuse into one chain (:mod:`graphdiff.fusion`)
+declare it here: ``fusable(node)`` says whether this node may join a chain,
+``block(xp, *arrays, out=)`` evaluates it on blocks of arrays (NumPy: cache
+blocks, see :mod:`graphdiff.kernels.fused`) and ``fused(xp, value_type,
+*arrays)`` inside one ``cupy.fuse`` kernel (ufuncs and constants of the
+result's scalar type only).
 """
 import numpy as np
 
 from ..graph import Op, Tensor, apply, as_dtype, as_tensor, broadcast_shapes
-from ..kernels.parallel import workspace
+from ..kernels.parallel import workspace, zeros
 from .reduce import sum_to
 
 
@@ -67,6 +74,23 @@ class Unary(Op):
     def vjp(self, node, g, wrt):
         return [UNARY[self.fn][1](node.inputs[0], node, g)]
 
+    # ---- chain fusion (see the module docstring)
+    def fusable(self, node):
+        return node.dtype.kind == "f" and self.supports_out
+
+    def block(self, xp, x, out=None):
+        if self.fn == "relu" and out is not None and xp.__name__ == "numpy" and x.ndim == 1 \
+                and x.shape == out.shape:
+            # NumPy's maximum against a broadcast scalar misses its SIMD loop (~4x slower
+            # than against an array), so a block compares with a vector of zeros.
+            return xp.maximum(x, zeros(xp, x.size, out.dtype), out=out)
+        return self.forward(xp, x, out=out)
+
+    def fused(self, xp, value_type, x):
+        if self.fn == "relu":
+            return xp.maximum(x, value_type(0))
+        return getattr(xp, UFUNC_OF[self.fn])(x)
+
 
 def _unary(fn):
     def op(x, name=None):
@@ -84,6 +108,11 @@ def relu(x, name=None):
     """``y = max(0, x)``. Its VJP is :func:`relu_grad`: a switch decided by one
     forward pass, open where the forward value was positive."""
     return apply(Unary("relu"), [as_tensor(x)], name=name)
+
+
+def _same_float_dtype(op, node):
+    """Chain fusion's test for an op of several inputs: float, every input of its dtype."""
+    return node.dtype.kind == "f" and all(i.dtype == node.dtype for i in node.inputs)
 
 
 class ReluGrad(Op):
@@ -108,6 +137,15 @@ class ReluGrad(Op):
     def vjp(self, node, gg, wrt):
         y, _ = node.inputs
         return [None, sum_to(relu_grad(y, gg), node.inputs[1], y.shape) if wrt[1] else None]
+
+    # ---- chain fusion (see the module docstring)
+    fusable = _same_float_dtype
+
+    def block(self, xp, y, g, out=None):
+        return relu_grad_kernel(xp, y, g, out=out)
+
+    def fused(self, xp, value_type, y, g):  # a select: an infinite g stays finite where closed
+        return xp.where(y > value_type(0), g, value_type(0))
 
 
 def relu_grad_kernel(xp, y, g, out=None):
@@ -182,6 +220,15 @@ class Binary(Op):
             return [sum_to(g * b * a ** (b - 1.0), a, b.shape), None]  # skip log(a): a may be negative
         ga, gb = BINARY[self.fn][1](a, b, node, g)
         return [sum_to(ga, a, b.shape) if wrt[0] else None, sum_to(gb, b, a.shape) if wrt[1] else None]
+
+    # ---- chain fusion (see the module docstring)
+    fusable = _same_float_dtype
+
+    def block(self, xp, a, b, out=None):
+        return getattr(xp, UFUNC_OF[self.fn])(a, b, out=out)
+
+    def fused(self, xp, value_type, a, b):
+        return getattr(xp, UFUNC_OF[self.fn])(a, b)
 
 
 def _binary(fn, doc):
@@ -265,6 +312,17 @@ class Step(_Mask):
 
     def forward(self, xp, x):
         return (x > 0).astype(x.dtype)
+
+    # ---- chain fusion (see the module docstring)
+    fusable = _same_float_dtype
+
+    def block(self, xp, x, out=None):
+        if out is None:
+            return (x > 0).astype(x.dtype)
+        return xp.greater(x, 0, out=out)  # one pass, 1.0/0.0 into the float out (NaN: 0)
+
+    def fused(self, xp, value_type, x):
+        return xp.where(x > value_type(0), value_type(1), value_type(0))
 
 
 class Sign(_Mask):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..graph import Op, apply, as_tensor, fmt_shape
 from ..kernels import pool as _k
+from ..rewrite import like, parts, rule
 from .conv import _known_differ, _pair
 
 
@@ -206,6 +207,20 @@ class MaxPool2dWithArgmax(_PoolBase):
         _check_windows(self, x.shape)
         return _k.max_pool2d_forward(xp, x, self.size, self.stride, self.pads, out=out[0], argmax_out=out[1],
                                      **self._kernel_args())
+
+
+@rule("max_pool2d_with_argmax", MaxPool2dArgmax)
+def _pool_with_argmax(node, ctx):
+    """A max pooling whose argmax node (read by its gradient) is in the program
+    computes both in one sweep over the windows (``max_pool2d_with_argmax``, two
+    outputs) instead of a second sweep comparing ``x`` with ``y``. A compile-time
+    rewrite (see :mod:`graphdiff.rewrite`)."""
+    x, pooled = node.inputs
+    if type(pooled.op) is not MaxPool2d or pooled.inputs[0] is not x or pooled.op.attrs != node.op.attrs:
+        return None
+    if ctx.replaced(pooled):  # two argmax nodes of one pooling: the compiler merged them already
+        return None
+    return parts(like(pooled, MaxPool2dWithArgmax(**pooled.op.attrs), (x,)), [pooled, node])
 
 
 def max_pool2d_argmax(x, y, size, stride=None, padding=0, dilation=1, ceil_mode=False, name=None):

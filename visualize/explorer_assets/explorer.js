@@ -895,7 +895,8 @@
   if (D.program) {
     D.program.passes.forEach(function (p, k) {
       var o = document.createElement("option"); o.value = String(k);
-      o.textContent = "after " + p.name + (k === D.program.passes.length - 1 ? " (the schedule)" : "");
+      var fired = Object.keys(p.rules || {}).map(function (r) { return r + " x" + p.rules[r]; });  // rewrite rules that fired
+      o.textContent = "after " + p.name + (fired.length ? " (" + fired.join(", ") + ")" : "") + (k === D.program.passes.length - 1 ? " (the schedule)" : "");
       $("gd-graph").appendChild(o);
     });
     if (D.program.profile) $("gd-profile-label").hidden = false;

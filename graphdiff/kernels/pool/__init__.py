@@ -1,5 +1,5 @@
-"""Max-pooling kernels on plain arrays, for NumPy and CuPy (on CuPy the fused kernels
-of :mod:`graphdiff.kernels.device` take over where they save passes).
+"""Max pooling's kernels, all here: on plain arrays for NumPy and CuPy, and on CuPy
+the fused kernels of :mod:`graphdiff.kernels.pool.gpu` where they save passes.
 
 Layout NCHW; ``size``, ``stride`` and ``dilation`` are pairs, ``padding`` is
 ``(ph, pw)`` (both sides) or ``((top, bottom), (left, right))``. Windows may
@@ -36,12 +36,13 @@ then one scatter-add (``add.at``) or one ``take``.
 
 import numpy
 
-from . import device
+from .. import device
+from . import gpu
 
 # The gradient on a GPU as a gather (deterministic); False: CuPy's scatter_add (float
 # atomics: the order of the additions, and so the rounding, changes from run to run).
 DETERMINISTIC_GRAD = True
-from .parallel import parallel_blocks, workspace
+from ..parallel import parallel_blocks, workspace
 
 
 def argmax_dtype(size):
@@ -54,8 +55,8 @@ def argmax_dtype(size):
     return numpy.dtype(numpy.int64)
 
 
-pool_pads = device.pool_pads
-pool_output_size = device.pool_output_size
+pool_pads = gpu.pool_pads
+pool_output_size = gpu.pool_output_size
 
 
 class _Plan:
@@ -76,7 +77,7 @@ class _Plan:
         if self.OH < 1 or self.OW < 1:
             raise ValueError(f"pool window {tuple(size)} (dilation {tuple(dilation)}) larger than the padded input")
         # The padded block: the input and every cell a window reads.
-        self.Hp, self.Wp = device.pool_padded_size(input_size, size, stride, pads, dilation, (self.OH, self.OW))
+        self.Hp, self.Wp = gpu.pool_padded_size(input_size, size, stride, pads, dilation, (self.OH, self.OW))
         self.padded = (self.Hp, self.Wp) != (self.H, self.W)
         eh, ew = self.dh * (self.kh - 1), self.dw * (self.kw - 1)  # window extent - 1
         self.Ph, self.Pw = min(self.sh, eh + 1), min(self.sw, ew + 1)  # phases in use
@@ -172,7 +173,7 @@ def max_pool2d_forward(xp, x, size, stride, padding, out=None, argmax=True, argm
     plan = _Plan((H, W), size, stride, padding, dilation, ceil_mode)
     idt = argmax_dtype(size)
     if device.on_device(xp):  # one kernel over the window views; new arrays
-        return device.max_pool2d_forward(xp, x, size, stride, padding, (plan.OH, plan.OW),
+        return gpu.max_pool2d_forward(xp, x, size, stride, padding, (plan.OH, plan.OW),
                                          idt if argmax else None, dilation=dilation)
     y = xp.empty((N, C, plan.OH, plan.OW), dtype=x.dtype) if out is None else out
     am = (xp.empty(y.shape, dtype=idt) if argmax_out is None else argmax_out) if argmax else None
@@ -209,7 +210,7 @@ def max_pool2d_argmax(xp, x, y, size, stride, padding, out=None, dilation=(1, 1)
     plan = _Plan(x.shape[2:], size, stride, padding, dilation, ceil_mode)
     dtype, last = argmax_dtype(size), len(plan.shifts) - 1
     if device.on_device(xp):  # one kernel, a new array
-        return device.max_pool2d_argmax(xp, x, y, size, stride, padding, dtype, dilation=dilation)
+        return gpu.max_pool2d_argmax(xp, x, y, size, stride, padding, dtype, dilation=dilation)
     idx = xp.empty(y.shape, dtype=dtype) if out is None else out
 
     def block(lo, hi):  # a few examples at a time, so the passes below run from cache
@@ -290,7 +291,7 @@ def max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=None,
     gradient aimed at padding is dropped.
     """
     if device.on_device(xp) and DETERMINISTIC_GRAD:
-        return device.max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=out,
+        return gpu.max_pool2d_grad(xp, dy, argmax, input_size, size, stride, padding, out=out,
                                       dilation=dilation, ceil_mode=ceil_mode)
     N, C = dy.shape[:2]
     H, W = input_size
@@ -331,7 +332,7 @@ def max_pool2d_gather(xp, dx_like, argmax, size, stride, padding, out=None, dila
     ``take`` at the same flat indices.
     """
     if device.on_device(xp):  # one kernel over the window views, nothing uploaded
-        return device.max_pool2d_gather(xp, dx_like, argmax, size, stride, padding, dilation=dilation)
+        return gpu.max_pool2d_gather(xp, dx_like, argmax, size, stride, padding, dilation=dilation)
     N, C, H, W = dx_like.shape
     plan = _Plan((H, W), size, stride, padding, dilation, ceil_mode)
     res = xp.empty(argmax.shape, dtype=dx_like.dtype) if out is None else out
