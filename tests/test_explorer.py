@@ -392,6 +392,40 @@ def test_training_writes_the_explorer_of_a_validation_batch(tmp_path):
     assert any(n["backward"] for n in data["nodes"])
 
 
+def test_the_explorer_of_a_training_run_takes_the_runs_own_sgd_step(tmp_path):
+    """The page's "take one step" view uses the run's learning rate, momentum,
+    weight decay and momentum buffers: v = momentum * v_prev - lr * (decay * w
+    + dE/dw), checked here from the checkpoint and the batch shown."""
+    import models.train as train
+    from graphdiff.checkpoint import load_checkpoint
+    from models.cnn import cnn4
+    from models.data import load_dataset
+
+    lr, momentum, decay = 0.05, 0.5, 0.002  # none of them sgd_momentum's defaults
+    train.main(["--model", "cnn4", "--data", "synthetic", "--image-size", "16", "--width", "4", "--batch-size", "8",
+                "--epochs", "1", "--seed", "1", "--quiet", "--no-tensorboard", "--lr", str(lr), "--momentum",
+                str(momentum), "--weight-decay", str(decay), "--out", str(tmp_path)])
+    text = (tmp_path / "explorer.html").read_text()
+    update = json.loads(re.search(r'<script id="gd-data" type="application/json">(.*?)</script>', text,
+                                  re.S).group(1).replace("<\\/", "</"))["update"]
+    assert (update["lr"], update["momentum"], update["weight_decay"]) == (lr, momentum, decay)
+    assert update["source"] == "the training step's optimizer"
+    assert update["params"] and all(row["momentum_buffer"] for row in update["params"])
+
+    arrays, _ = load_checkpoint(tmp_path / "checkpoint.npz")
+    model = cnn4(load_dataset("synthetic", 16, channels=3, seed=1).num_classes, 16, width=4, seed=1)
+    model.load_state_arrays(arrays)
+    images, labels = next(iter(load_dataset("synthetic", 16, channels=3, seed=1).val_batches(8)))
+    names = list(model.params)
+    grads = gd.compile(gd.grad(model.loss, [model.params[k] for k in names]), inputs=model.inputs,
+                       training=False)(images, labels)
+    for row in update["params"]:
+        k = row["name"]
+        w, v_prev = arrays[k].astype(np.float64), arrays["momentum/" + k].astype(np.float64)
+        v = momentum * v_prev - lr * (decay * w + np.asarray(grads[names.index(k)], np.float64))
+        assert row["v"]["norm"] == pytest.approx(float(np.linalg.norm(v)), rel=1e-4), k
+
+
 def test_buffer_plan_shows_the_reuse_of_buffers_along_the_schedule():
     x = gd.placeholder((None, 1000), name="x")
     y = gd.log(gd.tanh(gd.exp(x)) * gd.tanh(gd.exp(x)) + 1.0)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import graphdiff as gd
+import models.epochs as epochs  # the epoch loop looks up train_epoch and evaluate here
+import models.report as report  # and plot_curves here
 import models.train as train
 import needs
 from graphdiff.checkpoint import CheckpointError, load_checkpoint
@@ -76,13 +78,13 @@ def test_ctrl_c_keeps_last_completed_epoch_and_resume_matches(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_epoch(step, dataset, batch_size, rng, progress)
 
-    monkeypatch.setattr(train, "train_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(epochs, "train_epoch", interrupted_in_epoch_2)
     result = run(broken, "--epochs", "2")
     assert result["status"] == "interrupted"
     assert "--resume" in capsys.readouterr().out
     _, meta = load_checkpoint(broken / "checkpoint.npz")
     assert meta["epoch"] == 1
-    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    monkeypatch.setattr(epochs, "train_epoch", real_epoch)
     run(broken, "--epochs", "2", "--resume")
     assert [r["train_loss"] for r in metrics(broken)] == [r["train_loss"] for r in metrics(straight)]
 
@@ -140,7 +142,7 @@ def test_an_onnx_classifier_trains_resumes_and_exports(tmp_path, capsys):
 
 
 def test_lr_is_divided_by_ten_when_validation_error_stalls(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
+    monkeypatch.setattr(epochs, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
     run(tmp_path, "--epochs", "5", "--lr-drop-patience", "2")
     lrs = [r["lr"] for r in metrics(tmp_path)]
     # epoch 1 sets the best; epochs 2 and 3 do not improve on it -> epoch 4 uses lr / 10
@@ -309,7 +311,7 @@ def test_metrics_keep_their_key_order_across_resume(tmp_path):
 
 
 def test_no_lr_drop_is_announced_after_the_last_epoch(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
+    monkeypatch.setattr(epochs, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
     run(tmp_path, "--epochs", "2", "--lr-drop-patience", "1")
     out = capsys.readouterr().out
     assert "lr ->" not in out  # the drop after epoch 2 has no epoch to act on
@@ -320,7 +322,7 @@ def test_no_lr_drop_is_announced_after_the_last_epoch(tmp_path, monkeypatch, cap
 
 
 def test_resume_with_another_lr_says_which_it_uses(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
+    monkeypatch.setattr(epochs, "evaluate", lambda predict, dataset, batch_size: (1.0, 0.5))
     run(tmp_path, "--epochs", "3", "--lr-drop-patience", "1")  # drops to 0.002 after epoch 2, for epoch 3
     capsys.readouterr()
     run(tmp_path, "--epochs", "4", "--lr-drop-patience", "1", "--resume", "--lr", "0.5")
@@ -445,7 +447,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(tmp_path, capsys,
         real_plot(*args, **kwargs)
         disk.full = True  # after epoch 1 is completely written
 
-    monkeypatch.setattr(train, "plot_curves", plot_then_fill_the_disk)
+    monkeypatch.setattr(report, "plot_curves", plot_then_fill_the_disk)
     code = train.cli(TINY + ["--out", str(tmp_path), "--epochs", "2", "--no-tensorboard", "--no-diagrams"])
     out, err = capsys.readouterr()
     monkeypatch.setattr(builtins, "open", disk.real_open)
