@@ -6,61 +6,25 @@ time), variables (hold a value between runs) and constants. Every op checks
 its inputs and infers the output's shape and dtype when the node is built, so
 a mismatch raises :class:`ShapeError` at once, naming the op, the nodes and
 the shapes. Dimensions may be ``None`` (unknown until run time, e.g. the batch).
+
+Scopes live in :mod:`graphdiff.scopes`, the shape and argument helpers in
+:mod:`graphdiff.shapes`, ``toposort`` and ``gc_paused`` in :mod:`graphdiff.walks`;
+this module re-exports them.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
-import operator
-import threading
 
 import numpy as np
 
 from .errors import InputError, ShapeError
+# Re-exported: the op modules, tests and docs import these from here.
+from .scopes import _ctx, _in_scope, current_scope, scope  # noqa: F401
+from .shapes import (as_dtype, as_int, as_number, broadcast_shapes, fmt_shape,  # noqa: F401
+                     normalize_axis, static_size, unify_shapes)
+from .walks import gc_paused, toposort  # noqa: F401
 
 _ids = itertools.count()
-_state = threading.local()
-
-
-def _ctx():
-    if not hasattr(_state, "scopes"):
-        _state.scopes = []
-        _state.backward = 0
-    return _state
-
-
-# --------------------------------------------------------------------------- scopes
-@contextlib.contextmanager
-def scope(name):
-    """Group the nodes built inside into a named scope (a layer), e.g.
-    ``with gd.scope("conv1"): ...``. Scopes nest as ``"block/conv1"``; diagrams
-    and summaries cluster and total by scope."""
-    ctx = _ctx()
-    ctx.scopes.append(str(name))
-    try:
-        yield "/".join(ctx.scopes)
-    finally:
-        ctx.scopes.pop()
-
-
-def current_scope():
-    return "/".join(_ctx().scopes)
-
-
-@contextlib.contextmanager
-def _in_scope(full_name, backward):
-    """Replace the scope stack (used by ``grad`` to put gradient nodes beside
-    the forward node they come from) and mark the nodes built as backward."""
-    ctx = _ctx()
-    saved = ctx.scopes
-    ctx.scopes = [full_name] if full_name else []
-    ctx.backward += bool(backward)
-    try:
-        yield
-    finally:
-        ctx.scopes = saved
-        ctx.backward -= bool(backward)
 
 
 # --------------------------------------------------------------------------- ops
@@ -158,9 +122,6 @@ def _fmt(v):
         return v.name
     return repr(v) if isinstance(v, str) else str(v)
 
-
-def fmt_shape(shape):
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 # --------------------------------------------------------------------------- tensors
@@ -360,38 +321,6 @@ def _array_module(a):
     return np
 
 
-def as_int(value, what, expected="an int"):
-    """An integer argument (a dimension, a window size, a stride) as a Python
-    int. A float (``3.7``, also ``3.0``), a string or a bool is a TypeError
-    naming ``what``: ``int()`` would truncate 3.7 to 3 without a word."""
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be {expected}, got {type(value).__name__} {value!r}") from None
-
-
-def as_number(value, what):
-    """A real-number argument (LRN's alpha, beta and k, a fill value) as a Python
-    float; a string, a bool, None or an array is a TypeError naming ``what``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def as_dtype(dtype, what):
-    """A NumPy dtype of numbers or booleans (what the kernels compute with);
-    anything else (``object``, strings, an unknown name) is a TypeError naming ``what``."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{what}: unknown dtype {dtype!r} ({exc})") from None
-    if dt.kind not in "fiub":
-        raise TypeError(f"{what}: unsupported dtype {dt} (numbers and booleans only)")
-    return dt
-
-
 def placeholder(shape, dtype="float32", name=None):
     """An input fed when the compiled program runs. ``None`` marks a dimension
     known only then (e.g. the batch); the others are non-negative ints."""
@@ -449,116 +378,3 @@ def apply(op, inputs, name=None):
     shape, dtype = op.infer(*inputs)
     ctx = _ctx()
     return Tensor(op, inputs, shape, dtype, name=name, backward=ctx.backward > 0)
-
-
-# --------------------------------------------------------------------------- walks
-_gc_lock = threading.Lock()
-_gc_pauses = 0  # threads inside gc_paused()
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause Python's cyclic garbage collector for the block (``grad`` and ``compile``).
-
-    They build hundreds of thousands of nodes at a time on deep graphs; each
-    full collection walks every live object again, which made them two to
-    three times slower on 30,000- to 100,000-node chains. The nodes form no cycles (inputs point back only), so
-    reference counting frees them anyway. The first block in pauses, the last
-    out resumes (if it was on)."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if not _gc_pauses:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if not _gc_pauses and _gc_was_enabled:
-                gc.enable()
-
-
-def toposort(outputs):
-    """Every node the outputs depend on, inputs before users. Iterative, so a
-    10,000-deep chain needs no recursion; shared nodes appear once."""
-    order, seen = [], set()
-    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    stack = [(o, False) for o in reversed(outputs)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for i in reversed(node.inputs):
-            if id(i) not in seen:
-                stack.append((i, False))
-    return order
-
-
-# --------------------------------------------------------------------------- shape helpers
-def broadcast_shapes(op, *tensors):
-    """NumPy broadcasting of static shapes with ``None`` for unknown dims."""
-    ndim = max(t.ndim for t in tensors)
-    out = []
-    for axis in range(ndim):
-        dims = [t.shape[axis - ndim + t.ndim] for t in tensors if axis - ndim + t.ndim >= 0]
-        known = {d for d in dims if d is not None and d != 1}
-        if len(known) > 1:
-            raise op.error(f"shapes do not broadcast (axis {axis - ndim}: {' vs '.join(map(str, dims))})", *tensors)
-        if known:
-            out.append(known.pop())
-        elif None in dims:
-            out.append(None)
-        else:
-            out.append(1)
-    return tuple(out)
-
-
-def normalize_axis(opname, node, axis):
-    """Axis argument -> sorted tuple of non-negative axes (``None``: all)."""
-    if axis is None:
-        return tuple(range(node.ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        a = int(a)
-        if not -node.ndim <= a < node.ndim:
-            raise ShapeError(f"{opname}: {node.name} {fmt_shape(node.shape)}: axis {a} is out of range "
-                             f"for {node.ndim} dimensions")
-        out.append(a % node.ndim)
-    if len(set(out)) != len(out):
-        raise ShapeError(f"{opname}: {node.name} {fmt_shape(node.shape)}: repeated axis in {axes}")
-    return tuple(sorted(out))
-
-
-def static_size(shape):
-    """Product of the dims, or None if any is unknown."""
-    n = 1
-    for d in shape:
-        if d is None:
-            return None
-        n *= d
-    return n
-
-
-def unify_shapes(op, *tensors):
-    """The one shape several inputs must share, with ``None`` for dims known only
-    at run time: per axis, the static size where any input knows it (a ``None``
-    unifies with any size); a ShapeError naming ``op`` where two known sizes
-    differ or the ranks do."""
-    if len({t.ndim for t in tensors}) > 1:
-        raise op.error("inputs must have the same number of dimensions", *tensors)
-    out = []
-    for axis, dims in enumerate(zip(*(t.shape for t in tensors))):
-        known = {d for d in dims if d is not None}
-        if len(known) > 1:
-            raise op.error(f"inputs must share their shape (axis {axis}: {' vs '.join(map(str, dims))})", *tensors)
-        out.append(known.pop() if known else None)
-    return tuple(out)
