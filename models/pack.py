@@ -70,6 +70,7 @@ from typing import Optional
 
 import numpy as np
 
+from graphdiff.atomic import atomic_write
 from models.data import DataError, IMAGE_EXTENSIONS, _class_dirs, _list_images
 
 __all__ = ["PackError", "Pack", "PackSplit", "open_pack", "pack", "scan", "decode", "decode_array",
@@ -272,29 +273,12 @@ def _split_flat(root: str, val_fraction: float, seed: int) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the
-    new one, never a mix: a temporary file, fsync, rename, fsync the folder."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    new one, never a mix (:func:`graphdiff.atomic.atomic_write`: a temporary
+    file, fsync, rename, fsync the folder)."""
+    with atomic_write(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -853,8 +837,6 @@ def _write_stamp(path: str, manifest_sha256: str, stats: dict) -> bool:
     does not match.
     A folder that cannot be written (read-only) is no error: the
     verification is then just not remembered. True if written."""
-    from graphdiff.atomic import atomic_write
-
     stamp = {"format": STAMP_FORMAT, "version": VERSION,
              "manifest_sha256": manifest_sha256, "files": stats}
     try:

@@ -517,8 +517,6 @@ def test_the_stamp_belongs_to_its_manifest(packed, tmp_path, hashed):
 
 
 def test_a_read_only_pack_opens_verified_without_a_stamp(packed, tmp_path, hashed, monkeypatch):
-    import graphdiff.atomic
-
     out = copy_pack(packed[0], tmp_path / "ro")
     os.chmod(out, 0o555)
     try:
