@@ -527,7 +527,7 @@ def test_a_read_only_pack_opens_verified_without_a_stamp(packed, tmp_path, hashe
             def refuse(path, *a, **k):
                 raise PermissionError(13, "Permission denied", path)
 
-            monkeypatch.setattr(graphdiff.atomic, "atomic_write", refuse)
+            monkeypatch.setattr(mp, "atomic_write", refuse)
         except PermissionError:
             pass
         p = mp.open_pack(out)
