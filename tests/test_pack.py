@@ -241,6 +241,18 @@ def test_workers_give_the_same_pack(tree, packed, tmp_path):
     assert (a.mean_image == b.mean_image).all() and (a.eigvec == b.eigvec).all()
 
 
+def test_the_command_with_worker_processes_packs_the_same_without_warnings(tree, packed, tmp_path):
+    """``python -m models.pack`` with two decoding processes: the same bytes as one
+    process, and the workers do not run the command's module again as their main
+    (Python's "found in sys.modules ... unpredictable behaviour" warning)."""
+    out = str(tmp_path / "cli2")
+    r = run_cli(tree.root, "--out", out, "--size", str(SIZE), "--workers", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "sys.modules" not in r.stderr, r.stderr
+    for name in ("train.u8", "val.u8"):
+        assert open(os.path.join(packed[0], name), "rb").read() == open(os.path.join(out, name), "rb").read()
+
+
 def test_a_finished_pack_is_not_redone_and_another_is_refused(tree, packed, tmp_path):
     out, _ = packed
     again = mp.pack(tree.root, out, size=SIZE, workers=1, progress=False)

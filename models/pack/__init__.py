@@ -1018,6 +1018,3 @@ def argparse_suppress():
     import argparse
     return argparse.SUPPRESS
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
