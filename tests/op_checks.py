@@ -80,6 +80,15 @@ def conv_out_size(n, k, s, p0, p1, d=1):
     return (n + p0 + p1 - (k - 1) * d - 1) // s + 1
 
 
+def same_pads(n, k, s, d):
+    """TensorFlow's SAME along one axis (tf.nn.conv2d docs), written from its
+    definition: ``ceil(n/s)`` outputs from a total padding ``max((ceil(n/s) - 1)*s
+    + (k-1)*d + 1 - n, 0)``, the odd one at the end; ``(begin, end)``."""
+    out = -(-n // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    return (total // 2, total - total // 2)
+
+
 def conv_arrays(cfg):
     """``x, w, b, dy`` for a conv configuration (``N, C, O, H, W, kernel, stride,
     padding, groups``, optionally ``dilation``; ``seed``)."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import graphdiff as gd
-from op_checks import has_empty_window, pool_out_size
+from op_checks import has_empty_window, pool_out_size, same_pads
 
 # Decision margins below this, relative to the deciding tensor's scale, count as a
 # near-tie (the frameworks' rounding, ~1e-16, could flip the decision); exact
@@ -131,15 +131,6 @@ def _no_extra(draw, shapes, pool):
 
 
 # ----------------------------------------------------------------------------- convolution, pooling, LRN
-def same_pads(n, k, s, d):
-    """TensorFlow's SAME along one axis, written from its definition: ``ceil(n/s)``
-    outputs from a total padding ``max((ceil(n/s) - 1)*s + (k-1)*d + 1 - n, 0)``,
-    the odd one at the end; ``(begin, end)``."""
-    out = -(-n // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
-    return (total // 2, total - total // 2)
-
-
 def conv_pads(p, in_size):
     """A conv2d spec's ``padding`` (an int, ``(ph, pw)``, ``((top, bottom), (left,
     right))``, ``"valid"`` or ``"same"``) as ``((top, bottom), (left, right))``."""

@@ -23,7 +23,7 @@ import graphdiff as gd
 import needs
 from graphdiff.kernels import choice, onednn
 from op_checks import assert_conv_matches, assert_conv_vjps, assert_vjps, edge_examples, examples, four, run
-from op_checks import conv_arrays as arrays_for, conv_geometry as geometry, conv_out_size as out_size
+from op_checks import conv_arrays as arrays_for, conv_geometry as geometry, conv_out_size as out_size, same_pads
 
 # Each op-level test runs on NumPy and on CuPy (the stand-in in CI; see conftest.py).
 pytestmark = pytest.mark.each_backend
@@ -90,14 +90,6 @@ def ref_grad_input(dy, w, input_size, stride, padding, groups, dilation):
     return dX[:, :, pt:pt + H, pl:pl + W]
 
 
-def tf_same(n, k, s, d):
-    """TensorFlow's SAME (tf.nn.conv2d docs): ``ceil(n / s)`` outputs, the total
-    padding ``max((out - 1) * s + (k - 1) * d + 1 - n, 0)``, the odd one at the end."""
-    out = -(-n // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
-    return total // 2, total - total // 2
-
-
 # =========================================================================== configurations
 @st.composite
 def configs(draw, max_hw=9):
@@ -154,7 +146,7 @@ def test_same_padding_is_tensorflows_with_the_extra_row_at_the_bottom(H, W, kern
     x, w = rng.standard_normal((2, 2, H, W)), rng.standard_normal((3, 2) + kernel)
     xt = gd.placeholder(x.shape, dtype="float64", name="x")
     y = gd.conv2d(xt, w, stride=stride, padding="same", dilation=dilation)
-    pads = tuple(tf_same(n, k, s, d) for n, k, s, d in zip((H, W), kernel, stride, dilation))
+    pads = tuple(same_pads(n, k, s, d) for n, k, s, d in zip((H, W), kernel, stride, dilation))
     assert y.shape[2:] == (-(-H // stride[0]), -(-W // stride[1]))
     assert four(y.op.padding) == pads
     np.testing.assert_allclose(gd.compile(y, [xt])(x), ref_conv2d(x, w, None, stride, pads, 1, dilation),
