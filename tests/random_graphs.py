@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import graphdiff as gd
-from op_checks import has_empty_window, pool_out_size, same_pads
+from op_checks import conv_out_size, four, has_empty_window, pool_out_size, same_pads
 
 # Decision margins below this, relative to the deciding tensor's scale, count as a
 # near-tie (the frameworks' rounding, ~1e-16, could flip the decision); exact
@@ -105,10 +105,6 @@ def _is4(s):
     return len(s) == 3 and all(d >= 1 for d in s)
 
 
-def _out(n, k, s, p):
-    return (n + 2 * p - k) // s + 1
-
-
 def _window_attrs(draw, s, max_size=3, max_stride=3, pad_limit=lambda k: k // 2):
     """Size, stride, padding pairs for a window over (H, W) = s[1:] that fits."""
     size, stride, pad = [], [], []
@@ -141,7 +137,7 @@ def conv_pads(p, in_size):
         return tuple(same_pads(n, k, s, d) for n, k, s, d in zip(in_size, p["size"], p["stride"], dilation))
     if isinstance(padding, int):
         padding = (padding, padding)
-    return tuple((q, q) if isinstance(q, int) else tuple(q) for q in padding)
+    return four(padding)
 
 
 def _conv_draw(draw, shapes, pool):
@@ -176,7 +172,7 @@ def _conv_draw(draw, shapes, pool):
 
 def _conv_shape(shapes, p):
     C, H, W = shapes[0]
-    return (p["out"],) + tuple((n + b + e - (k - 1) * d - 1) // s + 1 for n, k, s, (b, e), d in zip(
+    return (p["out"],) + tuple(conv_out_size(n, k, s, b, e, d) for n, k, s, (b, e), d in zip(
         (H, W), p["size"], p["stride"], conv_pads(p, (H, W)), p.get("dilation", (1, 1))))
 
 
@@ -216,7 +212,7 @@ def _pool_draw(draw, shapes, pool):
 
 def _pool_shape(shapes, p):
     C, H, W = shapes[0]
-    return (C,) + tuple(_out(n, k, s, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
+    return (C,) + tuple(conv_out_size(n, k, s, q, q) for n, k, s, q in zip((H, W), p["size"], p["stride"], p["padding"]))
 
 
 def _max_pool_draw(draw, shapes, pool):
