@@ -46,10 +46,11 @@ try:
 except ImportError as exc:
     print("no torch:", exc)
 print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
-                     capture_output=True, text=True).stdout)
-sys.path.insert(0, "benchmarks")
-import gpu_first_step  # benchmarks/gpu_first_step.py: NVRTC and cuBLAS versions, backend check, first and second step
-gpu_first_step.main(["--batch", "16"])
+                     capture_output=True, text=True).stdout, flush=True)
+# NVRTC and cuBLAS versions, backend check, first and second step. In its own process:
+# CuPy fixes its kernel cache directory when it is imported (as above), so only a fresh
+# process sees the empty cache gpu_first_step.py sets up, and the first step really compiles.
+sys.exit(subprocess.run([sys.executable, "benchmarks/gpu_first_step.py", "--batch", "16"]).returncode)
 PYEOF
 stage "pytest -m gpu" 210 env GRAPHDIFF_GPU_TESTS=gpu "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 stage "NumPy vs CuPy, AlexNet 2012, two SGD steps" 90 env CUPY_TF32=0 "$PY" benchmarks/gpu_check.py --batch 16
