@@ -630,13 +630,14 @@ def _program_data(program, records, feed):
     passes = list(getattr(program, "passes", None) or [("schedule", program.nodes)])
     out = {"passes": []}
     previous = unfused = None  # unfused: the graph before the rewriting passes, what their ops replace
-    for name, order in passes:
+    for record in passes:
+        name, order = record
         for t in order:
             if t.id not in records:
                 records[t.id] = _node_record(t)
         entry = {"name": name, "nodes": [t.id for t in order]}
         if name == "rewrite":  # how often each rewrite rule fired, by rule name
-            entry["rules"] = dict(getattr(passes[len(out["passes"])], "rules", {}))
+            entry["rules"] = dict(getattr(record, "rules", {}))
         if previous is not None:
             # A pass rebuilds every node downstream of one it replaces (same name, same op):
             # "new" are the nodes it made (a fused op, a folded constant), "removed" those it dropped.
