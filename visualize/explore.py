@@ -535,7 +535,7 @@ def build_data(outputs, feed=None, params=None, program=None, title=None, traini
         for t in checked:
             checks[str(t.id)] = _json_check(results[id(t)])
     update = _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training,
-                          {i: r["stats"] for i, r in records.items() if "stats" in r}) if values else None
+                          records) if values else None
 
     program_data = _program_data(program, records, feed) if program is not None else None  # adds records
     data = {"title": title or "graphdiff explorer", "nodes": list(records.values()),
@@ -568,10 +568,11 @@ def _json_check(r):
     return out
 
 
-def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training, records_stats):
+def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_graph, sgd, training, records):
     """One SGD step on the batch shown (see :mod:`visualize.update_step`): per
     parameter ``w``, ``w'`` and ``v`` with statistics, filter thumbnails and
-    the ratio ``||v|| / ||w||``; the loss before and after."""
+    the ratio ``||v|| / ||w||``; the loss before and after. ``w``'s statistics
+    and thumbnails are its node record's (``records``), already computed."""
     lr, momentum, decay, velocities, source = sgd_settings(sgd)
     rows, new_values = [], {}
     for p in param_list:
@@ -584,7 +585,7 @@ def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_gr
         w = values[id(p)]
         v, after = sgd_step(w, values[id(g)], v_prev, lr, momentum, decay)
         new_values[p] = after
-        before_st = records_stats.get(p.id) or value_stats(w)  # the variable's own, already computed
+        before_st = records[p.id]["stats"]  # p is in the graph and has a value: its record has them
         after_st, v_st = value_stats(after), value_stats(v)
         row = {"name": p.name, "id": p.id, "grad": g.id, "before": before_st, "after": after_st, "v": v_st,
                "ratio": (v_st.get("norm", 0.0) / before_st["norm"]) if before_st.get("norm") else None,
@@ -597,7 +598,8 @@ def _update_step(outputs, nodes, values, param_list, param_names, grad_at, in_gr
             row["log_ratio"] = value_stats(np.log10(vs[keep] / ws[keep]))
             row["log_ratio"]["hist_step"] = step
         for key, a in (("before", w), ("after", after), ("v", v)):
-            th = _thumbnails(a, True)
+            # a variable's w is drawn in its record already (as filters, the same pictures)
+            th = records[p.id].get("thumbs") if key == "before" and p.kind == "variable" else _thumbnails(a, True)
             if th is not None:
                 row["thumbs_" + key] = th
         rows.append(row)
@@ -628,13 +630,14 @@ def _program_data(program, records, feed):
     passes = list(getattr(program, "passes", None) or [("schedule", program.nodes)])
     out = {"passes": []}
     previous = unfused = None  # unfused: the graph before the rewriting passes, what their ops replace
-    for name, order in passes:
+    for record in passes:
+        name, order = record
         for t in order:
             if t.id not in records:
                 records[t.id] = _node_record(t)
         entry = {"name": name, "nodes": [t.id for t in order]}
         if name == "rewrite":  # how often each rewrite rule fired, by rule name
-            entry["rules"] = dict(getattr(passes[len(out["passes"])], "rules", {}))
+            entry["rules"] = dict(getattr(record, "rules", {}))
         if previous is not None:
             # A pass rebuilds every node downstream of one it replaces (same name, same op):
             # "new" are the nodes it made (a fused op, a folded constant), "removed" those it dropped.

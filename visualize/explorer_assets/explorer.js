@@ -75,6 +75,10 @@
     if (!n.backward || n.kind === "constant" || !D.has_values || !D.check_seconds) return null;
     var c = n.vjp_of !== undefined ? CHECKS[n.vjp_of] : undefined;
     if (!c) return { status: "none", why: n.vjp_of !== undefined ? "not computed" : "sums the gradients reaching a node (no VJP rule of its own)" };
+    return checkResult(c);
+  }
+  // a check's result as a status: "none" where it was skipped (why), else "ok" or "fail"
+  function checkResult(c) {
     if (c.skipped) return { status: "none", why: "not computed: " + c.skipped, c: c };
     return { status: c.ok ? "ok" : "fail", c: c };
   }
@@ -575,7 +579,7 @@
   }
   function checkDetails(n) {
     var c = checkOf(n);
-    if (!c && !n.backward && CHECKS[n.id]) c = { status: CHECKS[n.id].skipped ? "none" : CHECKS[n.id].ok ? "ok" : "fail", c: CHECKS[n.id], why: CHECKS[n.id].skipped };
+    if (!c && !n.backward && CHECKS[n.id]) c = checkResult(CHECKS[n.id]);  // a forward node: its own rule's check
     if (!c) return "";
     var h = '<h4>gradient check</h4><div class="gd-checkbox ' + c.status + '" data-check="' + c.status + '">';
     if (c.status === "none") return h + "not computed: " + esc(String(c.why).replace(/^not computed: /, "")) + "</div>";
