@@ -169,7 +169,8 @@ def kernel_for(op, xp, mode):
     variants = getattr(op, "variants", None)
     if not variants or xp is not numpy:
         return None
-    playing = [v for lib, v in variants.items() if lib in {p.name for p in _in_play(mode, "numpy")}]
+    in_play = {lib.name for lib in _in_play(mode, "numpy")}
+    playing = [v for lib, v in variants.items() if lib in in_play]
     return MeasuredKernel(op, mode, playing) if playing else None
 
 

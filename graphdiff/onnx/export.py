@@ -106,11 +106,8 @@ def _unsupported(node, why):
 
 # --------------------------------------------------------------------------- convolution, pooling
 def _pads(padding):
-    return [padding[0], padding[1], padding[0], padding[1]]  # ONNX: begins then ends
-
-
-def _conv_pads(padding):
-    """``(ph, pw)`` or ``((top, bottom), (left, right))`` -> ONNX's ``[top, left, bottom, right]``."""
+    """``(ph, pw)`` or ``((top, bottom), (left, right))`` -> ONNX's ``[top, left, bottom, right]``
+    (begins then ends)."""
     (top, bottom), (left, right) = ((p, p) if isinstance(p, int) else p for p in padding)
     return [top, left, bottom, right]
 
@@ -119,7 +116,7 @@ def _conv_pads(padding):
 def _conv2d(w, node):
     x, wt = node.inputs[:2]
     return w.node("Conv", [w[t] for t in node.inputs], node.name, kernel_shape=list(wt.shape[2:]),
-                  strides=list(node.op.stride), pads=_conv_pads(node.op.padding), group=node.op.groups,
+                  strides=list(node.op.stride), pads=_pads(node.op.padding), group=node.op.groups,
                   dilations=list(node.op.dilation))
 
 

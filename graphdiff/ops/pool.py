@@ -126,8 +126,12 @@ class MaxPool2d(_PoolBase):
 
 
 def _check_windows(op, x_shape):
-    """The build-time checks again at run time (a ``None`` H or W is known only then)."""
-    op._out_shape(tuple(x_shape), ())
+    """The build-time checks again at run time (a ``None`` H or W is known only then),
+    once per input shape: the forward runs on every call of the program."""
+    checked = op.__dict__.setdefault("_checked_shapes", set())
+    if x_shape not in checked:
+        op._out_shape(tuple(x_shape), ())
+        checked.add(x_shape)
 
 
 def _geometry(size, stride, padding, dilation=1, ceil_mode=False):

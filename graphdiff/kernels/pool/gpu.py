@@ -5,12 +5,8 @@ shared machinery (one fused kernel per spec, persistent bordered buffers) is
 """
 import numpy
 
+from ..conv import pads as pool_pads  # ((top, bottom), (left, right)) from (ph, pw) or that form itself
 from ..device import _bordered, _device_id, bordered, kernel, long_lived  # noqa: F401 - the GPU machinery
-
-
-def pool_pads(padding):
-    """``((top, bottom), (left, right))`` from ``(ph, pw)`` (both sides) or that form itself."""
-    return tuple((int(p), int(p)) if numpy.ndim(p) == 0 else (int(p[0]), int(p[1])) for p in padding)
 
 
 def pool_output_size(n, k, s, pads, d=1, ceil_mode=False):
