@@ -157,6 +157,17 @@ class FolderSource:
         return self._statistics()[2]
 
 
+def load_image(source: Source, i: int) -> np.ndarray:
+    """``source.load(i)``, any failure other than a :class:`DataError` raised
+    as one naming the image (``source.describe(i)``)."""
+    try:
+        return source.load(i)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - say which image, whatever failed
+        raise DataError(f"{source.describe(i)}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
 def folder_source(root: str, split: str = "train", size: int = DEFAULT_SIZE,
                   stats_sample: int = 500, val_fraction: Optional[float] = None,
                   seed: int = 0) -> FolderSource:
@@ -415,13 +426,7 @@ class BatchStream:
         scale = np.float32(aug.scale)
         mean = self._mean
         for j, i in enumerate(idx):
-            try:
-                img = self.source.load(int(i))
-            except DataError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - say which image, whatever failed
-                raise DataError(f"{self.source.describe(int(i))}: cannot read "
-                                f"({type(exc).__name__}: {exc})") from None
+            img = load_image(self.source, int(i))
             t, l = int(tops[j]), int(lefts[j])
             # Work in the output's CHW layout: the uint8 window is read through
             # a transposed (and, to reflect, reversed) view, and each step is
