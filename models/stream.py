@@ -107,13 +107,17 @@ class FolderSource:
     within a few grey levels of it, which the training does not notice.
 
     A tree without ``train/`` (class folders at the top) needs
-    ``val_fraction``: each class is split, seeded by ``seed``."""
+    ``val_fraction``: each class is split, seeded by ``seed``. ``found``: what
+    ``scan(root, val_fraction, seed)`` returned, when the caller has it (both
+    splits of a tree from one listing of its files)."""
 
     def __init__(self, root: str, split: str = "train", size: int = DEFAULT_SIZE,
-                 stats_sample: int = 500, val_fraction: Optional[float] = None, seed: int = 0):
+                 stats_sample: int = 500, val_fraction: Optional[float] = None, seed: int = 0,
+                 *, found: Optional[dict] = None):
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', not {split!r}")
-        found = scan(root, val_fraction, seed)
+        if found is None:
+            found = scan(root, val_fraction, seed)
         self.root, self.split, self.size = root, split, int(size)
         self.class_names = found["class_names"]
         self._train_paths = [p for p, _ in found["train"]]
@@ -170,10 +174,10 @@ def load_image(source: Source, i: int) -> np.ndarray:
 
 def folder_source(root: str, split: str = "train", size: int = DEFAULT_SIZE,
                   stats_sample: int = 500, val_fraction: Optional[float] = None,
-                  seed: int = 0) -> FolderSource:
+                  seed: int = 0, *, found: Optional[dict] = None) -> FolderSource:
     """The ``split`` of the image tree at ``root`` as a stream source (see
     :class:`FolderSource`)."""
-    return FolderSource(root, split, size, stats_sample, val_fraction, seed)
+    return FolderSource(root, split, size, stats_sample, val_fraction, seed, found=found)
 
 
 # --------------------------------------------------------------------------

@@ -147,6 +147,7 @@ def open_streamed(args, rank=0, world_size=1):
     """The :class:`StreamedData` of the training command's ``--data`` (``pack:FILE``
     or ``folder:DIR``) with its augmentation flags; a pack that is unfinished
     or fails its checksums is refused (:class:`models.pack.PackError`)."""
+    from models.pack import scan
     from models.stream import Augment, folder_source
 
     kind, _, where = args.data.partition(":")
@@ -157,8 +158,9 @@ def open_streamed(args, rank=0, world_size=1):
         train, val = pack.split("train"), pack.split("val")
     else:  # class folders without train/ are split per class, as models.data splits them
         split = dict(val_fraction=VAL_FRACTION, seed=args.seed)
-        train = folder_source(where, "train", args.resize, **split)
-        val = _TrainStatistics(folder_source(where, "val", args.resize, **split), train)
+        found = scan(where, **split)  # one listing of the tree serves both splits
+        train = folder_source(where, "train", args.resize, **split, found=found)
+        val = _TrainStatistics(folder_source(where, "val", args.resize, **split, found=found), train)
     augment = Augment(crop=args.image_size, flip=not args.no_flip, pca_lighting=not args.no_pca_lighting,
                       mean=None if args.mean == "none" else args.mean)
     name = f"{kind}:{os.path.basename(os.path.normpath(where))}"
