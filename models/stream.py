@@ -54,6 +54,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from models.data import DataError
+from models.evaluate import true_class_rank
 from models.pack import DEFAULT_SIZE, PackError, _Stats, decode, scan
 
 __all__ = ["Augment", "Source", "FolderSource", "folder_source", "BatchStream", "DeviceUpload",
@@ -569,8 +570,5 @@ def top_k_errors(probabilities, labels, ks: Sequence[int] = (1, 5)) -> dict:
         raise ValueError("no rows to score")
     if y.min() < 0 or y.max() >= p.shape[1]:
         raise ValueError(f"labels must be in 0..{p.shape[1] - 1}")
-    # rank of the true class: how many classes beat it (ties: lower index first)
-    true = p[np.arange(len(y)), y][:, None]
-    cls = np.arange(p.shape[1])[None, :]
-    rank = ((p > true) | ((p == true) & (cls < y[:, None]))).sum(axis=1)
+    rank = true_class_rank(p, y)
     return {int(k): float(np.mean(rank >= int(k))) for k in ks}
