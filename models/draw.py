@@ -49,21 +49,24 @@ def build_model(name, **kwargs):
     if unknown."""
     if name.lower().endswith(".onnx"):
         return onnx_classifier(name, **kwargs)
+    return _builder(name)(**kwargs)
+
+
+def _builder(name):
+    """The builder function of a model's command-line name (imported now);
+    ValueError if unknown."""
     key = name.lower().replace("_", "-")
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     module, func = MODELS[key]
-    return getattr(importlib.import_module(module), func)(**kwargs)
+    return getattr(importlib.import_module(module), func)
 
 
 def default_image_size(name):
     """The ``image_size`` a model's builder defaults to."""
     import inspect
 
-    module, func = MODELS[name.lower().replace("_", "-")] if name.lower().replace("_", "-") in MODELS else (None, None)
-    if module is None:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return inspect.signature(getattr(importlib.import_module(module), func)).parameters["image_size"].default
+    return inspect.signature(_builder(name)).parameters["image_size"].default
 
 
 def parser():

@@ -34,8 +34,18 @@ def top_k_wrong(scores, labels, k):
     labels = np.asarray(labels)
     if k >= scores.shape[1]:
         return 0
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return int(len(labels) - np.count_nonzero(best == labels[:, None]))
+    return int(np.count_nonzero(true_class_rank(scores, labels) >= k))
+
+
+def true_class_rank(scores, labels):
+    """``(N,)`` int: how many classes rank above each row's label in
+    ``scores`` ``(N, K)``, a class with a higher score or an equal score and
+    a lower index (0: the label is the row's top class)."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels).astype(np.int64)
+    true = scores[np.arange(len(labels)), labels][:, None]
+    cls = np.arange(scores.shape[1])[None, :]
+    return ((scores > true) | ((scores == true) & (cls < labels[:, None]))).sum(axis=1)
 
 
 def ten_crop_errors(predict, batches, crop, mean, parallel=None):

@@ -54,6 +54,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from models.data import DataError
+from models.evaluate import true_class_rank
 from models.pack import DEFAULT_SIZE, PackError, _Stats, decode, scan
 
 __all__ = ["Augment", "Source", "FolderSource", "folder_source", "BatchStream", "DeviceUpload",
@@ -107,13 +108,17 @@ class FolderSource:
     within a few grey levels of it, which the training does not notice.
 
     A tree without ``train/`` (class folders at the top) needs
-    ``val_fraction``: each class is split, seeded by ``seed``."""
+    ``val_fraction``: each class is split, seeded by ``seed``. ``found``: what
+    ``scan(root, val_fraction, seed)`` returned, when the caller has it (both
+    splits of a tree from one listing of its files)."""
 
     def __init__(self, root: str, split: str = "train", size: int = DEFAULT_SIZE,
-                 stats_sample: int = 500, val_fraction: Optional[float] = None, seed: int = 0):
+                 stats_sample: int = 500, val_fraction: Optional[float] = None, seed: int = 0,
+                 *, found: Optional[dict] = None):
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', not {split!r}")
-        found = scan(root, val_fraction, seed)
+        if found is None:
+            found = scan(root, val_fraction, seed)
         self.root, self.split, self.size = root, split, int(size)
         self.class_names = found["class_names"]
         self._train_paths = [p for p, _ in found["train"]]
@@ -157,12 +162,23 @@ class FolderSource:
         return self._statistics()[2]
 
 
+def load_image(source: Source, i: int) -> np.ndarray:
+    """``source.load(i)``, any failure other than a :class:`DataError` raised
+    as one naming the image (``source.describe(i)``)."""
+    try:
+        return source.load(i)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - say which image, whatever failed
+        raise DataError(f"{source.describe(i)}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
 def folder_source(root: str, split: str = "train", size: int = DEFAULT_SIZE,
                   stats_sample: int = 500, val_fraction: Optional[float] = None,
-                  seed: int = 0) -> FolderSource:
+                  seed: int = 0, *, found: Optional[dict] = None) -> FolderSource:
     """The ``split`` of the image tree at ``root`` as a stream source (see
     :class:`FolderSource`)."""
-    return FolderSource(root, split, size, stats_sample, val_fraction, seed)
+    return FolderSource(root, split, size, stats_sample, val_fraction, seed, found=found)
 
 
 # --------------------------------------------------------------------------
@@ -415,13 +431,7 @@ class BatchStream:
         scale = np.float32(aug.scale)
         mean = self._mean
         for j, i in enumerate(idx):
-            try:
-                img = self.source.load(int(i))
-            except DataError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - say which image, whatever failed
-                raise DataError(f"{self.source.describe(int(i))}: cannot read "
-                                f"({type(exc).__name__}: {exc})") from None
+            img = load_image(self.source, int(i))
             t, l = int(tops[j]), int(lefts[j])
             # Work in the output's CHW layout: the uint8 window is read through
             # a transposed (and, to reflect, reversed) view, and each step is
@@ -560,8 +570,5 @@ def top_k_errors(probabilities, labels, ks: Sequence[int] = (1, 5)) -> dict:
         raise ValueError("no rows to score")
     if y.min() < 0 or y.max() >= p.shape[1]:
         raise ValueError(f"labels must be in 0..{p.shape[1] - 1}")
-    # rank of the true class: how many classes beat it (ties: lower index first)
-    true = p[np.arange(len(y)), y][:, None]
-    cls = np.arange(p.shape[1])[None, :]
-    rank = ((p > true) | ((p == true) & (cls < y[:, None]))).sum(axis=1)
+    rank = true_class_rank(p, y)
     return {int(k): float(np.mean(rank >= int(k))) for k in ks}

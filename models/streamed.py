@@ -97,10 +97,12 @@ class StreamedData:
     def val_images_uint8(self, batch_size):
         """This rank's part of the validation set as stored: ``(uint8 (B, S, S, 3), labels)``
         batches (the same images as :meth:`val_batches`), for the ten-crop test."""
+        from models.stream import load_image
+
         stream = self._val_stream(batch_size)
         for b in range(stream.batches_per_epoch):
             idx = stream.indices(b)
-            yield np.stack([self._load(self.val, int(i)) for i in idx]), self.val_labels[idx]
+            yield np.stack([load_image(self.val, int(i)) for i in idx]), self.val_labels[idx]
 
     @property
     def crop_mean(self):
@@ -114,23 +116,14 @@ class StreamedData:
     def figure_batch(self, indices):
         """``(centre crops in [0, 1] (N, c, c, 3), network inputs, labels)`` of
         the validation images ``indices`` (for ``predictions.png``)."""
-        from models.stream import ten_crops
+        from models.stream import load_image, ten_crops
 
-        images = np.stack([self._load(self.val, int(i)) for i in indices])
+        images = np.stack([load_image(self.val, int(i)) for i in indices])
         crop = self.augment.crop
         top = (images.shape[1] - crop) // 2
         shown = images[:, top:top + crop, top:top + crop].astype(np.float32) / 255
         inputs = np.ascontiguousarray(ten_crops(images, crop, self.crop_mean)[4])  # the centre patch
         return shown, inputs, self.val_labels[np.asarray(indices)]
-
-    @staticmethod
-    def _load(source, i):
-        try:
-            return source.load(i)
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - name the image whatever failed
-            raise DataError(f"{source.describe(i)}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
 class _TrainStatistics:
@@ -154,6 +147,7 @@ def open_streamed(args, rank=0, world_size=1):
     """The :class:`StreamedData` of the training command's ``--data`` (``pack:FILE``
     or ``folder:DIR``) with its augmentation flags; a pack that is unfinished
     or fails its checksums is refused (:class:`models.pack.PackError`)."""
+    from models.pack import scan
     from models.stream import Augment, folder_source
 
     kind, _, where = args.data.partition(":")
@@ -164,8 +158,9 @@ def open_streamed(args, rank=0, world_size=1):
         train, val = pack.split("train"), pack.split("val")
     else:  # class folders without train/ are split per class, as models.data splits them
         split = dict(val_fraction=VAL_FRACTION, seed=args.seed)
-        train = folder_source(where, "train", args.resize, **split)
-        val = _TrainStatistics(folder_source(where, "val", args.resize, **split), train)
+        found = scan(where, **split)  # one listing of the tree serves both splits
+        train = folder_source(where, "train", args.resize, **split, found=found)
+        val = _TrainStatistics(folder_source(where, "val", args.resize, **split, found=found), train)
     augment = Augment(crop=args.image_size, flip=not args.no_flip, pca_lighting=not args.no_pca_lighting,
                       mean=None if args.mean == "none" else args.mean)
     name = f"{kind}:{os.path.basename(os.path.normpath(where))}"
