@@ -15,8 +15,10 @@ Every device event is appended to ``LEDGER.events`` as ``(kind, site, amounts)``
   ``bytes``. Pool hits are not events.
 """
 import collections
+import contextlib
 import os
 import sys
+import threading
 
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../site
 
@@ -24,14 +26,24 @@ _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../site
 class Ledger:
     def __init__(self):
         self.events = []
-        self.enabled = True
+        self._paused = threading.local()
 
     def reset(self):
         """Forget every event (the pool keeps its blocks)."""
         self.events = []
 
+    @contextlib.contextmanager
+    def paused(self):
+        """The calling thread's events in this block are not recorded (a test's
+        own read-back); other threads' (a loader's uploads) still are."""
+        self._paused.on = True
+        try:
+            yield
+        finally:
+            self._paused.on = False
+
     def record(self, kind, **amounts):
-        if self.enabled:
+        if not getattr(self._paused, "on", False):
             self.events.append((kind, call_site(), amounts))
 
     # --------------------------------------------------------------- summaries
